@@ -1,0 +1,1 @@
+"""Broker side of camstack: Mosquitto config, PKI, accounts, client helpers, operator CLI."""

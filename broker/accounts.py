@@ -1,0 +1,265 @@
+"""Device and service accounts: Mosquitto password file plus ACL file.
+
+Why files and SIGHUP rather than the dynamic-security plugin: in Mosquitto 2.0.x
+dynamic-security roles cannot expand ``%u``, so every device would need a role of its
+own, and every change would need an admin account on the network. The ``acl_file``
+``pattern`` lines bind a device to ``cam/<its username>/…`` in three readable lines,
+the files are easy to audit and back up, and ``SIGHUP`` reloads them without
+disconnecting anyone; on reload Mosquitto also disconnects clients whose account is
+gone, so a revoked device is cut off at once (tested).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from broker.errors import AccountError
+from config.settings import DEVICE_ID_RE
+
+SERVICES: dict[str, str] = {
+    "ingestor": "reads every device's frames, announces batches",
+    "encoder": "reads batch events, publishes videos",
+    "operator": "watches everything, sends commands, publishes alerts",
+}
+"""Service roles and why each exists.
+
+A service account is named after its role, or ``<role>-<suffix>`` for more workers of
+the same role (``encoder-2``) or more people (``operator-alice``): the broker forces the
+client id to the username (``use_username_as_clientid``), so two processes need two
+accounts. These names are reserved: no device may use them.
+"""
+
+
+def service_role(name: str) -> str | None:
+    """The role a service account name belongs to, or None for a device name.
+
+    Args:
+        name: Account name.
+
+    Returns:
+        ``ingestor``, ``encoder``, ``operator`` or None.
+    """
+    for role in SERVICES:
+        if name == role or name.startswith(role + "-"):
+            return role
+    return None
+
+Kind = Literal["device", "service"]
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes for $7$ hashes
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """Hash like ``mosquitto_passwd`` (``$7$``: PBKDF2-HMAC-SHA512).
+
+    Args:
+        password: Clear text.
+        salt: 12 random bytes unless given (tests).
+
+    Returns:
+        The ``$7$…`` string for the password file.
+    """
+    salt = salt if salt is not None else os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    return "$7${}${}${}".format(
+        PBKDF2_ITERATIONS, base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    )
+
+
+def new_password() -> str:
+    """A strong random password (32 URL-safe characters, 192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass
+class Account:
+    """One broker account."""
+
+    name: str
+    kind: Kind
+    pw_hash: str
+    created: str
+    revoked: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Not revoked."""
+        return self.revoked is None
+
+
+def render_acl(accounts: list[Account], prefix: str) -> str:
+    """The ACL file for the given accounts.
+
+    Args:
+        accounts: All accounts (revoked ones are left out).
+        prefix: Topic prefix, ``cam`` by default.
+
+    Returns:
+        The file text.
+    """
+    lines = [
+        "# Rendered by camstack (broker/accounts.py). Do not edit: run `python -m broker`.",
+        "# Devices: pattern lines bind every account to topics named after its username.",
+        f"pattern write {prefix}/%u/frame",
+        f"pattern write {prefix}/%u/status",
+        f"pattern read {prefix}/%u/cmd",
+        "",
+    ]
+    rights = {
+        "ingestor": [f"topic read {prefix}/+/frame", f"topic write {prefix}/+/ready",
+                     "topic readwrite svc/{name}/#"],
+        "encoder": [f"topic read {prefix}/+/ready", f"topic write {prefix}/+/video",
+                    "topic readwrite svc/{name}/#"],
+        "operator": ["topic read #", "topic read $SYS/#", f"topic write {prefix}/+/cmd",
+                     "topic readwrite alerts/#", "topic readwrite svc/{name}/#"],
+    }
+    for acc in sorted(accounts, key=lambda a: a.name):
+        role = service_role(acc.name)
+        if acc.active and acc.kind == "service" and role is not None:
+            lines += [f"user {acc.name}", *(r.format(name=acc.name) for r in rights[role]), ""]
+    return "\n".join(lines)
+
+
+class AccountStore:
+    """Accounts kept under ``<broker dir>``: ``accounts.json``, ``passwd``, ``acl``.
+
+    ``accounts.json`` is the source of truth (including revocations, for audit);
+    ``passwd`` and ``acl`` are rendered from it on every change, atomically.
+    """
+
+    def __init__(self, broker_dir: Path, prefix: str = "cam") -> None:
+        self.dir = broker_dir
+        self.prefix = prefix
+        self.registry = broker_dir / "accounts.json"
+        self.passwd = broker_dir / "passwd"
+        self.acl = broker_dir / "acl"
+        self.pid_file = broker_dir / "mosquitto.pid"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Account]]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / ".accounts.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            accounts = self._read()
+            before = json.dumps({k: asdict(v) for k, v in accounts.items()}, sort_keys=True)
+            yield accounts
+            after = json.dumps({k: asdict(v) for k, v in accounts.items()}, sort_keys=True)
+            if after != before or not self.passwd.exists() or not self.acl.exists():
+                self._write(accounts)
+
+    def _read(self) -> dict[str, Account]:
+        if not self.registry.exists():
+            return {}
+        raw = json.loads(self.registry.read_text(encoding="utf-8"))
+        return {name: Account(**fields) for name, fields in raw.items()}
+
+    def _write(self, accounts: dict[str, Account]) -> None:
+        from broker.pki import share_with_broker  # noqa: PLC0415  (avoid a cycle at import)
+
+        active = sorted((a for a in accounts.values() if a.active), key=lambda a: a.name)
+        files = {
+            self.registry: json.dumps({k: asdict(v) for k, v in sorted(accounts.items())},
+                                      indent=2) + "\n",
+            self.passwd: "".join(f"{a.name}:{a.pw_hash}\n" for a in active),
+            self.acl: render_acl(list(accounts.values()), self.prefix),
+        }
+        for path, text in files.items():
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            share_with_broker(tmp, 0o640)
+            tmp.replace(path)
+
+    def list(self, *, include_revoked: bool = False) -> list[Account]:
+        """Accounts, sorted by name.
+
+        Args:
+            include_revoked: Also list revoked accounts.
+
+        Returns:
+            The accounts.
+        """
+        with self._locked() as accounts:
+            return sorted((a for a in accounts.values() if include_revoked or a.active),
+                          key=lambda a: a.name)
+
+    def add(self, name: str, kind: Kind, password: str | None = None) -> str:
+        """Create an account (or re-enable a revoked one with a new password).
+
+        Args:
+            name: Device id or service name.
+            kind: ``device`` or ``service``.
+            password: Clear text; a strong random one when None.
+
+        Returns:
+            The clear-text password (shown once, never stored).
+
+        Raises:
+            AccountError: Bad or reserved id, or an active account of that name exists.
+        """
+        if not DEVICE_ID_RE.match(name):
+            raise AccountError(f"invalid id {name!r}: must match {DEVICE_ID_RE.pattern}")
+        if kind == "device" and service_role(name) is not None:
+            raise AccountError(f"{name!r} is reserved for service accounts")
+        if kind == "service" and service_role(name) is None:
+            raise AccountError(
+                f"service account {name!r} must be a role or <role>-<suffix>; "
+                f"roles: {', '.join(SERVICES)}"
+            )
+        password = password or new_password()
+        with self._locked() as accounts:
+            old = accounts.get(name)
+            if old is not None and old.active:
+                raise AccountError(f"{kind} {name!r} already exists; revoke it first")
+            accounts[name] = Account(
+                name=name, kind=kind, pw_hash=hash_password(password),
+                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            )
+        return password
+
+    def revoke(self, name: str) -> None:
+        """Revoke an account: it can no longer connect, and is cut off at reload.
+
+        Args:
+            name: The account.
+
+        Raises:
+            AccountError: When no active account has that name.
+        """
+        with self._locked() as accounts:
+            acc = accounts.get(name)
+            if acc is None or not acc.active:
+                raise AccountError(f"no active account {name!r}")
+            acc.revoked = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def ensure_rendered(self) -> None:
+        """Write ``passwd`` and ``acl`` if missing (a fresh install has no accounts yet)."""
+        with self._locked():
+            pass
+
+    def reload_broker(self) -> bool:
+        """Send SIGHUP to the running broker so it re-reads ``passwd`` and ``acl``.
+
+        Returns:
+            True when a running broker was signalled, False when none is running here.
+        """
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return False
+        return True

@@ -1,0 +1,189 @@
+"""paho-mqtt client set-up shared by the services, tools and tests.
+
+MQTT 5 throughout: session expiry makes a service's session (and the QoS 1 messages
+queued for it) outlive a crash; the broker uses our Receive Maximum (65535 by default
+in paho) as its in-flight window towards us.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker.errors import BrokerToolError
+from config.settings import MqttSettings
+
+
+class MqttConnectError(BrokerToolError):
+    """The broker refused or never answered our connection."""
+
+
+def status_topic(service: str) -> str:
+    """Retained status topic of a service.
+
+    Args:
+        service: Service name.
+
+    Returns:
+        ``svc/<service>/status``.
+    """
+    return f"svc/{service}/status"
+
+
+def offline_payload() -> bytes:
+    """The last-will payload every status topic falls back to."""
+    return b'{"state":"offline"}'
+
+
+def make_client(
+    settings: MqttSettings,
+    *,
+    client_id: str | None = None,
+    manual_ack: bool = False,
+    will_topic: str | None = None,
+) -> mqtt.Client:
+    """A configured, unconnected MQTT 5 client.
+
+    Args:
+        settings: Connection settings.
+        client_id: Overrides ``settings.client_id``.
+        manual_ack: Hold QoS 1 acks until ``client.ack()`` (paho ``manual_ack``).
+        will_topic: Retained ``{"state":"offline"}`` last will on this topic.
+
+    Returns:
+        The client.
+    """
+    cid = client_id or settings.client_id or settings.username or ""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=cid,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if settings.username:
+        client.username_pw_set(settings.username, settings.resolved_password())
+    if settings.tls.enabled:
+        client.tls_set(
+            ca_certs=str(settings.tls.ca_file) if settings.tls.ca_file else None,
+            certfile=str(settings.tls.cert_file) if settings.tls.cert_file else None,
+            keyfile=str(settings.tls.key_file) if settings.tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if will_topic is not None:
+        client.will_set(will_topic, offline_payload(), qos=1, retain=True)
+    client.reconnect_delay_set(
+        min_delay=max(1, int(settings.reconnect_min_s)), max_delay=int(settings.reconnect_max_s)
+    )
+    return client
+
+
+def connect_properties(settings: MqttSettings) -> Properties:
+    """CONNECT properties: the session expiry that keeps our queue while we are away.
+
+    Args:
+        settings: Connection settings.
+
+    Returns:
+        The properties.
+    """
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = settings.session_expiry_s
+    return props
+
+
+def connect_blocking(
+    client: mqtt.Client,
+    settings: MqttSettings,
+    *,
+    clean_start: bool = False,
+    timeout: float = 10.0,
+) -> None:
+    """Connect, start the network thread and wait for CONNACK.
+
+    Args:
+        client: From :func:`make_client`.
+        settings: Connection settings.
+        clean_start: False keeps the previous session (and its queued messages).
+        timeout: Seconds to wait for CONNACK.
+
+    Raises:
+        MqttConnectError: Refused, unreachable or no answer in time.
+    """
+    done = threading.Event()
+    result: dict[str, Any] = {}
+    previous = client.on_connect
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                   rc: ReasonCode, props: Properties | None) -> None:
+        result["rc"] = rc
+        done.set()
+        if previous is not None:
+            previous(c, userdata, flags, rc, props)
+
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s,
+                       clean_start=clean_start, properties=connect_properties(settings))
+    except (OSError, ssl.SSLError) as exc:
+        client.on_connect = previous
+        raise MqttConnectError(f"cannot reach {settings.host}:{settings.port}: {exc}") from exc
+    client.loop_start()
+    ok = done.wait(timeout)
+    client.on_connect = previous
+    if not ok:
+        client.loop_stop()
+        raise MqttConnectError(f"no CONNACK from {settings.host}:{settings.port} in {timeout}s")
+    rc = result["rc"]
+    if rc.is_failure:
+        client.loop_stop()
+        client.disconnect()
+        raise MqttConnectError(f"connection refused by broker: {rc}")
+
+
+def publish_json(
+    client: mqtt.Client, topic: str, obj: Any, *, retain: bool = False, qos: int = 1
+) -> mqtt.MQTTMessageInfo:
+    """Publish ``obj`` as compact JSON.
+
+    Args:
+        client: Connected client.
+        topic: Topic.
+        obj: JSON-serialisable value.
+        retain: Retained message.
+        qos: QoS level.
+
+    Returns:
+        paho's message info (``wait_for_publish()`` waits for the PUBACK).
+    """
+    payload = json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    return client.publish(topic, payload, qos=qos, retain=retain)
+
+
+def wait_published(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
+    """Wait for a QoS 1 PUBACK without raising when the client is disconnected.
+
+    Args:
+        info: From ``publish``.
+        timeout: Seconds.
+
+    Returns:
+        True when acknowledged in time.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if info.is_published():
+            return True
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return False
+        time.sleep(0.005)
+    return info.is_published()

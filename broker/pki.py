@@ -1,0 +1,187 @@
+"""A small local CA and a server certificate for a self-hosted broker.
+
+Keys are written ``0640`` (``0600`` plus the broker's group when it exists), so the
+broker, which drops to user ``mosquitto``, can still read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import grp
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from broker.errors import PkiError
+
+
+@dataclass(frozen=True)
+class PkiPaths:
+    """Files of the PKI folder."""
+
+    root: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        """CA certificate (public; devices embed it)."""
+        return self.root / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        """CA private key (keep offline in production)."""
+        return self.root / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        """Broker certificate."""
+        return self.root / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        """Broker private key."""
+        return self.root / "server.key"
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    share_with_broker(path, 0o640)
+
+
+def share_with_broker(path: Path, mode: int) -> None:
+    """Give ``path`` to group ``mosquitto`` when that group exists, with ``mode``.
+
+    Args:
+        path: File to adjust.
+        mode: Permission bits, e.g. ``0o640``.
+    """
+    try:
+        gid = grp.getgrnam("mosquitto").gr_gid
+        if os.geteuid() == 0:
+            os.chown(path, -1, gid)
+    except KeyError:
+        pass
+    os.chmod(path, mode)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "camstack"),
+        x509.NameAttribute(NameOID.COMMON_NAME, cn),
+    ])
+
+
+def _san(names: list[str]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            entries.append(x509.DNSName(n))
+    return x509.SubjectAlternativeName(entries)
+
+
+def create_ca(paths: PkiPaths, *, days: int = 3650, cn: str = "camstack local CA") -> None:
+    """Create the CA key and self-signed certificate.
+
+    Args:
+        paths: Where to write.
+        days: Validity.
+        cn: Common name.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          key_cert_sign=True, crl_sign=True, encipher_only=False,
+                          decipher_only=False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(paths.ca_key, key)
+    paths.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths.ca_cert.chmod(0o644)
+
+
+def create_server_cert(paths: PkiPaths, names: list[str], *, days: int = 825) -> None:
+    """Issue the broker certificate from the CA, with ``names`` as SANs.
+
+    Args:
+        paths: PKI folder holding the CA.
+        names: DNS names and IP addresses clients use to reach the broker.
+        days: Validity (825 days: the longest most TLS clients accept).
+
+    Raises:
+        PkiError: When the CA is missing or ``names`` is empty.
+    """
+    if not names:
+        raise PkiError("at least one server name is needed")
+    try:
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    except FileNotFoundError as exc:
+        raise PkiError(f"CA missing: {exc.filename}; run 'python -m broker pki' first") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise PkiError("CA key is not an EC key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(_san(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(paths.server_key, key)
+    paths.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths.server_cert.chmod(0o644)
+
+
+def ensure_pki(paths: PkiPaths, names: list[str]) -> bool:
+    """Create the CA and server certificate unless both exist.
+
+    Args:
+        paths: PKI folder.
+        names: Server SANs for a new certificate.
+
+    Returns:
+        True when something was created.
+    """
+    created = False
+    if not (paths.ca_cert.exists() and paths.ca_key.exists()):
+        create_ca(paths)
+        created = True
+    if created or not (paths.server_cert.exists() and paths.server_key.exists()):
+        create_server_cert(paths, names)
+        created = True
+    return created

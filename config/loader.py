@@ -1,0 +1,90 @@
+"""Load a settings model from TOML plus environment, with errors a person can act on."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound=BaseSettings)
+
+CONFIG_ENV = "CAM_CONFIG"
+"""Environment variable naming the TOML file when ``--config`` is not given."""
+
+
+class ConfigError(Exception):
+    """The configuration could not be read or is invalid.
+
+    Attributes:
+        problems: One ``"location: message"`` line per bad field.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+
+
+def load_settings(model: type[S], path: Path | str | None = None, **overrides: Any) -> S:
+    """Build ``model`` from a TOML file, ``CAM_`` environment variables and overrides.
+
+    Args:
+        model: The service's settings class.
+        path: TOML file; defaults to ``$CAM_CONFIG`` when set, else no file.
+        **overrides: Top-level sections merged over the file (used by tests and tools).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: With every invalid field's location and message.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    data: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError(problems) from None
+
+
+def load_or_exit(model: type[S], path: Path | str | None = None) -> S:
+    """Like :func:`load_settings`, but print every problem and exit 2 on failure.
+
+    Args:
+        model: The service's settings class.
+        path: TOML file, or None for ``$CAM_CONFIG`` / defaults.
+
+    Returns:
+        The validated settings.
+    """
+    try:
+        return load_settings(model, path)
+    except ConfigError as exc:
+        print(f"invalid configuration for {model.__name__}:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None

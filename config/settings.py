@@ -1,0 +1,251 @@
+"""Pydantic settings models: one model per section, strict, with bounds in ``Field``.
+
+Every service has one top-level model (``IngestorSettings``, ``EncoderSettings``,
+``BrokerSettings``) built from the shared sections below. They are loaded once in the
+service's ``__main__.main()`` from an optional TOML file plus ``CAM_``-prefixed
+environment variables (nested with ``__``, e.g. ``CAM_MQTT__HOST``), and passed down.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+"""A device id, as fixed by the wire contract. It is also the MQTT username and client id."""
+
+TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Section):
+    """TLS towards the broker."""
+
+    enabled: bool = True
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate that signed the broker's certificate."
+    )
+    cert_file: Path | None = Field(default=None, description="Client certificate (optional).")
+    key_file: Path | None = Field(default=None, description="Client key (optional).")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttSettings(_Section):
+    """Connection to the MQTT broker."""
+
+    host: str = Field(default="localhost", min_length=1)
+    port: int = Field(default=8883, ge=1, le=65535)
+    username: str = Field(default="", description="Service account name.")
+    password: SecretStr = Field(default=SecretStr(""), description="Service account password.")
+    password_file: Path | None = Field(
+        default=None, description="Read the password from this file instead (Docker secrets)."
+    )
+    client_id: str | None = Field(
+        default=None, description="MQTT client id; default: the service name."
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="How long the broker keeps our session (and queues for us) while we are away.",
+    )
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
+    topic_prefix: str = Field(default="cam", description="First level of every device topic.")
+    tls: TlsSettings = TlsSettings()
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_one_level(cls, v: str) -> str:
+        if not TOPIC_PREFIX_RE.match(v):
+            raise ValueError("must be one topic level of letters, digits, '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSettings:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    def resolved_password(self) -> str:
+        """The password, read from ``password_file`` when one is set.
+
+        Returns:
+            The password text without a trailing newline.
+        """
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.password.get_secret_value()
+
+
+class StorageSettings(_Section):
+    """Where frames, batches and videos live (the storage root)."""
+
+    root: Path = Field(default=Path("data/storage"), description="Storage root folder.")
+
+
+class LogSettings(_Section):
+    """Process logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: JSON when stderr is not a TTY."
+    )
+
+
+class MetricsSettings(_Section):
+    """Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9100, ge=0, le=65535, description="0 picks a free port.")
+
+
+class IngestSettings(_Section):
+    """Reassembly, storage and batching rules of the ingestor."""
+
+    frames_per_video: int = Field(default=300, ge=1, le=100_000)
+    idle_seal_s: float | None = Field(
+        default=None, gt=0, description="Seal a partial batch after this long without frames."
+    )
+    max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    partial_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_inflight_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024 * 1024, description="All partial frames together."
+    )
+    max_device_inflight_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=64 * 1024, description="Partial frames of one device."
+    )
+    fsync_interval_ms: float = Field(
+        default=20.0, ge=0, le=5000, description="Group-commit window for durable writes."
+    )
+    max_pending_frames: int = Field(
+        default=4096, ge=1, description="Completed frames waiting for the disk before pausing."
+    )
+    announce_retry_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _device_within_global(self) -> IngestSettings:
+        if self.max_device_inflight_bytes > self.max_inflight_bytes:
+            raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
+        if self.max_device_inflight_bytes < self.max_frame_bytes:
+            raise ValueError("max_device_inflight_bytes must hold at least one max_frame_bytes")
+        return self
+
+
+class EncodeSettings(_Section):
+    """PyAV / libx264 options of the encoder."""
+
+    fps: float = Field(default=30.0, gt=0, le=240, description="Playback rate of the timelapse.")
+    timing: Literal["fixed", "capture"] = Field(
+        default="fixed", description="fixed: every frame 1/fps; capture: real capture_ms timing."
+    )
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
+    ] = "veryfast"
+    crf: int = Field(default=23, ge=0, le=51)
+    gop: int = Field(default=60, ge=1, le=10_000)
+    threads: int = Field(default=0, ge=0, le=64, description="0: let FFmpeg choose.")
+    thumbnail_width: int = Field(default=320, ge=16, le=4096)
+
+
+class RetentionSettings(_Section):
+    """When old videos are deleted."""
+
+    max_age_days: float | None = Field(default=None, gt=0)
+    max_disk_percent: float | None = Field(
+        default=None, gt=0, le=100, description="Delete oldest videos above this disk usage."
+    )
+    interval_s: float = Field(default=300.0, gt=0)
+
+
+class _ServiceSettings(BaseSettings):
+    """Base of the per-service models: ``CAM_`` environment, nested with ``__``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAM_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+class IngestorSettings(_ServiceSettings):
+    """Everything the ingestor reads."""
+
+    mqtt: MqttSettings = MqttSettings(username="ingestor", client_id="ingestor")
+    storage: StorageSettings = StorageSettings()
+    log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings(port=9101)
+    ingest: IngestSettings = IngestSettings()
+
+
+class EncoderSettings(_ServiceSettings):
+    """Everything the encoder reads."""
+
+    mqtt: MqttSettings = MqttSettings(username="encoder")
+    storage: StorageSettings = StorageSettings()
+    log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings(port=9102)
+    encode: EncodeSettings = EncodeSettings()
+    retention: RetentionSettings = RetentionSettings()
+    share_group: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BrokerSettings(_ServiceSettings):
+    """How the local broker is rendered and run (``python -m broker``)."""
+
+    data_dir: Path = Field(default=Path("data"), description="Broker state, PKI and accounts.")
+    tls_port: int = Field(default=8883, ge=1, le=65535)
+    tls_bind: str = Field(default="0.0.0.0", description="Interface of the device listener.")
+    local_port: int | None = Field(
+        default=1883, ge=1, le=65535, description="Plain listener on loopback; none to disable."
+    )
+    server_names: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1"],
+        min_length=1,
+        description="DNS names / IPs written into the server certificate.",
+    )
+    topic_prefix: str = "cam"
+    run_as_root: bool = Field(
+        default=False, description="Write 'user root' (local and test runs started as root)."
+    )
+    max_packet_bytes: int = Field(default=256 * 1024, ge=1024, le=268_435_455)
+    max_queued_messages: int = Field(default=200_000, ge=0)
+    max_queued_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    max_inflight_messages: int = Field(default=1000, ge=0, le=65535)
+    autosave_interval_s: int = Field(default=30, ge=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_one_level(cls, v: str) -> str:
+        if not TOPIC_PREFIX_RE.match(v):
+            raise ValueError("must be one topic level of letters, digits, '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> BrokerSettings:
+        if self.local_port is not None and self.local_port == self.tls_port:
+            raise ValueError("local_port and tls_port must differ")
+        return self

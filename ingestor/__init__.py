@@ -1,0 +1,1 @@
+"""The ingestor: reassembles chunked frames, stores them durably, seals batches."""

@@ -1,0 +1,142 @@
+"""Run the real services (``python -m ingestor`` / ``python -m encoder``) as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support.brokerproc import BrokerHandle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def to_toml(data: dict[str, Any], _prefix: str = "") -> str:
+    """Write nested dicts of scalars as TOML (enough for service configs)."""
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items()
+               if not isinstance(v, dict) and v is not None]
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{_prefix}.{k}" if _prefix else k
+            inner = to_toml(v, name)
+            has_scalars = any(not isinstance(x, dict) for x in v.values())
+            out += (f"\n[{name}]\n" if has_scalars else "") + inner
+    return out
+
+
+def service_config(broker: BrokerHandle, account: str, storage_root: Path, path: Path,
+                   **sections: dict[str, Any]) -> Path:
+    """Write a TOML config for a service account against ``broker``.
+
+    Args:
+        broker: The running broker.
+        account: Service account (``ingestor``, ``encoder``, ``encoder-2`` …).
+        storage_root: Storage root folder.
+        path: Where to write the TOML file.
+        **sections: More sections, merged (e.g. ``ingest={"frames_per_video": 10}``).
+
+    Returns:
+        ``path``.
+    """
+    mqtt = broker.mqtt_settings(account).model_dump(mode="json")
+    mqtt.pop("password")
+    mqtt = {k: v for k, v in mqtt.items() if v is not None}
+    mqtt["tls"] = {k: v for k, v in mqtt["tls"].items() if v is not None}
+    data: dict[str, Any] = {
+        "mqtt": mqtt,
+        "storage": {"root": str(storage_root)},
+        "log": {"level": "info", "format": "json"},
+        "metrics": {"enabled": True, "port": 0},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    path.write_text(to_toml(data), encoding="utf-8")
+    return path
+
+
+class ServiceProcess:
+    """A service subprocess with its JSON log lines collected in a file."""
+
+    def __init__(self, module: str, config: Path, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.module = module
+        self.config = config
+        self.log_path = log_path
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        """Start the process (appending to the log)."""
+        env = {**os.environ, "CAM_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1",
+               **self.env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=REPO, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def events(self) -> list[dict[str, Any]]:
+        """Parsed JSON log lines so far (non-JSON lines are skipped)."""
+        out = []
+        if not self.log_path.exists():
+            return out
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    def wait_event(self, pred: Callable[[dict[str, Any]], bool] | str,
+                   timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for a log event (by name or predicate); fails if the process dies."""
+        check = (lambda e: e.get("event") == pred) if isinstance(pred, str) else pred
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events():
+                if check(e):
+                    return e
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.module} exited {self.proc.returncode}:\n"
+                                     + self.log_path.read_text(errors="replace")[-3000:])
+            time.sleep(0.05)
+        raise AssertionError(f"no matching event from {self.module} in {timeout}s:\n"
+                             + self.log_path.read_text(errors="replace")[-3000:])
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
