@@ -128,7 +128,7 @@ def connect_blocking(
         result["rc"] = rc
         done.set()
         if previous is not None:
-            previous(c, userdata, flags, rc, props)
+            previous(c, userdata, flags, rc, props)  # type: ignore[call-arg,arg-type]
 
     client.on_connect = on_connect
     try:

@@ -112,4 +112,4 @@ def exec_broker(layout: Layout) -> None:
         layout: A prepared layout.
     """
     binary = mosquitto_binary()
-    os.execv(binary, [str(binary), "-c", str(layout.conf_file)])
+    os.execv(binary, [str(binary), "-c", str(layout.conf_file)])  # noqa: S606

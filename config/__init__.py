@@ -1,13 +1,13 @@
 """Settings models and process-wide setup shared by every camstack service."""
 
-from config.loader import ConfigError, load_settings, load_or_exit
+from config.loader import ConfigError, load_or_exit, load_settings
 from config.logging import configure_logging
 from config.settings import (
     BrokerSettings,
-    EncodeSettings,
     EncoderSettings,
-    IngestSettings,
+    EncodeSettings,
     IngestorSettings,
+    IngestSettings,
     LogSettings,
     MetricsSettings,
     MqttSettings,

@@ -195,7 +195,7 @@ class BrokerHandle:
             pw_file, pw = None, password
         return MqttSettings(
             host=self.host, port=self.tls_port if tls else self.local_port,
-            username=username, password=pw, password_file=pw_file,  # type: ignore[arg-type]
+            username=username, password=pw, password_file=pw_file,
             client_id=client_id, topic_prefix=self.prefix, reconnect_min_s=0.2,
             reconnect_max_s=2.0,
             tls=TlsSettings(enabled=tls, ca_file=self.ca_file if tls else None),

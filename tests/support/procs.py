@@ -94,7 +94,7 @@ class ServiceProcess:
 
     def events(self) -> list[dict[str, Any]]:
         """Parsed JSON log lines so far (non-JSON lines are skipped)."""
-        out = []
+        out: list[dict[str, Any]] = []
         if not self.log_path.exists():
             return out
         for line in self.log_path.read_text(errors="replace").splitlines():

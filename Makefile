@@ -1,0 +1,63 @@
+# camstack — the two commands: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl
+# Debian names of the binaries we check before calling apt-get.
+APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
+                /usr/bin/ffprobe /usr/bin/g++
+
+.PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
+
+help:
+	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
+	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
+	@echo "make up     - the stack in the foreground for real cameras (Ctrl-C stops it)"
+	@echo "make broker - only the local broker in the foreground"
+
+# Debian packages, only when something is missing (needs root or sudo).
+deps:
+	@missing=0; for f in $(APT_BINARIES); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+firmware-test: deps
+	$(MAKE) -C firmware test
+
+pytest: deps venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test: deps venv lint typecheck firmware-test pytest
+
+demo: deps venv
+	$(PY) -m broker --data-dir $(DATA) demo
+
+up: deps venv
+	$(PY) -m broker --data-dir $(DATA) init
+	CAM_DATA=$(DATA) $(VENV)/bin/honcho -f Procfile start
+
+broker: deps venv
+	$(PY) -m broker --data-dir $(DATA) run
+
+clean:
+	rm -rf $(VENV) firmware/build .mypy_cache .ruff_cache
