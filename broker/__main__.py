@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--wifi-ssid", default="")
     add.add_argument("--wifi-password", default="")
     add.add_argument("--no-reload", action="store_true", help="do not SIGHUP the broker")
+    svc = sub.add_parser("service", help="service accounts").add_subparsers(dest="scmd",
+                                                                             required=True)
+    sadd = svc.add_parser("add", help="another worker or person: encoder-2, operator-alice")
+    sadd.add_argument("name")
+    sadd.add_argument("--no-reload", action="store_true")
+    svc.add_parser("list", help="list service accounts")
+    srv = svc.add_parser("revoke", help="revoke a service account")
+    srv.add_argument("name")
+    srv.add_argument("--no-reload", action="store_true")
     ls = dev.add_parser("list", help="list devices")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--all", action="store_true", help="include revoked devices")
@@ -107,6 +116,25 @@ def _dispatch(args: argparse.Namespace, settings: BrokerSettings) -> int:
         exec_broker(layout)
     elif args.cmd == "device":
         return _device(args, settings, layout, store)
+    elif args.cmd == "service":
+        return _service(args, layout, store)
+    return 0
+
+
+def _service(args: argparse.Namespace, layout: Layout, store: AccountStore) -> int:
+    if args.scmd == "add":
+        password = store.add(args.name, "service")
+        pw_file = layout.service_password_file(args.name)
+        write_secret_file(pw_file, password + "\n")
+        print(f"added {args.name}; password in {pw_file}; {_reload_note(store, args.no_reload)}")
+    elif args.scmd == "list":
+        for a in store.list():
+            if a.kind == "service":
+                print(f"{a.name:32} created {a.created}")
+    elif args.scmd == "revoke":
+        store.revoke(args.name)
+        layout.service_password_file(args.name).unlink(missing_ok=True)
+        print(f"revoked {args.name}; {_reload_note(store, args.no_reload)}")
     return 0
 
 

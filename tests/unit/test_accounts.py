@@ -1,0 +1,127 @@
+"""Accounts, password hashing, ACL rendering, PKI and the firmware secrets header."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import ssl
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.accounts import AccountStore, hash_password, render_acl, service_role
+from broker.errors import AccountError
+from broker.pki import PkiPaths, create_ca, create_server_cert, ensure_pki
+from broker.secrets import render_secrets_header
+
+
+def test_hash_matches_mosquitto_format() -> None:
+    h = hash_password("secret", salt=b"0123456789ab")
+    kind, iterations, salt, digest = h.split("$")[1:]
+    assert (kind, iterations) == ("7", "101")
+    expected = hashlib.pbkdf2_hmac("sha512", b"secret", base64.b64decode(salt), 101)
+    assert base64.b64decode(digest) == expected
+
+
+def test_add_list_revoke(tmp_path: Path) -> None:
+    store = AccountStore(tmp_path)
+    pw = store.add("cam01", "device")
+    assert len(pw) >= 32
+    assert [a.name for a in store.list()] == ["cam01"]
+    assert "cam01:$7$101$" in (tmp_path / "passwd").read_text()
+    with pytest.raises(AccountError, match="already exists"):
+        store.add("cam01", "device")
+    store.revoke("cam01")
+    assert store.list() == []
+    assert "cam01" not in (tmp_path / "passwd").read_text()
+    assert store.list(include_revoked=True)[0].revoked is not None
+    with pytest.raises(AccountError, match="no active account"):
+        store.revoke("cam01")
+    store.add("cam01", "device")  # re-provisioning after revocation is allowed
+    assert stat.S_IMODE((tmp_path / "passwd").stat().st_mode) & 0o007 == 0
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "x" * 33, "ca m"])
+def test_bad_device_ids_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(AccountError, match="invalid id"):
+        AccountStore(tmp_path).add(bad, "device")
+
+
+@pytest.mark.parametrize("reserved", ["ingestor", "encoder", "operator", "encoder-2"])
+def test_service_names_reserved(tmp_path: Path, reserved: str) -> None:
+    with pytest.raises(AccountError, match="reserved"):
+        AccountStore(tmp_path).add(reserved, "device")
+
+
+def test_service_roles_and_acl() -> None:
+    assert service_role("encoder-2") == "encoder"
+    assert service_role("encoders") is None
+    store_accounts = []
+    from broker.accounts import Account  # noqa: PLC0415
+
+    for name in ("ingestor", "encoder", "encoder-2", "operator"):
+        store_accounts.append(Account(name, "service", "h", "now"))
+    acl = render_acl(store_accounts, "cam")
+    assert "pattern write cam/%u/frame" in acl
+    assert "pattern read cam/%u/cmd" in acl
+    assert "user encoder-2\ntopic read cam/+/ready" in acl
+    assert "topic readwrite svc/encoder-2/#" in acl
+    # devices get nothing but the pattern lines
+    assert "pattern read cam/%u/frame" not in acl
+
+
+def test_pki_chain_verifies(tmp_path: Path) -> None:
+    paths = PkiPaths(tmp_path)
+    assert ensure_pki(paths, ["broker.local", "10.0.0.5"])
+    assert not ensure_pki(paths, ["ignored"])
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o640
+    ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
+    assert ctx.cert_store_stats()["x509_ca"] == 1
+    text = subprocess.run(["openssl", "x509", "-in", str(paths.server_cert), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "DNS:broker.local" in text and "IP Address:10.0.0.5" in text
+    res = subprocess.run(["openssl", "verify", "-CAfile", str(paths.ca_cert),
+                          str(paths.server_cert)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+
+
+def test_server_cert_needs_ca(tmp_path: Path) -> None:
+    from broker.errors import PkiError  # noqa: PLC0415
+
+    with pytest.raises(PkiError, match="CA missing"):
+        create_server_cert(PkiPaths(tmp_path), ["x"])
+    create_ca(PkiPaths(tmp_path))
+    with pytest.raises(PkiError, match="at least one"):
+        create_server_cert(PkiPaths(tmp_path), [])
+
+
+def test_secrets_header_compiles(tmp_path: Path) -> None:
+    header = render_secrets_header(device_id="cam01", password='p"w\\x', host="h", port=8883,
+                                   prefix="cam", ca_pem="-----BEGIN CERTIFICATE-----\nAA\n")
+    (tmp_path / "s.h").write_text(header)
+    src = tmp_path / "m.cpp"
+    src.write_text('#include "s.h"\n#include <cstring>\nint main(){return std::strcmp('
+                   'CAM_MQTT_PASSWORD, "p\\"w\\\\x") != 0 || CAM_MQTT_PORT != 8883;}\n')
+    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-o", str(tmp_path / "m"),
+                    str(src)], check=True)
+    assert subprocess.run([str(tmp_path / "m")], check=False).returncode == 0
+
+
+def test_cli_device_add_json(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"), "device", "add",
+         "cam07", "--json", "--secrets-dir", str(tmp_path / "fw")],
+        capture_output=True, text=True, check=True,
+    )
+    info = json.loads(res.stdout)
+    assert info["username"] == "cam07" and len(info["password"]) >= 32
+    header = (tmp_path / "fw" / "cam07.h").read_text()
+    assert info["password"] in header and "BEGIN CERTIFICATE" in header
+    assert stat.S_IMODE((tmp_path / "fw" / "cam07.h").stat().st_mode) == 0o600
+    res = subprocess.run([sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"),
+                          "device", "add", "cam07"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "already exists" in res.stderr
