@@ -249,3 +249,40 @@ class BrokerSettings(_ServiceSettings):
         if self.local_port is not None and self.local_port == self.tls_port:
             raise ValueError("local_port and tls_port must differ")
         return self
+
+
+class AlertSettings(_Section):
+    """Thresholds of the alert rules evaluated by ``python -m broker monitor``."""
+
+    device_offline_s: float = Field(
+        default=300.0, gt=0, description="Alert when a device has been offline this long."
+    )
+    no_frame_s: float = Field(
+        default=600.0, gt=0, description="Alert when an online device sent no frame this long."
+    )
+    rejection_rate: float = Field(
+        default=0.05, gt=0, le=1, description="Alert above this share of rejected frames."
+    )
+    rejection_min_frames: int = Field(
+        default=50, ge=1, description="Frames (stored + rejected) needed before judging the rate."
+    )
+    disk_percent: float = Field(
+        default=90.0, gt=0, le=100, description="Alert above this usage of the storage disk."
+    )
+    service_offline_s: float = Field(
+        default=60.0, gt=0, description="Alert when a known service has been offline this long."
+    )
+
+
+class MonitorSettings(_ServiceSettings):
+    """Everything ``python -m broker status`` and ``python -m broker monitor`` read."""
+
+    mqtt: MqttSettings = MqttSettings(username="operator-monitor")
+    storage: StorageSettings = StorageSettings()
+    log: LogSettings = LogSettings()
+    alerts: AlertSettings = AlertSettings()
+    interval_s: float = Field(default=15.0, gt=0, le=3600, description="Rule evaluation period.")
+    alert_prefix: str = Field(
+        default="alerts", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Alerts go to <alert_prefix>/<rule>/<subject>, retained.",
+    )
