@@ -22,11 +22,13 @@ struct QueuedFrame {
   Bytes data;
 
   // Transmission state (owned by Uplink).
-  std::vector<uint8_t> acked;  // one flag per chunk
+  enum ChunkState : uint8_t { kUnsent = 0, kSent = 1, kAcked = 2 };
+  std::vector<uint8_t> chunk_state;  // one ChunkState per chunk
   uint16_t n_acked = 0;
   uint16_t next_send = 0;      // next chunk index to publish
   bool header_frozen = false;  // a chunk went on the wire: header fields may no longer change
 
+  bool acked(uint16_t i) const { return chunk_state[i] == kAcked; }
   bool complete() const { return chunk_count > 0 && n_acked == chunk_count; }
 };
 

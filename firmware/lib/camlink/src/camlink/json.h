@@ -13,7 +13,7 @@
 namespace camlink {
 
 constexpr size_t kMaxJsonInput = 1024;
-constexpr size_t kMaxJsonMembers = 16;
+constexpr size_t kMaxJsonMembers = 32;
 constexpr size_t kMaxJsonString = 128;
 
 class JsonWriter {

@@ -16,7 +16,7 @@ Uplink::Uplink(MqttPublisher& mqtt, Clock& clock, FrameQueue& queue, std::string
 
 uint16_t Uplink::first_unacked(const QueuedFrame& f) {
   uint16_t i = 0;
-  while (i < f.chunk_count && f.acked[i]) ++i;
+  while (i < f.chunk_count && f.acked(i)) ++i;
   return i;
 }
 
@@ -48,15 +48,15 @@ void Uplink::on_published(int msg_id) {
   auto it = std::find_if(inflight_.begin(), inflight_.end(),
                          [msg_id](const InFlight& e) { return e.msg_id == msg_id; });
   if (it == inflight_.end()) {
-    ++stats_.stale_acks;
+    ++stats_.unmatched_acks;
     return;
   }
   InFlight e = *it;
   inflight_.erase(it);
   QueuedFrame* f = queue_.find(e.seq);
   if (f == nullptr || e.index >= f->chunk_count) return;
-  if (!f->acked[e.index]) {
-    f->acked[e.index] = 1;
+  if (!f->acked(e.index)) {
+    f->chunk_state[e.index] = QueuedFrame::kAcked;
     ++f->n_acked;
     ++stats_.chunks_acked;
   }
@@ -72,7 +72,7 @@ void Uplink::on_published(int msg_id) {
 
 QueuedFrame* Uplink::next_frame() {
   for (auto& f : queue_.frames()) {
-    while (f.next_send < f.chunk_count && f.acked[f.next_send]) ++f.next_send;
+    while (f.next_send < f.chunk_count && f.acked(f.next_send)) ++f.next_send;
     if (f.next_send < f.chunk_count) return &f;
   }
   return nullptr;
@@ -128,9 +128,8 @@ void Uplink::poll() {
       retry_at_ = now + cfg_.retry_after_fail_ms;
       break;
     }
-    if (f->acked.size() > index && f->next_send != index) {
-      // unreachable; keeps the invariant explicit
-    }
+    if (f->chunk_state[index] == QueuedFrame::kSent) ++stats_.chunks_resent;
+    f->chunk_state[index] = QueuedFrame::kSent;
     inflight_.push_back(InFlight{mid, f->seq, index, now});
     ++stats_.chunks_published;
     ++f->next_send;

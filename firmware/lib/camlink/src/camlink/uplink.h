@@ -35,7 +35,7 @@ struct UplinkStats {
   uint64_t chunks_resent = 0;    // publishes of a chunk that had been published before
   uint64_t publish_failures = 0;
   uint64_t ack_timeouts = 0;
-  uint64_t stale_acks = 0;       // acks for unknown message ids (after a resync)
+  uint64_t unmatched_acks = 0;   // acks of other messages (status) or of publishes forgotten by a resync
   uint64_t frames_sent = 0;
 };
 
