@@ -87,17 +87,22 @@ def make_client(
     return client
 
 
-def connect_properties(settings: MqttSettings) -> Properties:
+def connect_properties(settings: MqttSettings, *, receive_maximum: int | None = None) -> Properties:
     """CONNECT properties: the session expiry that keeps our queue while we are away.
 
     Args:
         settings: Connection settings.
+        receive_maximum: MQTT 5 Receive Maximum (1..65535). paho sends none by default,
+            and Mosquitto 2.0 then falls back to its ``max_inflight_messages`` (measured:
+            see docs/ingestor.md); a subscriber that holds acks sets it explicitly.
 
     Returns:
         The properties.
     """
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = settings.session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
     return props
 
 

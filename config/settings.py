@@ -135,6 +135,26 @@ class IngestSettings(_Section):
         default=4096, ge=1, description="Completed frames waiting for the disk before pausing."
     )
     announce_retry_s: float = Field(default=30.0, gt=0)
+    receive_maximum: int = Field(
+        default=65535,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum sent at CONNECT: the broker's window of unacked "
+        "chunks towards us (docs/ingestor.md explains the sizing).",
+    )
+    max_partial_chunks: int = Field(
+        default=32768,
+        ge=1,
+        le=65535,
+        description="Unacked chunks held by partial frames; past it the oldest partial is "
+        "dropped so the window never fills with frames that cannot complete.",
+    )
+    storage_retry_s: float = Field(
+        default=2.0, gt=0, le=300, description="Pause between retries while the disk fails."
+    )
+    status_interval_s: float = Field(
+        default=15.0, gt=0, le=3600, description="How often the retained status is refreshed."
+    )
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
@@ -142,6 +162,8 @@ class IngestSettings(_Section):
             raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
         if self.max_device_inflight_bytes < self.max_frame_bytes:
             raise ValueError("max_device_inflight_bytes must hold at least one max_frame_bytes")
+        if self.max_partial_chunks > self.receive_maximum:
+            raise ValueError("max_partial_chunks must not exceed receive_maximum")
         return self
 
 
