@@ -112,6 +112,7 @@ def connect_blocking(
     *,
     clean_start: bool = False,
     timeout: float = 10.0,
+    receive_maximum: int | None = None,
 ) -> None:
     """Connect, start the network thread and wait for CONNACK.
 
@@ -120,6 +121,7 @@ def connect_blocking(
         settings: Connection settings.
         clean_start: False keeps the previous session (and its queued messages).
         timeout: Seconds to wait for CONNACK.
+        receive_maximum: MQTT 5 Receive Maximum (see :func:`connect_properties`).
 
     Raises:
         MqttConnectError: Refused, unreachable or no answer in time.
@@ -137,8 +139,9 @@ def connect_blocking(
 
     client.on_connect = on_connect
     try:
+        props = connect_properties(settings, receive_maximum=receive_maximum)
         client.connect(settings.host, settings.port, keepalive=settings.keepalive_s,
-                       clean_start=clean_start, properties=connect_properties(settings))
+                       clean_start=clean_start, properties=props)
     except (OSError, ssl.SSLError) as exc:
         client.on_connect = previous
         raise MqttConnectError(f"cannot reach {settings.host}:{settings.port}: {exc}") from exc

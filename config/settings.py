@@ -181,6 +181,33 @@ class EncodeSettings(_Section):
     gop: int = Field(default=60, ge=1, le=10_000)
     threads: int = Field(default=0, ge=0, le=64, description="0: let FFmpeg choose.")
     thumbnail_width: int = Field(default=320, ge=16, le=4096)
+    decode_threads: int = Field(
+        default=0, ge=0, le=64, description="Parallel JPEG decoders; 0: one per usable CPU."
+    )
+
+
+class EncoderWorkSettings(_Section):
+    """How the encoder takes, retries and finds work (docs/encoder.md)."""
+
+    receive_maximum: int = Field(
+        default=1, ge=1, le=100,
+        description="MQTT 5 Receive Maximum: ready events the broker hands us before our ack.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100,
+        description="Tries of one batch (crashes included) before it is quarantined.",
+    )
+    retry_backoff_s: float = Field(default=5.0, ge=0, le=3600)
+    publish_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="Wait for the video event's PUBACK per try."
+    )
+    rescan_interval_s: float | None = Field(
+        default=300.0, gt=0,
+        description="Look for sealed batches nobody announced; none: only at start.",
+    )
+    rescan_min_age_s: float = Field(
+        default=600.0, ge=0, description="A rescan takes only batches sealed this long ago."
+    )
 
 
 class RetentionSettings(_Section):
@@ -232,6 +259,7 @@ class EncoderSettings(_ServiceSettings):
     metrics: MetricsSettings = MetricsSettings(port=9102)
     encode: EncodeSettings = EncodeSettings()
     retention: RetentionSettings = RetentionSettings()
+    work: EncoderWorkSettings = EncoderWorkSettings()
     share_group: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
