@@ -1,0 +1,279 @@
+"""The firmware core, on the host, against the real broker.
+
+``firmware/build/vcam`` (``make -C firmware vcam``) runs the same C++ core as the
+ESP32 build over libmosquitto with TLS: per-device password, client id = device id,
+QoS 1, retained status and last will. A subscriber reassembles what it publishes
+with the Python codec (``ingestor.protocol``) and compares byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from ingestor.protocol import ProtocolError, looks_like_jpeg, unpack_chunk
+from tests.support.brokerproc import BrokerHandle
+from tests.support.jpegs import make_jpegs
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE = REPO / "firmware"
+VCAM = FIRMWARE / "build" / "vcam"
+
+CONTRACT_STATUS_FIELDS = {
+    "state", "fw", "boot_id", "uptime_s", "rssi", "heap_free", "psram_free", "queue",
+    "frames_sent", "frames_dropped", "reset_reason", "frame_size", "jpeg_quality",
+    "interval_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def vcam_bin() -> Path:
+    """Build the virtual camera (needs g++ and libmosquitto-dev)."""
+    if shutil.which("make") is None or shutil.which("g++") is None:
+        pytest.skip("g++/make not installed")
+    if not Path("/usr/include/mosquitto.h").exists():
+        pytest.skip("libmosquitto-dev not installed")
+    res = subprocess.run(["make", "-C", str(FIRMWARE), "vcam"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return VCAM
+
+
+@dataclass
+class Reassembler:
+    """Subscriber side: reassembles frames with the Python codec, like the ingestor."""
+
+    device: str
+    parts: dict[tuple[int, int], dict[int, bytes]] = field(default_factory=dict)
+    headers: dict[tuple[int, int], Any] = field(default_factory=dict)
+    frames: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            if msg.topic.endswith("/status"):
+                self.statuses.append(json.loads(msg.payload))
+                return
+            try:
+                chunk = unpack_chunk(bytes(msg.payload))
+            except ProtocolError as exc:
+                self.errors.append(str(exc))
+                return
+            h = chunk.header
+            key = (h.boot_id, h.frame_seq)
+            if key in self.frames:
+                self.duplicates += 1
+                return
+            first = self.headers.setdefault(key, h)
+            if first.shared_fields() != h.shared_fields():
+                self.errors.append(f"header mismatch in {key}")
+                return
+            got = self.parts.setdefault(key, {})
+            if h.chunk_index in got:
+                self.duplicates += 1
+                return
+            got[h.chunk_index] = chunk.data
+            if len(got) == h.chunk_count:
+                data = b"".join(got[i] for i in range(h.chunk_count))
+                if len(data) != h.frame_len or zlib.crc32(data) != h.frame_crc32:
+                    self.errors.append(f"bad frame {key}")
+                elif not looks_like_jpeg(data):
+                    self.errors.append(f"not a jpeg {key}")
+                else:
+                    self.frames[key] = data
+                del self.parts[key]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.frames)
+
+    def wait_frames(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count() >= n:
+                return True
+            time.sleep(0.05)
+        return self.count() >= n
+
+
+def subscribe(client: mqtt.Client, rx: Reassembler, prefix: str = "cam") -> None:
+    """Subscribe to the device's frames and status (QoS 1) and wait for the SUBACK."""
+    acked = threading.Event()
+    client.on_subscribe = lambda *_a: acked.set()
+    client.on_message = rx.on_message
+    client.subscribe([(f"{prefix}/{rx.device}/frame", 1), (f"{prefix}/{rx.device}/status", 1)])
+    assert acked.wait(5), "no SUBACK"
+
+
+def vcam_cmd(vcam: Path, broker: BrokerHandle, device: str, password: str,
+             *extra: str) -> list[str]:
+    return [str(vcam), "--host", broker.host, "--port", str(broker.tls_port),
+            "--cafile", str(broker.ca_file), "--id", device, "--password", password,
+            "--keepalive", "5", "--backoff-base-ms", "100", "--backoff-max-ms", "1000",
+            "--timeout-s", "45", *extra]
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON summary in {stdout!r}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def test_vcam_frames_arrive_byte_identical_over_tls(
+        broker: BrokerHandle, vcam_bin: Path, tmp_path: Path) -> None:
+    device = "vcam-interop"
+    password = broker.add_device(device)
+    jpegs = make_jpegs(8, width=640, height=480, quality=95)  # several chunks each
+    assert any(len(j) > 8192 for j in jpegs)
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for i, data in enumerate(jpegs):
+        (frames_dir / f"frame_{i:04d}.jpg").write_bytes(data)
+
+    rx = Reassembler(device)
+    sub = broker.client("operator", broker.service_password("operator"))
+    try:
+        subscribe(sub, rx)
+        started_ms = time.time() * 1000
+        res = subprocess.run(
+            vcam_cmd(vcam_bin, broker, device, password, "--frames", str(frames_dir),
+                     "--interval-ms", "50", "--chunk", "8192", "--boot-id", "3735928559"),
+            capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr
+        summary = summary_of(res.stdout)
+        assert summary["frames_sent"] == len(jpegs)
+        assert summary["frames_dropped"] == 0
+        assert summary["frames_queued"] == 0
+        assert rx.wait_frames(len(jpegs), 10), (rx.count(), rx.errors)
+        # Wait for the clean-exit retained "offline" too.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                s.get("state") == "offline" for s in rx.statuses):
+            time.sleep(0.05)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+
+    assert rx.errors == []
+    for seq, data in enumerate(jpegs):  # sorted files → frame_seq 0, 1, 2 …
+        assert rx.frames[(3735928559, seq)] == data, f"frame {seq} differs"
+        h = rx.headers[(3735928559, seq)]
+        assert h.clock_synced
+        assert started_ms - 5000 <= h.capture_ms <= time.time() * 1000 + 5000
+        assert h.chunk_count == -(-len(data) // 8192)
+    online = [s for s in rx.statuses if s.get("state") == "online"]
+    assert online, rx.statuses
+    assert set(online[0]) >= CONTRACT_STATUS_FIELDS
+    assert online[0]["boot_id"] == 3735928559
+    assert {"state": "offline"} in rx.statuses
+
+
+def test_vcam_queue_drains_after_broker_restart_without_loss(
+        fresh_broker: BrokerHandle, vcam_bin: Path) -> None:
+    device = "vcam-outage"
+    total = 40
+    password = fresh_broker.add_device(device)
+    rx = Reassembler(device)
+    # A persistent session (clean start off): frames published while this subscriber is
+    # still reconnecting after the restart are queued for it by the broker.
+    sub = fresh_broker.client("operator", fresh_broker.service_password("operator"),
+                              clean_start=False)
+    proc = subprocess.Popen(
+        vcam_cmd(vcam_bin, fresh_broker, device, password, "--generate", str(total),
+                 "--interval-ms", "100", "--pad", "20000", "--chunk", "8192",
+                 "--boot-id", "77"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        subscribe(sub, rx)
+        assert rx.wait_frames(6, 15), (rx.count(), rx.errors)
+        fresh_broker.stop()  # mid-stream; the camera keeps capturing into its queue
+        time.sleep(2.5)
+        fresh_broker.start()  # same ports, same data
+        out, err = proc.communicate(timeout=45)
+        assert proc.returncode == 0, err
+        summary = summary_of(out)
+        assert summary["frames_captured"] == total
+        assert summary["frames_sent"] == total
+        assert summary["frames_dropped"] == 0
+        assert summary["reconnects"] >= 1, err
+        assert "connection lost" in err or "disconnected" in err
+        assert rx.wait_frames(total, 20), (rx.count(), sorted(rx.frames), rx.errors)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.disconnect()
+        sub.loop_stop()
+
+    assert rx.errors == []
+    assert sorted(seq for _boot, seq in rx.frames) == list(range(total))
+    for (_boot, seq), data in rx.frames.items():
+        # vcam's generated frames carry "vcam <id> frame <n>" in a COM segment.
+        assert f"vcam {device} frame {seq}".encode() in data
+        assert len(data) == 20000
+
+
+def test_vcam_obeys_commands_and_reports_bad_ones(
+        broker: BrokerHandle, vcam_bin: Path) -> None:
+    device = "vcam-cmd"
+    password = broker.add_device(device)
+    rx = Reassembler(device)
+    op = broker.client("operator", broker.service_password("operator"))
+    proc = subprocess.Popen(
+        vcam_cmd(vcam_bin, broker, device, password, "--generate", "100000",
+                 "--interval-ms", "200", "--status-period-ms", "60000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def status_where(pred: Any, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with rx.lock:
+                for s in reversed(rx.statuses):
+                    if pred(s):
+                        found: dict[str, Any] = s
+                        return found
+            time.sleep(0.05)
+        raise AssertionError(f"no matching status in {rx.statuses}")
+
+    try:
+        subscribe(op, rx)
+        status_where(lambda s: s.get("state") == "online")
+        topic = f"cam/{device}/cmd"
+        op.publish(topic, b'{"cmd":"set","jpeg_quality":99}', qos=1).wait_for_publish(5)
+        bad = status_where(lambda s: s.get("cmd_errors") == 1)
+        assert bad["last_cmd_error"] == "jpeg_quality must be an integer 4..63"
+        assert bad["jpeg_quality"] == 12
+        op.publish(topic, b"{not json", qos=1).wait_for_publish(5)
+        status_where(lambda s: s.get("cmd_errors") == 2)
+        op.publish(topic, b'{"cmd":"set","frame_size":"VGA","interval_ms":300}',
+                   qos=1).wait_for_publish(5)
+        good = status_where(lambda s: s.get("interval_ms") == 300)
+        assert good["frame_size"] == "VGA"
+        assert good["cmd_errors"] == 2
+        op.publish(topic, b'{"cmd":"reboot"}', qos=1).wait_for_publish(5)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 3, err  # vcam exits 3 where the device would restart
+        assert summary_of(out)["cmd_ok"] == 2
+        assert rx.count() >= 1 and rx.errors == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        op.disconnect()
+        op.loop_stop()
