@@ -1,0 +1,137 @@
+"""Names of the shared storage layout (docs/storage.md). Pure: no I/O.
+
+The encoder relies on these names; only this module spells them out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+FRAMES_DIR = "frames"
+BATCHES_DIR = "batches"
+VIDEOS_DIR = "videos"
+QUARANTINE_DIR = "quarantine"
+STATE_DIR = "state"
+MANIFEST = "manifest.json"
+BATCH_FRAMES = "frames"
+TMP_PREFIX = "."
+"""Temporary files and folders start with a dot; every scanner skips dot names."""
+
+FRAME_NAME_RE = re.compile(r"^(\d{13})_([0-9a-f]{8})_(\d{10})\.jpg$")
+BATCH_NAME_RE = re.compile(
+    r"^(?P<device>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{6}Z)-(?P<n>\d{4,})$"
+)
+
+FrameKey = tuple[str, int, int]
+"""(device id, boot_id, frame_seq): the contract's identity of a frame."""
+
+
+def frame_ts_ms(capture_ms: int, clock_synced: bool, arrival_ms: int) -> int:
+    """The ``ts_ms`` a frame is filed under.
+
+    Args:
+        capture_ms: Device capture time, 0 when unknown.
+        clock_synced: Whether ``capture_ms`` comes from a synchronised clock.
+        arrival_ms: When the ingestor completed the frame (Unix ms).
+
+    Returns:
+        ``capture_ms`` when synced and non-zero, else ``arrival_ms``.
+    """
+    return capture_ms if clock_synced and capture_ms > 0 else arrival_ms
+
+
+def frame_file_name(ts_ms: int, boot_id: int, frame_seq: int) -> str:
+    """``<ts_ms:013d>_<boot_id:08x>_<frame_seq:010d>.jpg``: sorts in the contract's order."""
+    return f"{ts_ms:013d}_{boot_id:08x}_{frame_seq:010d}.jpg"
+
+
+def parse_frame_file_name(name: str) -> tuple[int, int, int] | None:
+    """Inverse of :func:`frame_file_name`.
+
+    Args:
+        name: A file name.
+
+    Returns:
+        ``(ts_ms, boot_id, frame_seq)`` or None when ``name`` is not a frame file.
+    """
+    m = FRAME_NAME_RE.match(name)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2), 16), int(m.group(3))
+
+
+def utc_date(ts_ms: int) -> str:
+    """``YYYY-MM-DD`` (UTC) of a Unix millisecond time."""
+    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def utc_stamp(ts_ms: int) -> str:
+    """``%Y%m%dT%H%M%SZ`` (UTC) of a Unix millisecond time."""
+    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def frame_rel_path(device: str, ts_ms: int, boot_id: int, frame_seq: int) -> str:
+    """``frames/<id>/<YYYY-MM-DD>/<name>`` relative to the storage root."""
+    return f"{FRAMES_DIR}/{device}/{utc_date(ts_ms)}/{frame_file_name(ts_ms, boot_id, frame_seq)}"
+
+
+def batch_name(device: str, first_ts_ms: int, counter: int) -> str:
+    """``<id>-<%Y%m%dT%H%M%SZ of first frame>-<NNNN>``."""
+    return f"{device}-{utc_stamp(first_ts_ms)}-{counter:04d}"
+
+
+def parse_batch_counter(name: str, device: str) -> int | None:
+    """The per-device counter in a batch name, or None when it is not ``device``'s batch."""
+    m = BATCH_NAME_RE.match(name)
+    if m is None or m.group("device") != device:
+        return None
+    return int(m.group("n"))
+
+
+def batch_location(device: str, batch: str) -> str:
+    """``batches/<id>/<batch>``: the ``location`` of a ready event."""
+    return f"{BATCHES_DIR}/{device}/{batch}"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeta:
+    """What the ingestor knows of one stored frame (a manifest entry)."""
+
+    device: str
+    boot_id: int
+    frame_seq: int
+    capture_ms: int
+    clock_synced: bool
+    ts_ms: int
+    size: int
+    crc32: int
+
+    @property
+    def key(self) -> FrameKey:
+        """The frame's identity."""
+        return (self.device, self.boot_id, self.frame_seq)
+
+    @property
+    def name(self) -> str:
+        """File name, also the sort key within a device."""
+        return frame_file_name(self.ts_ms, self.boot_id, self.frame_seq)
+
+    @property
+    def rel_path(self) -> str:
+        """Path under the root while not yet sealed."""
+        return frame_rel_path(self.device, self.ts_ms, self.boot_id, self.frame_seq)
+
+    def manifest_entry(self) -> dict[str, object]:
+        """This frame as one entry of ``manifest.json``."""
+        return {
+            "file": f"{BATCH_FRAMES}/{self.name}",
+            "boot_id": self.boot_id,
+            "frame_seq": self.frame_seq,
+            "capture_ms": self.capture_ms,
+            "clock_synced": self.clock_synced,
+            "ts_ms": self.ts_ms,
+            "bytes": self.size,
+            "crc32": self.crc32,
+        }

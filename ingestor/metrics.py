@@ -1,0 +1,64 @@
+"""Prometheus metrics of one ingestor instance (a private registry per instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class IngestMetrics:
+    """Every counter, gauge and histogram the ingestor exports.
+
+    Args:
+        registry: Where to register; a fresh private one by default.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.chunks = Counter("ingestor_chunks_received_total",
+                              "Frame chunks received (duplicates included).", registry=r)
+        self.duplicates = Counter("ingestor_duplicate_chunks_total",
+                                  "Chunks received again (QoS 1 redelivery).", registry=r)
+        self.frames_stored = Counter("ingestor_frames_stored_total",
+                                     "Frames durably stored.", ["device"], registry=r)
+        self.bytes_stored = Counter("ingestor_bytes_stored_total",
+                                    "JPEG bytes durably stored.", ["device"], registry=r)
+        self.rejections = Counter("ingestor_rejections_total",
+                                  "Frames or chunks refused, by reason.", ["reason"], registry=r)
+        self.discarded = Counter("ingestor_chunks_discarded_total",
+                                 "Further chunks of frames already rejected.", registry=r)
+        self.drops = Counter("ingestor_drops_total",
+                             "Incomplete frames given up (timeout, evictions).", ["reason"],
+                             registry=r)
+        self.partial_frames = Gauge("ingestor_partial_frames",
+                                    "Frames being reassembled.", registry=r)
+        self.inflight_bytes = Gauge("ingestor_inflight_bytes",
+                                    "Chunk bytes held in partial frames.", registry=r)
+        self.unacked = Gauge("ingestor_unacked_chunks",
+                             "Chunks received and not yet acknowledged.", registry=r)
+        self.pending_frames = Gauge("ingestor_pending_frames",
+                                    "Complete frames waiting to be durable.", registry=r)
+        self.store_latency = Histogram(
+            "ingestor_store_seconds", "From a frame's completion to durable on disk.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r)
+        self.group_size = Histogram(
+            "ingestor_commit_group_frames", "Frames per group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.batches_sealed = Counter("ingestor_batches_sealed_total",
+                                      "Batches sealed.", ["device"], registry=r)
+        self.batches_announced = Counter("ingestor_batches_announced_total",
+                                         "Ready events acknowledged by the broker.", registry=r)
+        self.last_frame = Gauge("ingestor_last_frame_timestamp_seconds",
+                                "Unix time of the device's last stored frame.", ["device"],
+                                registry=r)
+        self.storage_errors = Counter("ingestor_storage_errors_total",
+                                      "Failed writes or seals (retried).", registry=r)
+        self.storage_available = Gauge("ingestor_storage_available",
+                                       "1 while writes succeed, 0 while degraded.", registry=r)
+        self.paused = Gauge("ingestor_reading_paused",
+                            "1 while the socket is not read (too many pending frames).",
+                            registry=r)
+        self.connected = Gauge("ingestor_connected", "1 while connected to the broker.",
+                               registry=r)
+        self.storage_available.set(1)

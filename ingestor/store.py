@@ -1,0 +1,414 @@
+"""Durable frame files, batch sealing and the startup scan (layout: docs/storage.md).
+
+Every file appears atomically: written under a dot-name in its final folder, fsynced,
+renamed into place, and the folder fsynced. :meth:`Store.write_frames` does that for a
+whole group of frames with one folder fsync per folder (group commit), so a burst of
+frames costs one round of syncs, not one per frame.
+
+Sealing moves the batch's frames with ``rename`` into ``batches/<id>/<batch>/frames/``
+and writes ``manifest.json`` last: a batch folder without a manifest is an interrupted
+seal, which :meth:`Store.scan` rolls back (frames moved back) at the next start.
+
+Each frame file carries the metadata its name cannot (capture_ms, clock flag, CRC) in
+the extended attribute ``user.camstack``, written before the fsync so it is durable
+with the data; where the file system has no user xattrs the scan recomputes the CRC
+and marks the capture time unknown (``capture_ms`` 0, ``clock_synced`` false) unless
+the name's ts is the capture time (it cannot tell), see docs/ingestor.md.
+
+Not thread-safe: one writer thread owns the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ingestor.batcher import SealPlan, manifest
+from ingestor.layout import (
+    BATCH_FRAMES,
+    BATCHES_DIR,
+    FRAMES_DIR,
+    MANIFEST,
+    STATE_DIR,
+    TMP_PREFIX,
+    FrameKey,
+    FrameMeta,
+    parse_batch_counter,
+    parse_frame_file_name,
+    utc_date,
+)
+
+log = structlog.get_logger("ingestor.store")
+
+XATTR = "user.camstack"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (creates, renames, deletes) durable.
+
+    Args:
+        path: The folder.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes, *, xattr: bytes | None = None) -> bool:
+    """Write ``path`` atomically: dot-temp, fsync, rename, folder fsync.
+
+    Args:
+        path: Final path; its folder must exist.
+        data: Content.
+        xattr: Value of ``user.camstack`` to attach, when given.
+
+    Returns:
+        Whether the xattr was stored (False where unsupported).
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.tmp")
+    stored = _write_tmp(tmp, data, xattr)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return stored
+
+
+def _write_tmp(tmp: Path, data: bytes, xattr: bytes | None) -> bool:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    stored = False
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if xattr is not None:
+            try:
+                os.setxattr(fd, XATTR, xattr)
+                stored = True
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+    return stored
+
+
+def _meta_xattr(meta: FrameMeta) -> bytes:
+    return json.dumps({"capture_ms": meta.capture_ms, "clock_synced": meta.clock_synced,
+                       "crc32": meta.crc32}, separators=(",", ":")).encode()
+
+
+@dataclass
+class ScanResult:
+    """What the startup scan found and repaired."""
+
+    unsealed: dict[str, list[FrameMeta]] = field(default_factory=dict)
+    """Stored frames waiting for a batch, per device."""
+    counters: dict[str, int] = field(default_factory=dict)
+    """Highest batch counter used, per device."""
+    sealed: list[dict[str, Any]] = field(default_factory=list)
+    """Manifests of sealed batches still on disk (to announce again)."""
+    rolled_back: list[str] = field(default_factory=list)
+    """Interrupted seals undone (``batches/<id>/<batch>``)."""
+    temp_removed: int = 0
+    metadata_recovered: int = 0
+    """Frames without the xattr (CRC recomputed, capture time unknown)."""
+
+
+class Store:
+    """The ingestor's side of the storage root.
+
+    Args:
+        root: Storage root.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.frames_dir = root / FRAMES_DIR
+        self.batches_dir = root / BATCHES_DIR
+        self.state_dir = root / STATE_DIR / "ingestor"
+        self.counters_dir = self.state_dir / "batch_counters"
+        self._index: set[FrameKey] = set()
+        self._batches: dict[str, dict[str, list[FrameKey]]] = {}
+        self._durable_dirs: set[Path] = set()
+
+    # ----------------------------------------------------------------- index
+    def contains(self, key: FrameKey) -> bool:
+        """Whether the frame is stored (in ``frames/`` or an unpurged batch)."""
+        return key in self._index
+
+    @property
+    def indexed(self) -> int:
+        """Frames known to be on disk."""
+        return len(self._index)
+
+    # ----------------------------------------------------------------- folders
+    def ensure_dir(self, path: Path) -> None:
+        """Create ``path`` (and parents) so that the new entries are durable.
+
+        Args:
+            path: A folder under the root.
+        """
+        if path in self._durable_dirs:
+            return
+        missing = []
+        p = path
+        while not p.is_dir():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir()
+            fsync_dir(d.parent)
+        self._durable_dirs.add(path)
+
+    # ----------------------------------------------------------------- frames
+    def write_frames(self, frames: list[tuple[FrameMeta, bytes]]) -> None:
+        """Store a group of frames durably (group commit), then index them.
+
+        Idempotent: writing a frame again replaces it with the same bytes.
+
+        Args:
+            frames: Metadata and JPEG bytes.
+
+        Raises:
+            OSError: Nothing of the group may be considered stored; retry the group.
+        """
+        if not frames:
+            return
+        temps: list[tuple[Path, Path]] = []
+        try:
+            for meta, data in frames:
+                folder = self.frames_dir / meta.device / utc_date(meta.ts_ms)
+                self.ensure_dir(folder)
+                final = folder / meta.name
+                tmp = folder / f"{TMP_PREFIX}{meta.name}.tmp"
+                _write_tmp(tmp, data, _meta_xattr(meta))
+                temps.append((tmp, final))
+            for tmp, final in temps:
+                os.replace(tmp, final)
+            for folder in {final.parent for _, final in temps}:
+                fsync_dir(folder)
+        except OSError:
+            for tmp, _ in temps:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            # A failing disk may have lost folders we believed in: check them again.
+            self._durable_dirs.clear()
+            raise
+        for meta, _ in frames:
+            self._index.add(meta.key)
+
+    # ----------------------------------------------------------------- sealing
+    def _save_counter(self, device: str, counter: int) -> None:
+        self.ensure_dir(self.counters_dir)
+        write_durable(self.counters_dir / device, f"{counter}\n".encode())
+
+    def seal(self, plan: SealPlan, sealed_ms: int) -> dict[str, Any] | None:
+        """Move the plan's frames into a new batch and write its manifest last.
+
+        Args:
+            plan: From the batcher.
+            sealed_ms: Seal time (Unix ms) for the manifest.
+
+        Returns:
+            The manifest, or None if none of the frames was found (nothing sealed).
+
+        Raises:
+            OSError: The seal did not complete; a retry (or the next start) finishes or
+                rolls it back.
+        """
+        # The counter is durable before the name is used: a crash never reuses a name.
+        self._save_counter(plan.device, plan.counter)
+        bdir = self.batches_dir / plan.device / plan.batch
+        dst_dir = bdir / BATCH_FRAMES
+        self.ensure_dir(dst_dir)
+        moved: list[FrameMeta] = []
+        src_dirs: set[Path] = set()
+        for f in plan.frames:
+            src = self.root / f.rel_path
+            dst = dst_dir / f.name
+            try:
+                os.rename(src, dst)
+                src_dirs.add(src.parent)
+            except FileNotFoundError:
+                if not dst.exists():
+                    log.warning("frame_missing_at_seal", device=plan.device, batch=plan.batch,
+                                file=f.rel_path)
+                    continue
+            moved.append(f)
+        fsync_dir(dst_dir)
+        for d in src_dirs:
+            fsync_dir(d)
+        if not moved:
+            shutil.rmtree(bdir)
+            fsync_dir(bdir.parent)
+            return None
+        real = SealPlan(plan.device, plan.batch, plan.counter, tuple(moved), plan.reason)
+        man = manifest(real, sealed_ms)
+        write_durable(bdir / MANIFEST, json.dumps(man, separators=(",", ":")).encode())
+        self._batches.setdefault(plan.device, {})[plan.batch] = [f.key for f in moved]
+        for d in src_dirs:
+            self._remove_if_empty(d)
+        self.prune_purged(plan.device)
+        return man
+
+    def _remove_if_empty(self, folder: Path) -> None:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        self._durable_dirs.discard(folder)
+        with contextlib.suppress(OSError):
+            fsync_dir(folder.parent)
+
+    def prune_purged(self, device: str) -> int:
+        """Forget the keys of ``device``'s batches the encoder has purged.
+
+        Returns:
+            How many frame keys were forgotten.
+        """
+        batches = self._batches.get(device, {})
+        gone = [b for b in batches if not (self.batches_dir / device / b).exists()]
+        n = 0
+        for b in gone:
+            for key in batches.pop(b):
+                self._index.discard(key)
+                n += 1
+        return n
+
+    # ----------------------------------------------------------------- startup scan
+    def scan(self) -> ScanResult:
+        """Repair and index what is on disk; run once before anything else.
+
+        Removes dot-temp files, rolls back interrupted seals, indexes every frame in
+        ``frames/`` and in sealed batches, restores batch counters.
+
+        Returns:
+            What was found.
+        """
+        res = ScanResult()
+        self._index.clear()
+        self._batches.clear()
+        self._durable_dirs.clear()
+        if self.batches_dir.is_dir():
+            for dev_dir in sorted(self.batches_dir.iterdir()):
+                if dev_dir.name.startswith(TMP_PREFIX) or not dev_dir.is_dir():
+                    continue
+                for bdir in sorted(dev_dir.iterdir()):
+                    if bdir.name.startswith(TMP_PREFIX) or not bdir.is_dir():
+                        continue
+                    self._scan_batch(dev_dir.name, bdir, res)
+        if self.frames_dir.is_dir():
+            for dev_dir in sorted(self.frames_dir.iterdir()):
+                if dev_dir.name.startswith(TMP_PREFIX) or not dev_dir.is_dir():
+                    continue
+                self._scan_frames(dev_dir.name, dev_dir, res)
+        if self.counters_dir.is_dir():
+            for f in self.counters_dir.iterdir():
+                if f.name.startswith(TMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+                    continue
+                try:
+                    value = int(f.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                res.counters[f.name] = max(res.counters.get(f.name, 0), value)
+        return res
+
+    def _scan_batch(self, device: str, bdir: Path, res: ScanResult) -> None:
+        counter = parse_batch_counter(bdir.name, device)
+        if counter is not None:
+            res.counters[device] = max(res.counters.get(device, 0), counter)
+        man_path = bdir / MANIFEST
+        for tmp in bdir.glob(f"{TMP_PREFIX}*.tmp"):
+            tmp.unlink()
+            res.temp_removed += 1
+        if man_path.is_file():
+            try:
+                man = json.loads(man_path.read_text())
+                keys = [(device, int(e["boot_id"]), int(e["frame_seq"])) for e in man["frames"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("manifest_unreadable", device=device, batch=bdir.name, error=str(exc))
+                return
+            self._index.update(keys)
+            self._batches.setdefault(device, {})[bdir.name] = keys
+            res.sealed.append(man)
+            return
+        # No manifest: the seal was interrupted. Put the frames back where they were.
+        src = bdir / BATCH_FRAMES
+        touched: set[Path] = set()
+        if src.is_dir():
+            for f in sorted(src.iterdir()):
+                parsed = parse_frame_file_name(f.name)
+                if parsed is None:
+                    continue
+                folder = self.frames_dir / device / utc_date(parsed[0])
+                self.ensure_dir(folder)
+                target = folder / f.name
+                if target.exists():
+                    f.unlink()
+                else:
+                    os.rename(f, target)
+                touched.add(folder)
+        for folder in touched:
+            fsync_dir(folder)
+        shutil.rmtree(bdir)
+        fsync_dir(bdir.parent)
+        res.rolled_back.append(f"{BATCHES_DIR}/{device}/{bdir.name}")
+        log.warning("seal_rolled_back", device=device, batch=bdir.name)
+
+    def _scan_frames(self, device: str, dev_dir: Path, res: ScanResult) -> None:
+        metas = res.unsealed.setdefault(device, [])
+        for day in sorted(dev_dir.iterdir()):
+            if not day.is_dir():
+                continue
+            for f in sorted(day.iterdir()):
+                if f.name.startswith(TMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+                    res.temp_removed += 1
+                    continue
+                parsed = parse_frame_file_name(f.name)
+                if parsed is None:
+                    continue
+                key = (device, parsed[1], parsed[2])
+                if key in self._index:
+                    # Already in a sealed batch (a crash between a seal's rename and the
+                    # folder fsync can leave both names): the batch copy wins.
+                    f.unlink()
+                    continue
+                metas.append(self._read_meta(device, f, parsed, res))
+                self._index.add(key)
+        if not metas:
+            del res.unsealed[device]
+
+    @staticmethod
+    def _read_meta(device: str, path: Path, parsed: tuple[int, int, int],
+                   res: ScanResult) -> FrameMeta:
+        ts_ms, boot_id, seq = parsed
+        size = path.stat().st_size
+        try:
+            raw = json.loads(os.getxattr(path, XATTR))
+            return FrameMeta(device, boot_id, seq, int(raw["capture_ms"]),
+                             bool(raw["clock_synced"]), ts_ms, size, int(raw["crc32"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            res.metadata_recovered += 1
+            crc = zlib.crc32(path.read_bytes()) & 0xFFFFFFFF
+            return FrameMeta(device, boot_id, seq, 0, False, ts_ms, size, crc)
