@@ -1,0 +1,61 @@
+"""``python -m encoder``: encode sealed batches until SIGTERM (settings: $CAM_CONFIG)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import av.logging
+import structlog
+
+from config.loader import load_or_exit
+from config.logging import configure_logging
+from config.settings import EncoderSettings
+from encoder.service import EncoderService
+
+log = structlog.get_logger("encoder")
+
+
+def main() -> int:
+    """Run the encoder until SIGTERM or SIGINT.
+
+    Returns:
+        The exit code.
+    """
+    settings = load_or_exit(EncoderSettings)
+    configure_logging(settings.log.level, settings.log.format,
+                      service=settings.mqtt.username or "encoder")
+    # FFmpeg's log callback into Python takes the GIL from every decoder and x264
+    # thread (contention, and known deadlocks); our own events carry the reasons.
+    av.logging.set_level(None)
+    stop = threading.Event()
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service = EncoderService(settings)
+    failed = threading.Event()
+
+    def start() -> None:
+        # Connecting retries until the broker answers; a signal must still stop us.
+        try:
+            service.start()
+        except Exception as exc:
+            log.exception("encoder_start_failed", error=str(exc))
+            failed.set()
+            stop.set()
+
+    starter = threading.Thread(target=start, name="encoder-start", daemon=True)
+    starter.start()
+    stop.wait()
+    service.stop_event.set()
+    starter.join(timeout=30)
+    service.stop()
+    return 1 if failed.is_set() else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

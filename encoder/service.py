@@ -1,0 +1,264 @@
+"""The encoder service: MQTT wiring around :class:`encoder.jobs.BatchProcessor`.
+
+Threads: paho's network thread (callbacks only enqueue), one worker that handles one
+batch at a time and acks its ready event when done, and one retention thread. Ready
+events come through a shared subscription with manual acks; the MQTT 5 Receive
+Maximum (``work.receive_maximum``, default 1) keeps the broker from handing this
+process more unacked events than that, so the local queue never overflows.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import CollectorRegistry, start_http_server
+
+from broker.mqtt import (
+    MqttConnectError,
+    connect_blocking,
+    make_client,
+    publish_json,
+    status_topic,
+    wait_published,
+)
+from config.settings import EncoderSettings
+from encoder import retention
+from encoder.batch import Storage
+from encoder.contract import MalformedEventError, parse_ready, ready_topic_filter, video_topic
+from encoder.jobs import BatchProcessor, Job, Outcome
+from encoder.metrics import EncoderMetrics
+
+log = structlog.get_logger("encoder")
+
+
+class EncoderService:
+    """One encoder process's worth of work."""
+
+    def __init__(self, settings: EncoderSettings,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.account = settings.mqtt.username or "encoder"
+        self.prefix = settings.mqtt.topic_prefix
+        self.metrics = EncoderMetrics(registry)
+        self.storage = Storage(settings.storage.root)
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.metrics_port: int | None = None
+        rm = settings.work.receive_maximum
+        # A reconnect re-sends the unacked events we already hold: room for both.
+        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=2 * rm)
+        self._backlog: collections.deque[tuple[str, str]] = collections.deque()
+        self._next_scan = 0.0
+        self._threads: list[threading.Thread] = []
+        self._http: Any = None
+        self.processor = BatchProcessor(self.storage, settings, self.metrics,
+                                        self._publish_video, account=self.account,
+                                        cancel=self.stop_event)
+        self.client = make_client(settings.mqtt, client_id=self.account, manual_ack=True,
+                                  will_topic=status_topic(self.account))
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare storage, serve metrics, connect (retrying) and start the threads.
+
+        Returns once connected, or at once when stopped while still connecting.
+        """
+        self.storage.prepare()
+        if self.settings.metrics.enabled:
+            server, _ = start_http_server(self.settings.metrics.port,
+                                          addr=self.settings.metrics.host,
+                                          registry=self.metrics.registry)
+            self._http = server
+            self.metrics_port = int(server.server_port)
+            log.info("metrics_listening", host=self.settings.metrics.host,
+                     port=self.metrics_port)
+        delay = self.settings.mqtt.reconnect_min_s
+        while not self.stop_event.is_set():
+            try:
+                connect_blocking(self.client, self.settings.mqtt, clean_start=False,
+                                 receive_maximum=self.settings.work.receive_maximum)
+                break
+            except MqttConnectError as exc:
+                log.warning("mqtt_connect_failed", error=str(exc), retry_s=delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, self.settings.mqtt.reconnect_max_s)
+        if self.stop_event.is_set():
+            return
+        worker = threading.Thread(target=self._work, name="encoder-worker", daemon=True)
+        self._threads.append(worker)
+        r = self.settings.retention
+        if r.max_age_days is not None or r.max_disk_percent is not None:
+            self._threads.append(threading.Thread(target=self._retain,
+                                                  name="encoder-retention", daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Finish (or abandon, unacked) the batch in hand, go offline, disconnect."""
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        if self.client.is_connected():
+            info = publish_json(self.client, status_topic(self.account),
+                                {"state": "offline"}, retain=True)
+            wait_published(info, 5.0)
+            self.client.disconnect()
+        self.client.loop_stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("encoder_stopped")
+
+    # --- MQTT callbacks (network thread: enqueue only) -----------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags,
+                    rc: ReasonCode, _p: Properties | None) -> None:
+        if rc.is_failure:
+            log.warning("mqtt_refused", reason=str(rc))
+            return
+        log.info("mqtt_connected", session_present=flags.session_present)
+        publish_json(client, status_topic(self.account),
+                     {"state": "online", "pid": os.getpid(), "role": "encoder",
+                      "share_group": self.settings.share_group}, retain=True)
+        client.subscribe(ready_topic_filter(self.settings.share_group, self.prefix), qos=1)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
+                      _p: Properties | None) -> None:
+        if any(rc.is_failure for rc in rcs):
+            log.error("subscribe_refused", reasons=[str(rc) for rc in rcs])
+            return
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("encoder_ready", topic=ready_topic_filter(self.settings.share_group,
+                                                                self.prefix),
+                     account=self.account)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags,
+                       rc: ReasonCode, _p: Properties | None) -> None:
+        if not self.stop_event.is_set():
+            log.warning("mqtt_disconnected", reason=str(rc))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._queue.put_nowait(msg)
+        except queue.Full:
+            # Unacked, so the broker re-sends it after the next reconnect.
+            self.metrics.dropped.inc()
+            log.warning("ready_dropped", topic=msg.topic, queue=self._queue.qsize())
+        self.metrics.queue_depth.set(self._queue.qsize() + len(self._backlog))
+
+    # --- publishing the video event -----------------------------------------------------
+
+    def _publish_video(self, device: str, event: dict[str, Any]) -> bool:
+        """Publish retained QoS 1 and wait for the PUBACK, as long as it takes."""
+        topic = video_topic(self.prefix, device)
+        timeout = self.settings.work.publish_timeout_s
+        info = publish_json(self.client, topic, event, retain=True, qos=1)
+        while not self.stop_event.is_set():
+            if wait_published(info, timeout):
+                return True
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                # Refused locally (queue full, …): try again. Otherwise paho re-sends
+                # the queued message itself after reconnecting.
+                info = publish_json(self.client, topic, event, retain=True, qos=1)
+            self.metrics.failures.labels("publish").inc()
+            log.warning("video_publish_waiting", device=device, batch=event.get("batch"))
+        return False
+
+    # --- the worker --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        self.processor.publish_unannounced()
+        self._next_scan = time.monotonic()
+        first_scan = True
+        while not self.stop_event.is_set():
+            try:
+                msg = self._queue.get_nowait()
+            except queue.Empty:
+                msg = None
+            if msg is not None:
+                self._handle_message(msg)
+            elif self._backlog:
+                device, batch = self._backlog.popleft()
+                self._run(Job(device=device, batch=batch, source="scan"))
+            elif time.monotonic() >= self._next_scan:
+                self._scan(first=first_scan)
+                first_scan = False
+            else:
+                try:
+                    msg = self._queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._handle_message(msg)
+            self.metrics.queue_depth.set(self._queue.qsize() + len(self._backlog))
+
+    def _scan(self, *, first: bool) -> None:
+        work = self.settings.work
+        min_age = 0.0 if first else work.rescan_min_age_s
+        found = self.storage.sealed_batches(min_age_s=min_age)
+        self._backlog.extend(found)
+        if found or first:
+            log.info("batches_scanned", found=len(found), startup=first)
+        if not first:
+            self.processor.publish_unannounced()
+        if work.rescan_interval_s is None:
+            self._next_scan = float("inf")
+        else:
+            self._next_scan = time.monotonic() + work.rescan_interval_s
+
+    def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            ev = parse_ready(msg.topic, bytes(msg.payload), self.prefix)
+        except MalformedEventError as exc:
+            log.warning("ready_malformed", topic=msg.topic, reason=exc.reason.value,
+                        detail=exc.detail)
+            self.metrics.malformed.labels(exc.reason.value).inc()
+            self.client.ack(msg.mid, msg.qos)
+            return
+        job = Job(device=ev.device, batch=ev.batch, source="ready",
+                  first_ms=ev.first_capture_ms, last_ms=ev.last_capture_ms)
+        if self._run(job) is not Outcome.STOPPED:
+            self.client.ack(msg.mid, msg.qos)
+
+    def _run(self, job: Job) -> Outcome:
+        """Handle a job, retrying in place after a transient failure."""
+        while True:
+            try:
+                outcome = self.processor.handle(job)
+            except Exception as exc:
+                # Not expected (the processor catches batch problems): keep the service
+                # alive, leave the batch on disk for a later scan.
+                log.exception("job_crashed", device=job.device, batch=job.batch,
+                              error=str(exc))
+                self.metrics.failures.labels("job").inc()
+                return Outcome.FAILED
+            if outcome is not Outcome.RETRY:
+                return outcome
+            if self.stop_event.wait(self.settings.work.retry_backoff_s):
+                return Outcome.STOPPED
+
+    # --- retention ---------------------------------------------------------------------
+
+    def _retain(self) -> None:
+        interval = self.settings.retention.interval_s
+        while not self.stop_event.is_set():
+            try:
+                retention.sweep(self.storage.videos, self.settings.retention, self.metrics)
+            except Exception as exc:
+                log.exception("retention_failed", error=str(exc))
+                self.metrics.failures.labels("retention").inc()
+            self.stop_event.wait(interval)
