@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import io
+import json
 import random
+import zlib
+from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -59,3 +64,78 @@ def make_jpegs(count: int, width: int = 160, height: int = 120, start: int = 0,
         The JPEG bytes in seed order.
     """
     return [make_jpeg(width, height, start + i, quality) for i in range(count)]
+
+
+def make_jpeg_variant(width: int, height: int, *, mode: str = "RGB", fill: int | None = None,
+                      subsampling: int = 2, progressive: bool = False, seed: int = 0) -> bytes:
+    """A JPEG of an unusual kind: greyscale, flat, 4:2:2/4:4:4, progressive.
+
+    Args:
+        width: Width in pixels.
+        height: Height in pixels.
+        mode: Pillow mode, ``RGB`` or ``L`` (greyscale JPEG).
+        fill: A flat level 0..255 for every pixel instead of the usual picture.
+        subsampling: Pillow's 0 (4:4:4), 1 (4:2:2, what the ESP32 sends) or 2 (4:2:0).
+        progressive: Write a progressive JPEG.
+        seed: Picture seed when ``fill`` is None.
+
+    Returns:
+        The JPEG bytes.
+    """
+    if fill is None:
+        img = Image.open(io.BytesIO(make_jpeg(width, height, seed, 95))).convert(mode)
+    else:
+        img = Image.new(mode, (width, height), fill if mode == "L" else (fill, fill, fill))
+    buf = io.BytesIO()
+    if mode == "L":
+        img.save(buf, format="JPEG", quality=90, progressive=progressive)
+    else:
+        img.save(buf, format="JPEG", quality=90, subsampling=subsampling,
+                 progressive=progressive)
+    return buf.getvalue()
+
+
+def write_batch(root: Path, device: str, jpegs: list[bytes], *, start_ms: int = 1_795_515_300_000,
+                interval_ms: int = 1000, counter: int = 1, boot_id: int = 0xDEADBEEF,
+                ts: list[int] | None = None) -> dict[str, Any]:
+    """Lay out a sealed batch exactly as the storage layout says (docs/storage.md).
+
+    Frames go to ``batches/<id>/<batch>/frames/<ts:013d>_<boot:08x>_<seq:010d>.jpg``,
+    then ``manifest.json`` is written last (temp + rename), as the ingestor seals.
+
+    Args:
+        root: Storage root.
+        device: Device id.
+        jpegs: Frame bytes in order (they need not be valid JPEGs).
+        start_ms: ts_ms of the first frame.
+        interval_ms: Gap between frames when ``ts`` is not given.
+        counter: The per-device batch counter in the batch name.
+        boot_id: Boot id of every frame.
+        ts: Explicit ts_ms per frame.
+
+    Returns:
+        The ready event the ingestor would publish for it.
+    """
+    times = ts if ts is not None else [start_ms + i * interval_ms for i in range(len(jpegs))]
+    batch = f"{device}-{_stamp(times[0])}-{counter:04d}"
+    bdir = root / "batches" / device / batch
+    (bdir / "frames").mkdir(parents=True)
+    frames = []
+    for seq, (data, t) in enumerate(zip(jpegs, times, strict=True)):
+        name = f"frames/{t:013d}_{boot_id:08x}_{seq:010d}.jpg"
+        (bdir / name).write_bytes(data)
+        frames.append({"file": name, "boot_id": boot_id, "frame_seq": seq, "capture_ms": t,
+                       "clock_synced": True, "ts_ms": t, "bytes": len(data),
+                       "crc32": zlib.crc32(data)})
+    manifest = {"v": 1, "device": device, "batch": batch, "sealed_ms": times[-1] + 1,
+                "frames": frames, "first_capture_ms": times[0], "last_capture_ms": times[-1]}
+    tmp = bdir / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest))
+    tmp.replace(bdir / "manifest.json")
+    return {"v": 1, "device": device, "batch": batch, "frames": len(jpegs),
+            "first_capture_ms": times[0], "last_capture_ms": times[-1],
+            "location": f"batches/{device}/{batch}"}
+
+
+def _stamp(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
