@@ -1,0 +1,534 @@
+"""Health of devices and services: what the retained topics say, alert rules, the table.
+
+Pure: no paho, no filesystem. ``broker/monitor.py`` feeds MQTT messages and storage
+facts in; ``python -m broker status`` prints :func:`format_status`; ``python -m broker
+monitor`` publishes what :class:`AlertBook` reports on ``alerts/<rule>/<subject>``.
+
+Times are Unix epoch milliseconds. A state seen first as a *retained* message has no
+known start (the broker does not say when it was published): rules then count from
+the moment the observer started, which errs on the late side, never the early one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import AlertSettings
+
+ONLINE = "online"
+OFFLINE = "offline"
+UNKNOWN = "unknown"
+
+RULE_DEVICE_OFFLINE = "device_offline"
+RULE_NO_FRAME = "no_frame"
+RULE_REJECTION_RATE = "rejection_rate"
+RULE_DISK_FULL = "disk_full"
+RULE_SERVICE_OFFLINE = "service_offline"
+RULES = (RULE_DEVICE_OFFLINE, RULE_NO_FRAME, RULE_REJECTION_RATE, RULE_DISK_FULL,
+         RULE_SERVICE_OFFLINE)
+"""Every rule name; the second level of an alert topic."""
+
+STORAGE_SUBJECT = "storage"
+
+# Counter names a service status may carry for the rejection-rate rule: (accepted, rejected).
+_COUNTER_KEYS: tuple[tuple[str, str], ...] = (
+    ("frames_stored", "frames_rejected"),
+    ("frames_accepted", "frames_rejected"),
+    ("frames", "rejected"),
+)
+
+
+@dataclass
+class DeviceView:
+    """What is known about one device."""
+
+    device: str
+    state: str = UNKNOWN
+    since_ms: int | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    last_frame_ms: int | None = None
+    frames_today: int | None = None
+    last_video: dict[str, Any] | None = None
+
+
+@dataclass
+class ServiceView:
+    """What is known about one service (``svc/<name>/status``)."""
+
+    name: str
+    state: str = UNKNOWN
+    since_ms: int | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Usage of the file system holding the storage root."""
+
+    path: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+    @property
+    def percent(self) -> float:
+        """Used share in percent, as ``df`` counts it (used / (used + available))."""
+        denom = self.used_bytes + self.free_bytes
+        return 100.0 * self.used_bytes / denom if denom > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One firing rule for one subject."""
+
+    rule: str
+    subject: str
+    message: str
+    value: float
+    threshold: float
+    severity: str = "warning"
+    since_ms: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body published on the alert topic."""
+        return {"rule": self.rule, "subject": self.subject, "severity": self.severity,
+                "message": self.message, "value": self.value, "threshold": self.threshold,
+                "since_ms": self.since_ms}
+
+
+def alert_topic(prefix: str, rule: str, subject: str) -> str:
+    """Topic of an alert.
+
+    Args:
+        prefix: Alert prefix (``alerts``).
+        rule: Rule name.
+        subject: Device id, service name or ``storage``.
+
+    Returns:
+        ``<prefix>/<rule>/<subject>``.
+    """
+    return f"{prefix}/{rule}/{subject}"
+
+
+def _parse_json(payload: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class RateWindow:
+    """Rejected share of frames over a sliding window of cumulative counter samples."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self._samples: deque[tuple[int, int, int]] = deque(maxlen=4096)
+
+    def add(self, now_ms: int, accepted: int, rejected: int) -> None:
+        """Record cumulative counters; a decrease (service restart) starts a new window.
+
+        Args:
+            now_ms: Sample time.
+            accepted: Frames accepted so far.
+            rejected: Frames rejected so far.
+        """
+        if self._samples:
+            _, a0, r0 = self._samples[-1]
+            if accepted < a0 or rejected < r0:
+                self._samples.clear()
+        self._samples.append((now_ms, accepted, rejected))
+        while len(self._samples) > 2 and now_ms - self._samples[1][0] >= self.window_ms:
+            self._samples.popleft()
+
+    def rate(self) -> tuple[float, int]:
+        """Rejected share and frame count across the window.
+
+        Returns:
+            ``(rejected / total, total)``; ``(0.0, 0)`` before two samples.
+        """
+        if len(self._samples) < 2:
+            return 0.0, 0
+        _, a0, r0 = self._samples[0]
+        _, a1, r1 = self._samples[-1]
+        total = (a1 - a0) + (r1 - r0)
+        return ((r1 - r0) / total if total > 0 else 0.0), total
+
+
+def service_counters(status: dict[str, Any]) -> tuple[int, int] | None:
+    """Cumulative (accepted, rejected) frame counters from a service status, if any.
+
+    Args:
+        status: The ``svc/<name>/status`` JSON.
+
+    Returns:
+        The counters, or None when the status carries none.
+    """
+    for acc_key, rej_key in _COUNTER_KEYS:
+        acc, rej = status.get(acc_key), status.get(rej_key)
+        if isinstance(rej, dict):
+            rej = sum(v for v in rej.values() if isinstance(v, int))
+        if isinstance(acc, int) and isinstance(rej, int):
+            return acc, rej
+    return None
+
+
+class HealthModel:
+    """Everything the retained topics (and storage) say, as it changes.
+
+    Args:
+        prefix: Device topic prefix (``cam``).
+        started_ms: When observation began; the start of states first seen retained.
+        rate_window_ms: Window of the rejection-rate rule.
+    """
+
+    def __init__(self, prefix: str = "cam", *, started_ms: int = 0,
+                 rate_window_ms: int = 15 * 60 * 1000) -> None:
+        self.prefix = prefix
+        self.started_ms = started_ms
+        self.devices: dict[str, DeviceView] = {}
+        self.services: dict[str, ServiceView] = {}
+        self.disk: DiskUsage | None = None
+        self.rate_window_ms = rate_window_ms
+        self.rates: dict[str, RateWindow] = {}
+
+    def device(self, device: str) -> DeviceView:
+        """The view of ``device``, created on first use."""
+        view = self.devices.get(device)
+        if view is None:
+            view = self.devices[device] = DeviceView(device)
+        return view
+
+    def apply(self, topic: str, payload: bytes, now_ms: int, *, retained: bool = False) -> bool:
+        """Take one MQTT message into account.
+
+        Args:
+            topic: Its topic.
+            payload: Its payload (empty: a retained message was deleted).
+            now_ms: Arrival time.
+            retained: Delivered from the broker's retained store (state start unknown).
+
+        Returns:
+            True when the topic is one this model follows.
+        """
+        parts = topic.split("/")
+        if len(parts) != 3:
+            return False
+        if parts[0] == self.prefix and parts[2] == "frame":
+            self.note_frame(parts[1], now_ms)
+            return True
+        if parts[0] == self.prefix and parts[2] == "status":
+            dev = self.device(parts[1])
+            body = _parse_json(payload) if payload else None
+            dev.status = body or {}
+            self._set_state(dev, (body or {}).get("state", UNKNOWN), now_ms, retained)
+            return True
+        if parts[0] == self.prefix and parts[2] == "video":
+            body = _parse_json(payload) if payload else None
+            self.device(parts[1]).last_video = body
+            return True
+        if parts[0] == "svc" and parts[2] == "status":
+            svc = self.services.get(parts[1]) or ServiceView(parts[1])
+            self.services[parts[1]] = svc
+            body = _parse_json(payload) if payload else None
+            svc.status = body or {}
+            self._set_state(svc, (body or {}).get("state", UNKNOWN), now_ms, retained)
+            counters = service_counters(svc.status)
+            if counters is not None:
+                rw = self.rates.setdefault(parts[1], RateWindow(self.rate_window_ms))
+                rw.add(now_ms, *counters)
+            return True
+        return False
+
+    def _set_state(self, view: DeviceView | ServiceView, state: object, now_ms: int,
+                   retained: bool) -> None:
+        new = state if isinstance(state, str) else UNKNOWN
+        if new != view.state or view.since_ms is None:
+            if new != view.state:
+                view.since_ms = None if retained else now_ms
+            view.state = new
+
+    def note_frame(self, device: str, ts_ms: int) -> None:
+        """A frame of ``device`` was seen at ``ts_ms`` (kept if newer than known).
+
+        Args:
+            device: Device id.
+            ts_ms: Frame time.
+        """
+        dev = self.device(device)
+        if dev.last_frame_ms is None or ts_ms > dev.last_frame_ms:
+            dev.last_frame_ms = ts_ms
+
+    def note_storage(self, device: str, *, last_frame_ms: int | None,
+                     frames_today: int | None) -> None:
+        """Facts about ``device`` read from the storage root.
+
+        Args:
+            device: Device id.
+            last_frame_ms: Time of its newest stored frame, if any.
+            frames_today: Frames stored with today's (UTC) date.
+        """
+        dev = self.device(device)
+        if last_frame_ms is not None:
+            self.note_frame(device, last_frame_ms)
+        dev.frames_today = frames_today
+
+    def since(self, view: DeviceView | ServiceView) -> int:
+        """When ``view``'s state began, or the observation start when unknown."""
+        return view.since_ms if view.since_ms is not None else self.started_ms
+
+
+def evaluate(model: HealthModel, rules: AlertSettings, now_ms: int) -> list[Alert]:
+    """Every alert that holds right now.
+
+    Args:
+        model: Current knowledge.
+        rules: Thresholds.
+        now_ms: Evaluation time.
+
+    Returns:
+        The firing alerts, sorted by (rule, subject).
+    """
+    out: list[Alert] = []
+    for dev in model.devices.values():
+        if dev.state == OFFLINE:
+            gone_s = (now_ms - model.since(dev)) / 1000
+            if gone_s >= rules.device_offline_s:
+                out.append(Alert(RULE_DEVICE_OFFLINE, dev.device,
+                                 f"{dev.device} offline for {format_duration(gone_s)}",
+                                 round(gone_s, 1), rules.device_offline_s))
+        elif dev.state == ONLINE:
+            # A timelapse camera taking one frame every 10 min is not silent after 5 min.
+            interval = dev.status.get("interval_ms")
+            limit = rules.no_frame_s
+            if isinstance(interval, int | float) and interval > 0:
+                limit = max(limit, 3 * interval / 1000)
+            last = max(dev.last_frame_ms or 0, model.since(dev))
+            quiet_s = (now_ms - last) / 1000
+            if quiet_s >= limit:
+                out.append(Alert(RULE_NO_FRAME, dev.device,
+                                 f"{dev.device} online but no frame for "
+                                 f"{format_duration(quiet_s)}", round(quiet_s, 1), limit))
+    for svc in model.services.values():
+        if svc.state == OFFLINE:
+            gone_s = (now_ms - model.since(svc)) / 1000
+            if gone_s >= rules.service_offline_s:
+                out.append(Alert(RULE_SERVICE_OFFLINE, svc.name,
+                                 f"service {svc.name} offline for {format_duration(gone_s)}",
+                                 round(gone_s, 1), rules.service_offline_s, severity="critical"))
+    for name, rw in model.rates.items():
+        rate, total = rw.rate()
+        if total >= rules.rejection_min_frames and rate > rules.rejection_rate:
+            out.append(Alert(RULE_REJECTION_RATE, name,
+                             f"{name} rejected {rate:.1%} of {total} frames",
+                             round(rate, 4), rules.rejection_rate))
+    if model.disk is not None and model.disk.percent >= rules.disk_percent:
+        out.append(Alert(RULE_DISK_FULL, STORAGE_SUBJECT,
+                         f"storage {model.disk.path} {model.disk.percent:.1f}% full, "
+                         f"{format_bytes(model.disk.free_bytes)} free",
+                         round(model.disk.percent, 1), rules.disk_percent, severity="critical"))
+    return sorted(out, key=lambda a: (a.rule, a.subject))
+
+
+@dataclass
+class AlertChanges:
+    """What to publish after one evaluation."""
+
+    raised: list[Alert] = field(default_factory=list)
+    cleared: list[Alert] = field(default_factory=list)
+
+
+class AlertBook:
+    """Active alerts, so each is published once when raised and once when cleared."""
+
+    def __init__(self) -> None:
+        self.active: dict[tuple[str, str], Alert] = {}
+        self._adopted: set[tuple[str, str]] = set()
+
+    def adopt(self, rule: str, subject: str, payload: bytes) -> None:
+        """Take over an alert found retained from an earlier monitor run.
+
+        It stays active (with its original start) if it still holds at the next
+        evaluation, and is cleared otherwise.
+
+        Args:
+            rule: Rule from the topic.
+            subject: Subject from the topic.
+            payload: The retained body (empty: nothing to adopt).
+        """
+        body = _parse_json(payload) if payload else None
+        if body is None:
+            self.active.pop((rule, subject), None)
+            self._adopted.discard((rule, subject))
+            return
+        self._adopted.add((rule, subject))
+        since = body.get("since_ms")
+        self.active[(rule, subject)] = Alert(
+            rule, subject, str(body.get("message", "")), 0.0, 0.0,
+            severity=str(body.get("severity", "warning")),
+            since_ms=since if isinstance(since, int) else 0,
+        )
+
+    def update(self, current: list[Alert], now_ms: int) -> AlertChanges:
+        """Diff the firing alerts against the active ones.
+
+        Args:
+            current: From :func:`evaluate`.
+            now_ms: Evaluation time (start of newly raised alerts).
+
+        Returns:
+            Raised (new, or adopted and still firing: re-published with fresh values)
+            and cleared alerts.
+        """
+        changes = AlertChanges()
+        seen: set[tuple[str, str]] = set()
+        for alert in current:
+            key = (alert.rule, alert.subject)
+            seen.add(key)
+            old = self.active.get(key)
+            since = old.since_ms if old is not None and old.since_ms else now_ms
+            fresh = Alert(alert.rule, alert.subject, alert.message, alert.value,
+                          alert.threshold, alert.severity, since)
+            if old is None or key in self._adopted:
+                changes.raised.append(fresh)
+                self._adopted.discard(key)
+            self.active[key] = fresh
+        for key in sorted(set(self.active) - seen):
+            changes.cleared.append(self.active.pop(key))
+            self._adopted.discard(key)
+        return changes
+
+
+def format_duration(seconds: float) -> str:
+    """Short human duration: ``42s``, ``5m``, ``3h``, ``2d``.
+
+    Args:
+        seconds: Duration.
+
+    Returns:
+        The text.
+    """
+    s = max(0.0, seconds)
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f}m"
+    if s < 36 * 3600:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"
+
+
+def format_bytes(n: float) -> str:
+    """Short human size in binary units.
+
+    Args:
+        n: Bytes.
+
+    Returns:
+        ``512 B``, ``1.5 KiB``, ``3.2 GiB``…
+    """
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - loop always returns
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return lines
+
+
+def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
+    if not video:
+        return "-"
+    loc = str(video.get("location", "?"))
+    name = loc.rsplit("/", 1)[-1]
+    last = video.get("last_capture_ms")
+    age = (f", {format_duration((now_ms - last) / 1000)} ago"
+           if isinstance(last, int) and last > 0 else "")
+    return f"{name} ({video.get('frames', '?')} fr{age})"
+
+
+def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
+    """Rows of the device table.
+
+    Args:
+        model: Current knowledge.
+        now_ms: Reference time for ages.
+
+    Returns:
+        One row per device, sorted by id.
+    """
+    rows = []
+    for dev in sorted(model.devices.values(), key=lambda d: d.device):
+        st = dev.status
+        since = (format_duration((now_ms - dev.since_ms) / 1000)
+                 if dev.since_ms is not None else "-")
+        age = (format_duration((now_ms - dev.last_frame_ms) / 1000) + " ago"
+               if dev.last_frame_ms is not None else "never")
+        heap = st.get("heap_free")
+        rows.append([
+            dev.device, dev.state, since, age, _cell(st.get("rssi")),
+            format_bytes(heap) if isinstance(heap, int) else "-", _cell(st.get("queue")),
+            _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
+        ])
+    return rows
+
+
+def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None) -> str:
+    """The ``python -m broker status`` report.
+
+    Args:
+        model: Current knowledge.
+        now_ms: Reference time for ages.
+        alerts: Alerts to list (none: the section is left out).
+
+    Returns:
+        The text, ending with a newline.
+    """
+    when = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out = [f"camstack status at {when}", ""]
+    out += _table(["DEVICE", "STATE", "FOR", "LAST FRAME", "RSSI", "HEAP", "QUEUE",
+                   "FRAMES TODAY", "LAST VIDEO"], device_rows(model, now_ms))
+    if not model.devices:
+        out.append("(no device has reported yet)")
+    out.append("")
+    svc_rows = []
+    for svc in sorted(model.services.values(), key=lambda s: s.name):
+        since = (format_duration((now_ms - svc.since_ms) / 1000)
+                 if svc.since_ms is not None else "-")
+        details = ", ".join(f"{k}={v}" for k, v in sorted(svc.status.items())
+                            if k != "state" and isinstance(v, int | float | str))
+        svc_rows.append([svc.name, svc.state, since, details[:100] or "-"])
+    out += _table(["SERVICE", "STATE", "FOR", "DETAILS"], svc_rows)
+    if not model.services:
+        out.append("(no service has reported yet)")
+    out.append("")
+    if model.disk is not None:
+        d = model.disk
+        out.append(f"storage {d.path}: {d.percent:.1f}% used, {format_bytes(d.free_bytes)} free "
+                   f"of {format_bytes(d.total_bytes)}")
+    else:
+        out.append("storage: not reachable from here")
+    if alerts is not None:
+        out.append("")
+        if alerts:
+            out.append(f"{len(alerts)} alert(s):")
+            out += [f"  [{a.severity}] {a.rule}/{a.subject}: {a.message}" for a in alerts]
+        else:
+            out.append("no alerts")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,301 @@
+"""Service configurations of the local default, rendered into the data folder.
+
+``python -m broker init`` writes, next to the broker's own config, one TOML file per
+process of the stack, with the right CA, host, port and password file:
+
+    data/config/ingestor.toml   CAM_CONFIG of ``python -m ingestor``
+    data/config/encoder.toml    CAM_CONFIG of ``python -m encoder``
+    data/config/monitor.toml    read by ``python -m broker status`` / ``monitor``
+
+Existing files are kept (they are the operator's to edit) unless forced. The same
+documents, with the paths a container sees, are written for ``compose.yaml`` under
+``data/config/compose/``, plus ``data/broker/mosquitto.compose.conf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from broker.accounts import AccountStore
+from broker.errors import BrokerToolError
+from broker.layout import Layout
+from broker.pki import create_server_cert
+from broker.run import render_config
+from broker.secrets import write_secret_file
+from config.settings import BrokerSettings
+
+MONITOR_ACCOUNT = "operator-monitor"
+"""The long-running monitor's own account (the operator role, its own client id)."""
+
+SERVICE_FILES = ("ingestor", "encoder", "monitor")
+
+CONTAINER_DATA = Path("/data")
+"""Where compose.yaml mounts ./data inside every container."""
+
+COMPOSE_BROKER_HOST = "broker"
+"""The broker's name on the compose network (must be in the server certificate)."""
+
+METRICS_PORTS = {"ingestor": 9101, "encoder": 9102}
+
+
+def config_dir(layout: Layout) -> Path:
+    """Folder of the rendered service configurations."""
+    return layout.data_dir / "config"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def to_toml(data: dict[str, Any], _prefix: str = "") -> str:
+    """Nested dicts of scalars and lists as TOML (all a service config needs).
+
+    Args:
+        data: Tables are dicts; ``None`` values are left out.
+
+    Returns:
+        The TOML text.
+    """
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items()
+               if not isinstance(v, dict) and v is not None]
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{_prefix}.{k}" if _prefix else k
+            has_scalars = any(not isinstance(x, dict) for x in v.values())
+            out += (f"\n[{name}]\n" if has_scalars else "") + to_toml(v, name)
+    return out
+
+
+def _write_password(path: Path, password: str) -> None:
+    write_secret_file(path, password + "\n")
+
+
+def ensure_service_account(layout: Layout, store: AccountStore, name: str) -> Path:
+    """Make sure service account ``name`` exists and its password file is there.
+
+    A password is only stored hashed, so an account whose file was lost is re-created
+    with a new password.
+
+    Args:
+        layout: Data folder paths.
+        store: The account store.
+        name: ``<role>`` or ``<role>-<suffix>``.
+
+    Returns:
+        The password file.
+    """
+    pw_file = layout.service_password_file(name)
+    active = {a.name for a in store.list()}
+    if name in active and pw_file.exists():
+        return pw_file
+    if name in active:
+        store.revoke(name)
+    _write_password(pw_file, store.add(name, "service"))
+    return pw_file
+
+
+def ensure_device_account(store: AccountStore, device: str, password_dir: Path) -> str:
+    """Reuse a simulated device's account, or (re-)create it with a new password.
+
+    Args:
+        store: The account store.
+        device: Device id.
+        password_dir: Where simulated devices keep their passwords (mode 0600).
+
+    Returns:
+        The device's password.
+    """
+    pw_file = password_dir / f"{device}.pass"
+    active = {a.name for a in store.list()}
+    if device in active and pw_file.exists():
+        return pw_file.read_text(encoding="utf-8").strip()
+    if device in active:
+        store.revoke(device)
+    password = store.add(device, "device")
+    _write_password(pw_file, password)
+    return password
+
+
+def mqtt_section(settings: BrokerSettings, account: str, *, host: str, port: int,
+                 ca_file: Path, password_file: Path) -> dict[str, Any]:
+    """The ``[mqtt]`` table of a service config.
+
+    Args:
+        settings: Broker settings (topic prefix).
+        account: Service account.
+        host: Broker host as the service reaches it.
+        port: TLS port.
+        ca_file: CA certificate as the service sees it.
+        password_file: Password file as the service sees it.
+
+    Returns:
+        The table.
+    """
+    return {"host": host, "port": port, "username": account, "client_id": account,
+            "password_file": str(password_file), "topic_prefix": settings.topic_prefix,
+            "tls": {"enabled": True, "ca_file": str(ca_file)}}
+
+
+def service_documents(
+    settings: BrokerSettings,
+    layout: Layout,
+    *,
+    storage_root: Path | None = None,
+    host: str = "localhost",
+    port: int | None = None,
+    secrets: dict[str, Path] | None = None,
+    log_format: str = "auto",
+    metrics_ports: dict[str, int] | None = None,
+    metrics_host: str = "127.0.0.1",
+    sections: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Config documents of the ingestor, encoder and monitor.
+
+    Args:
+        settings: Broker settings.
+        layout: Paths as the services see them.
+        storage_root: Storage root (default: ``<data>/storage``).
+        host: Broker host.
+        port: Broker TLS port (default: ``settings.tls_port``).
+        secrets: Password file per account (default: ``<data>/secrets/<account>.pass``).
+        log_format: ``auto``, ``json`` or ``console``.
+        metrics_ports: Prometheus port per service (0: pick a free one).
+        metrics_host: Interface of the metrics endpoints.
+        sections: Extra tables per document, merged (``{"ingestor": {"ingest": {...}}}``).
+
+    Returns:
+        ``{"ingestor": {...}, "encoder": {...}, "monitor": {...}}``.
+    """
+    root = storage_root or layout.storage_root
+    ports = {**METRICS_PORTS, **(metrics_ports or {})}
+    accounts = {"ingestor": "ingestor", "encoder": "encoder", "monitor": MONITOR_ACCOUNT}
+    docs: dict[str, dict[str, Any]] = {}
+    for name, account in accounts.items():
+        pw = (secrets or {}).get(account) or layout.service_password_file(account)
+        doc: dict[str, Any] = {
+            "mqtt": mqtt_section(settings, account, host=host, port=port or settings.tls_port,
+                                 ca_file=layout.pki.ca_cert, password_file=pw),
+            "storage": {"root": str(root)},
+            "log": {"level": "info", "format": log_format},
+        }
+        if name in ports:
+            doc["metrics"] = {"enabled": True, "host": metrics_host, "port": ports[name]}
+        for table, values in ((sections or {}).get(name) or {}).items():
+            doc[table] = {**doc.get(table, {}), **values}
+        docs[name] = doc
+    return docs
+
+
+def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *,
+                    force: bool = False) -> list[Path]:
+    """Write each document as ``<dest>/<name>.toml``.
+
+    Args:
+        docs: From :func:`service_documents`.
+        dest: Folder.
+        force: Overwrite existing files.
+
+    Returns:
+        The files written (existing ones kept are left out).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    header = ("# Rendered by `python -m broker service-config`; edit freely, "
+              "`--force` re-renders.\n")
+    for name, doc in docs.items():
+        path = dest / f"{name}.toml"
+        if path.exists() and not force:
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(header + to_toml(doc), encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]:
+    """Accounts and service configs of the local default (``make up``).
+
+    Args:
+        settings: Broker settings (its data folder must be prepared).
+        force: Re-render existing service configs.
+
+    Returns:
+        The config files written.
+    """
+    layout = Layout(settings.data_dir.resolve())
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    ensure_service_account(layout, store, MONITOR_ACCOUNT)
+    return write_documents(service_documents(settings, layout), config_dir(layout), force=force)
+
+
+def server_cert_names(layout: Layout) -> list[str]:
+    """DNS names and IPs in the current server certificate.
+
+    Args:
+        layout: Data folder paths.
+
+    Returns:
+        The subject alternative names, as text.
+    """
+    from cryptography import x509  # noqa: PLC0415
+
+    cert = x509.load_pem_x509_certificate(layout.pki.server_cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(n.value) for n in san]
+
+
+def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Path]:
+    """Files ``compose.yaml`` mounts: container paths, host ``broker``, Docker secrets.
+
+    The server certificate is re-issued with ``broker`` added when it lacks that name
+    (the services reach the broker by its compose service name).
+
+    Args:
+        settings: Broker settings (its data folder must be prepared).
+        force: Re-render existing service configs.
+
+    Returns:
+        The files written.
+
+    Raises:
+        BrokerToolError: When the data folder has not been prepared.
+    """
+    layout = Layout(settings.data_dir.resolve())
+    if not layout.pki.server_cert.exists():
+        raise BrokerToolError(f"{layout.data_dir} is not prepared; run `python -m broker init`")
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    ensure_service_account(layout, store, MONITOR_ACCOUNT)
+    written: list[Path] = []
+    names = server_cert_names(layout)
+    if COMPOSE_BROKER_HOST not in names:
+        create_server_cert(layout.pki, [*names, COMPOSE_BROKER_HOST])
+        written.append(layout.pki.server_cert)
+    inside = Layout(CONTAINER_DATA)
+    conf = layout.broker_dir / "mosquitto.compose.conf"
+    # The container runs as the data folder's owner (CAM_UID), so no privilege drop.
+    text = render_config(settings, inside, as_root=os.geteuid() == 0)
+    # The pid inside a container means nothing on the host, where `device add` would
+    # SIGHUP whatever process has that number: keep it inside the container.
+    text = text.replace(f"pid_file {inside.broker_dir / 'mosquitto.pid'}",
+                        "pid_file /tmp/mosquitto.pid")
+    conf.write_text(text, encoding="utf-8")
+    written.append(conf)
+    secrets = {name: Path(f"/run/secrets/{name.replace('-', '_')}_password")
+               for name in ("ingestor", "encoder", MONITOR_ACCOUNT)}
+    docs = service_documents(
+        settings, inside, host=COMPOSE_BROKER_HOST, port=settings.tls_port, secrets=secrets,
+        log_format="json", metrics_host="0.0.0.0",
+    )
+    written += write_documents(docs, config_dir(layout) / "compose", force=force)
+    return written
