@@ -34,7 +34,7 @@ def _frames(messages: list[mqtt.MQTTMessage], device: str
     parts: dict[tuple[int, int], dict[int, bytes]] = defaultdict(dict)
     headers = {}
     for m in [m for m in messages if m.topic == f"cam/{device}/frame"]:
-        ch = unpack_chunk(m.payload)
+        ch = unpack_chunk(bytes(m.payload))
         key = (ch.header.boot_id, ch.header.frame_seq)
         parts[key][ch.header.offset] = ch.data
         headers[key] = ch.header
