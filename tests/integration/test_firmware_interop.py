@@ -1,9 +1,11 @@
-"""The firmware core, on the host, against the real broker.
+"""The firmware core, on the host, against the real broker and the real ingestor.
 
 ``firmware/build/vcam`` (``make -C firmware vcam``) runs the same C++ core as the
 ESP32 build over libmosquitto with TLS: per-device password, client id = device id,
-QoS 1, retained status and last will. A subscriber reassembles what it publishes
-with the Python codec (``ingestor.protocol``) and compares byte for byte.
+QoS 1, retained status and last will. The real ingestor process (``python -m
+ingestor``) must store every frame byte-identical on disk; a plain subscriber also
+reassembles the chunks with the Python codec (``ingestor.protocol``) to check the
+headers and the status messages.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ import pytest
 from ingestor.protocol import ProtocolError, looks_like_jpeg, unpack_chunk
 from tests.support.brokerproc import BrokerHandle
 from tests.support.jpegs import make_jpegs
+from tests.support.procs import ServiceProcess, service_config
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +40,39 @@ CONTRACT_STATUS_FIELDS = {
     "frames_sent", "frames_dropped", "reset_reason", "frame_size", "jpeg_quality",
     "interval_ms",
 }
+
+
+def start_ingestor(broker: BrokerHandle, tmp: Path) -> ServiceProcess:
+    """The real ingestor under its own service account (no clash with other tests)."""
+    account = f"ingestor-fw{uuid.uuid4().hex[:6]}"
+    broker.add_service(account)
+    cfg = service_config(broker, account, tmp / "store", tmp / f"{account}.toml",
+                         ingest={"frames_per_video": 1000})
+    svc = ServiceProcess("ingestor", cfg, tmp / f"{account}.log").start()
+    svc.wait_event("ingestor_ready", 30)
+    return svc
+
+
+def stored_frames(root: Path, device: str) -> dict[tuple[int, int], tuple[str, bytes]]:
+    """Frames the ingestor wrote for ``device``: (boot_id, seq) -> (file name, bytes)."""
+    found: dict[tuple[int, int], tuple[str, bytes]] = {}
+    for p in root.rglob("*.jpg"):
+        parts = p.relative_to(root).parts
+        if len(parts) < 2 or parts[1] != device or p.name.startswith("."):
+            continue
+        _ts, boot, seq = p.stem.split("_")
+        found[(int(boot, 16), int(seq))] = (p.name, p.read_bytes())
+    return found
+
+
+def wait_stored(root: Path, device: str, n: int, timeout: float) -> dict[
+        tuple[int, int], tuple[str, bytes]]:
+    deadline = time.monotonic() + timeout
+    found = stored_frames(root, device)
+    while len(found) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = stored_frames(root, device)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +184,7 @@ def test_vcam_frames_arrive_byte_identical_over_tls(
         (frames_dir / f"frame_{i:04d}.jpg").write_bytes(data)
 
     rx = Reassembler(device)
+    ingestor = start_ingestor(broker, tmp_path)
     sub = broker.client("operator", broker.service_password("operator"))
     try:
         subscribe(sub, rx)
@@ -166,10 +204,19 @@ def test_vcam_frames_arrive_byte_identical_over_tls(
         while time.monotonic() < deadline and not any(
                 s.get("state") == "offline" for s in rx.statuses):
             time.sleep(0.05)
+        stored = wait_stored(tmp_path / "store", device, len(jpegs), 20)
     finally:
         sub.disconnect()
         sub.loop_stop()
+        ingestor.stop()
 
+    # The real ingestor stored every frame byte-identical, named (and so ordered) by the
+    # device's synchronised capture time.
+    assert sorted(stored) == [(3735928559, i) for i in range(len(jpegs))]
+    names = [stored[(3735928559, i)][0] for i in range(len(jpegs))]
+    assert names == sorted(names)
+    for seq, data in enumerate(jpegs):
+        assert stored[(3735928559, seq)][1] == data, f"stored frame {seq} differs"
     assert rx.errors == []
     for seq, data in enumerate(jpegs):  # sorted files → frame_seq 0, 1, 2 …
         assert rx.frames[(3735928559, seq)] == data, f"frame {seq} differs"
@@ -185,11 +232,12 @@ def test_vcam_frames_arrive_byte_identical_over_tls(
 
 
 def test_vcam_queue_drains_after_broker_restart_without_loss(
-        fresh_broker: BrokerHandle, vcam_bin: Path) -> None:
+        fresh_broker: BrokerHandle, vcam_bin: Path, tmp_path: Path) -> None:
     device = "vcam-outage"
     total = 40
     password = fresh_broker.add_device(device)
     rx = Reassembler(device)
+    ingestor = start_ingestor(fresh_broker, tmp_path)
     # A persistent session (clean start off): frames published while this subscriber is
     # still reconnecting after the restart are queued for it by the broker.
     sub = fresh_broker.client("operator", fresh_broker.service_password("operator"),
@@ -214,12 +262,19 @@ def test_vcam_queue_drains_after_broker_restart_without_loss(
         assert summary["reconnects"] >= 1, err
         assert "connection lost" in err or "disconnected" in err
         assert rx.wait_frames(total, 20), (rx.count(), sorted(rx.frames), rx.errors)
+        stored = wait_stored(tmp_path / "store", device, total, 30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
         sub.disconnect()
         sub.loop_stop()
+        ingestor.stop()
+
+    # Nothing lost on the real ingestor's disk either, and byte-identical to the stream.
+    assert sorted(stored) == [(77, i) for i in range(total)]
+    for key, (_name, data) in stored.items():
+        assert data == rx.frames[key]
 
     assert rx.errors == []
     assert sorted(seq for _boot, seq in rx.frames) == list(range(total))
