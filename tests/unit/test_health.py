@@ -1,0 +1,230 @@
+"""Alert rules, the health model and the status table (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.health import (
+    RULE_DEVICE_OFFLINE,
+    RULE_DISK_FULL,
+    RULE_NO_FRAME,
+    RULE_REJECTION_RATE,
+    RULE_SERVICE_OFFLINE,
+    Alert,
+    AlertBook,
+    DiskUsage,
+    HealthModel,
+    alert_topic,
+    evaluate,
+    format_duration,
+    format_status,
+    service_counters,
+)
+from config.settings import AlertSettings
+
+T0 = 1_795_515_300_000
+RULES = AlertSettings(device_offline_s=300, no_frame_s=600, rejection_rate=0.05,
+                      rejection_min_frames=50, disk_percent=90, service_offline_s=60)
+
+
+def _j(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _rules(alerts: list[Alert]) -> set[tuple[str, str]]:
+    return {(a.rule, a.subject) for a in alerts}
+
+
+def test_device_offline_fires_only_after_threshold() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/c1/status", _j({"state": "online"}), T0)
+    m.apply("cam/c1/status", _j({"state": "offline"}), T0 + 1000)
+    assert evaluate(m, RULES, T0 + 1000 + 299_000) == []
+    alerts = evaluate(m, RULES, T0 + 1000 + 300_000)
+    assert _rules(alerts) == {(RULE_DEVICE_OFFLINE, "c1")}
+    assert alerts[0].value == 300.0 and alerts[0].threshold == 300
+
+
+def test_retained_offline_counts_from_observer_start() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/c1/status", _j({"state": "offline"}), T0 + 5, retained=True)
+    assert m.devices["c1"].since_ms is None
+    assert evaluate(m, RULES, T0 + 299_999) == []
+    assert _rules(evaluate(m, RULES, T0 + 300_000)) == {(RULE_DEVICE_OFFLINE, "c1")}
+
+
+def test_same_state_again_keeps_its_start() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/c1/status", _j({"state": "online", "rssi": -60}), T0)
+    m.apply("cam/c1/status", _j({"state": "online", "rssi": -70}), T0 + 9000)
+    assert m.devices["c1"].since_ms == T0
+    assert m.devices["c1"].status["rssi"] == -70
+
+
+def test_no_frame_counts_from_last_frame_or_coming_online() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/c1/status", _j({"state": "online"}), T0)
+    assert _rules(evaluate(m, RULES, T0 + 600_000)) == {(RULE_NO_FRAME, "c1")}
+    m.note_frame("c1", T0 + 500_000)
+    assert evaluate(m, RULES, T0 + 600_000) == []
+    m.note_frame("c1", T0 + 100)  # older: ignored
+    assert m.devices["c1"].last_frame_ms == T0 + 500_000
+    assert _rules(evaluate(m, RULES, T0 + 1_100_000)) == {(RULE_NO_FRAME, "c1")}
+
+
+def test_frame_topic_counts_as_a_frame() -> None:
+    m = HealthModel(prefix="site1", started_ms=T0)
+    assert m.apply("site1/c1/frame", b"\x00" * 40, T0 + 42)
+    assert m.devices["c1"].last_frame_ms == T0 + 42
+    assert not m.apply("cam/c1/frame", b"", T0)  # other prefix: not ours
+
+
+def test_slow_timelapse_device_is_not_silent_too_early() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/c1/status", _j({"state": "online", "interval_ms": 600_000}), T0)
+    m.note_frame("c1", T0)
+    assert evaluate(m, RULES, T0 + 1_000_000) == []
+    alerts = evaluate(m, RULES, T0 + 1_800_000)
+    assert _rules(alerts) == {(RULE_NO_FRAME, "c1")} and alerts[0].threshold == 1800
+
+
+def test_service_offline_is_critical() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("svc/ingestor/status", _j({"state": "online"}), T0)
+    m.apply("svc/ingestor/status", _j({"state": "offline"}), T0 + 10)
+    assert evaluate(m, RULES, T0 + 59_000) == []
+    alerts = evaluate(m, RULES, T0 + 70_000)
+    assert _rules(alerts) == {(RULE_SERVICE_OFFLINE, "ingestor")}
+    assert alerts[0].severity == "critical"
+
+
+def test_rejection_rate_needs_enough_frames_and_uses_the_window() -> None:
+    m = HealthModel(started_ms=T0, rate_window_ms=60_000)
+    m.apply("svc/ingestor/status", _j({"state": "online", "frames_stored": 1000,
+                                        "frames_rejected": 10}), T0)
+    m.apply("svc/ingestor/status", _j({"state": "online", "frames_stored": 1020,
+                                        "frames_rejected": 20}), T0 + 10_000)
+    assert evaluate(m, RULES, T0 + 10_000) == []  # 30 frames < 50: too few to judge
+    m.apply("svc/ingestor/status", _j({"state": "online", "frames_stored": 1060,
+                                        "frames_rejected": 30}), T0 + 20_000)
+    alerts = evaluate(m, RULES, T0 + 20_000)
+    assert _rules(alerts) == {(RULE_REJECTION_RATE, "ingestor")}
+    assert alerts[0].value == round(20 / 80, 4)
+    # Clean traffic for longer than the window: the old rejections age out.
+    for i in range(1, 10):
+        m.apply("svc/ingestor/status", _j({"state": "online", "frames_stored": 1060 + 100 * i,
+                                            "frames_rejected": 30}), T0 + 20_000 + 30_000 * i)
+    assert evaluate(m, RULES, T0 + 300_000) == []
+
+
+def test_rejection_counters_reset_on_service_restart() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("svc/ingestor/status", _j({"frames_stored": 5000, "frames_rejected": 0}), T0)
+    m.apply("svc/ingestor/status", _j({"frames_stored": 10, "frames_rejected": 10}), T0 + 1)
+    m.apply("svc/ingestor/status", _j({"frames_stored": 60, "frames_rejected": 10}), T0 + 2)
+    rate, total = m.rates["ingestor"].rate()
+    assert (rate, total) == (0.0, 50)
+
+
+def test_service_counters_accept_rejections_by_reason() -> None:
+    assert service_counters({"frames_stored": 7, "frames_rejected": {"crc_mismatch": 2,
+                                                                      "not_jpeg": 1}}) == (7, 3)
+    assert service_counters({"state": "online"}) is None
+
+
+def test_disk_full() -> None:
+    m = HealthModel(started_ms=T0)
+    m.disk = DiskUsage("/data", total_bytes=100, used_bytes=89, free_bytes=11)
+    assert evaluate(m, RULES, T0) == []
+    m.disk = DiskUsage("/data", total_bytes=100, used_bytes=91, free_bytes=9)
+    alerts = evaluate(m, RULES, T0)
+    assert _rules(alerts) == {(RULE_DISK_FULL, "storage")}
+    assert "91.0%" in alerts[0].message
+
+
+def test_garbage_payloads_do_not_crash() -> None:
+    m = HealthModel(started_ms=T0)
+    assert m.apply("cam/c1/status", b"\xff\xfe not json", T0)
+    assert m.apply("cam/c1/status", b"[1, 2]", T0)
+    assert m.apply("cam/c1/video", b"{", T0)
+    assert m.apply("svc/x/status", _j({"state": 5}), T0)
+    assert not m.apply("cam/c1/status/extra", b"{}", T0)
+    assert m.devices["c1"].state == "unknown" and m.services["x"].state == "unknown"
+    evaluate(m, RULES, T0 + 10**9)
+
+
+def test_alert_book_raises_once_keeps_start_and_clears() -> None:
+    book = AlertBook()
+    a = Alert(RULE_DEVICE_OFFLINE, "c1", "gone", 300.0, 300.0)
+    ch = book.update([a], T0)
+    assert [x.since_ms for x in ch.raised] == [T0] and ch.cleared == []
+    ch = book.update([a], T0 + 15_000)
+    assert ch.raised == [] and ch.cleared == []
+    assert book.active[(RULE_DEVICE_OFFLINE, "c1")].since_ms == T0
+    ch = book.update([], T0 + 30_000)
+    assert [x.subject for x in ch.cleared] == ["c1"] and book.active == {}
+
+
+def test_alert_book_adopts_retained_alerts_from_an_earlier_run() -> None:
+    book = AlertBook()
+    old = Alert(RULE_DISK_FULL, "storage", "full", 95.0, 90.0, since_ms=T0 - 5000)
+    book.adopt(RULE_DISK_FULL, "storage", _j(old.payload()))
+    book.adopt(RULE_DEVICE_OFFLINE, "c9", _j({"since_ms": T0 - 1}))
+    book.adopt(RULE_DEVICE_OFFLINE, "c8", _j({"since_ms": T0 - 1}))
+    book.adopt(RULE_DEVICE_OFFLINE, "c8", b"")  # cleared meanwhile
+    still = Alert(RULE_DISK_FULL, "storage", "full", 96.0, 90.0)
+    ch = book.update([still], T0)
+    # Re-published once with fresh values and the original start; the stale one cleared.
+    assert [(x.rule, x.since_ms, x.value) for x in ch.raised] == [(RULE_DISK_FULL, T0 - 5000,
+                                                                    96.0)]
+    assert [(x.rule, x.subject) for x in ch.cleared] == [(RULE_DEVICE_OFFLINE, "c9")]
+    assert book.update([still], T0 + 1).raised == []
+
+
+@given(st.lists(st.sets(st.sampled_from(["a", "b", "c", "d"])), max_size=20))
+def test_published_alerts_always_mirror_the_firing_set(rounds: list[set[str]]) -> None:
+    book = AlertBook()
+    retained: dict[str, str] = {}
+    for i, firing in enumerate(rounds):
+        ch = book.update([Alert(RULE_NO_FRAME, s, s, 1.0, 1.0) for s in sorted(firing)], i)
+        for a in ch.raised:
+            assert a.subject not in retained
+            retained[a.subject] = alert_topic("alerts", a.rule, a.subject)
+        for a in ch.cleared:
+            del retained[a.subject]
+        assert set(retained) == firing
+
+
+def test_status_table_lists_devices_services_storage_and_alerts() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/c1/status", _j({"state": "online", "rssi": -61, "heap_free": 123456,
+                                  "queue": 2}), T0)
+    m.note_storage("c1", last_frame_ms=T0 + 58_000, frames_today=118)
+    m.apply("cam/c1/video", _j({"location": "videos/c1/2026-11-24/c1_a_b.mp4", "frames": 60,
+                                 "last_capture_ms": T0}), T0)
+    m.apply("cam/c2/status", _j({"state": "offline"}), T0, retained=True)
+    m.apply("svc/encoder/status", _j({"state": "online", "videos": 3}), T0)
+    m.disk = DiskUsage("/srv/data", 1000, 400, 600)
+    alerts = evaluate(m, RULES, T0 + 3_600_000)
+    text = format_status(m, T0 + 60_000, alerts)
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("c1 "))
+    for cell in ("online", "-61", "120.6 KiB", "2s ago", "118", "c1_a_b.mp4 (60 fr, 60s ago)"):
+        assert cell in row, cell
+    assert next(line for line in lines if line.startswith("c2 ")).split()[1] == "offline"
+    assert any(line.startswith("encoder") and "videos=3" in line for line in lines)
+    assert "storage /srv/data: 40.0% used" in text
+    assert f"{len(alerts)} alert(s):" in text and "device_offline/c2" in text
+
+
+def test_empty_status_says_so() -> None:
+    text = format_status(HealthModel(started_ms=T0), T0)
+    assert "no device has reported yet" in text and "not reachable" in text
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (0, 89, 120, 7200, 3 * 86400)] == [
+        "0s", "89s", "2m", "2h", "3d"]
