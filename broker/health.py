@@ -37,6 +37,7 @@ STORAGE_SUBJECT = "storage"
 # Counter names a service status may carry for the rejection-rate rule: (accepted, rejected).
 _COUNTER_KEYS: tuple[tuple[str, str], ...] = (
     ("frames_stored", "frames_rejected"),
+    ("frames_stored", "rejected"),
     ("frames_accepted", "frames_rejected"),
     ("frames", "rejected"),
 )
@@ -314,11 +315,12 @@ def evaluate(model: HealthModel, rules: AlertSettings, now_ms: int) -> list[Aler
                                  f"{dev.device} online but no frame for "
                                  f"{format_duration(quiet_s)}", round(quiet_s, 1), limit))
     for svc in model.services.values():
-        if svc.state == OFFLINE:
+        # "degraded" (the ingestor cannot write its storage) is as bad as gone.
+        if svc.state not in (ONLINE, UNKNOWN):
             gone_s = (now_ms - model.since(svc)) / 1000
             if gone_s >= rules.service_offline_s:
                 out.append(Alert(RULE_SERVICE_OFFLINE, svc.name,
-                                 f"service {svc.name} offline for {format_duration(gone_s)}",
+                                 f"service {svc.name} {svc.state} for {format_duration(gone_s)}",
                                  round(gone_s, 1), rules.service_offline_s, severity="critical"))
     for name, rw in model.rates.items():
         rate, total = rw.rate()

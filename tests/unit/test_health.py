@@ -99,6 +99,10 @@ def test_service_offline_is_critical() -> None:
     alerts = evaluate(m, RULES, T0 + 70_000)
     assert _rules(alerts) == {(RULE_SERVICE_OFFLINE, "ingestor")}
     assert alerts[0].severity == "critical"
+    m.apply("svc/ingestor/status", _j({"state": "degraded"}), T0 + 80_000)
+    alerts = evaluate(m, RULES, T0 + 140_000)
+    assert _rules(alerts) == {(RULE_SERVICE_OFFLINE, "ingestor")}
+    assert "degraded" in alerts[0].message
 
 
 def test_rejection_rate_needs_enough_frames_and_uses_the_window() -> None:
@@ -132,6 +136,7 @@ def test_rejection_counters_reset_on_service_restart() -> None:
 def test_service_counters_accept_rejections_by_reason() -> None:
     assert service_counters({"frames_stored": 7, "frames_rejected": {"crc_mismatch": 2,
                                                                       "not_jpeg": 1}}) == (7, 3)
+    assert service_counters({"frames_stored": 7, "rejected": 4}) == (7, 4)
     assert service_counters({"state": "online"}) is None
 
 
