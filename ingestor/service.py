@@ -39,7 +39,7 @@ from broker.mqtt import connect_properties, make_client, publish_json, status_to
 from config.settings import IngestorSettings
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
-from ingestor.batcher import Batcher, ready_event
+from ingestor.batcher import Batcher, SealPlan, ready_event
 from ingestor.layout import FrameKey, FrameMeta, frame_ts_ms
 from ingestor.metrics import IngestMetrics
 from ingestor.store import Store
@@ -583,7 +583,18 @@ class IngestorService:
                      bytes=m.size, file=m.rel_path)
 
     def _seal_due(self) -> bool:
-        for plan in self.batcher.due(time.monotonic()):
+        # due() offers one batch per device; a device far past the threshold (after a
+        # restart or a long outage) gets all its batches sealed in this pass.
+        for _ in range(10_000):
+            plans = self.batcher.due(time.monotonic())
+            if not plans:
+                return True
+            if not self._seal_plans(plans):
+                return False
+        return True
+
+    def _seal_plans(self, plans: list[SealPlan]) -> bool:
+        for plan in plans:
             try:
                 man = self.store.seal(plan, int(time.time() * 1000))
             except OSError as exc:
