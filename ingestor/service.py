@@ -170,6 +170,7 @@ class IngestorService:
         self._writer_done.set()
         self._wake()
         net.join(timeout=30.0)
+        self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("ingestor_stopped", frames_stored=self.counters.frames_stored,

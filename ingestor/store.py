@@ -26,6 +26,8 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,22 @@ def write_durable(path: Path, data: bytes, *, xattr: bytes | None = None) -> boo
     return stored
 
 
-def _write_tmp(tmp: Path, data: bytes, xattr: bytes | None) -> bool:
+def _write_tmp(tmp: Path, data: bytes, xattr: bytes | None, *, sync: bool = True) -> bool:
+    stored, fd = _write_unsynced(tmp, data, xattr)
+    try:
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+    return stored
+
+
+def _write_unsynced(tmp: Path, data: bytes, xattr: bytes | None) -> tuple[bool, int]:
+    """Write ``tmp`` and return (xattr stored, open fd); the caller fsyncs and closes."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     stored = False
     try:
@@ -98,14 +115,19 @@ def _write_tmp(tmp: Path, data: bytes, xattr: bytes | None) -> bool:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
                     raise
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    os.close(fd)
-    return stored
+    return stored, fd
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _meta_xattr(meta: FrameMeta) -> bytes:
@@ -135,9 +157,10 @@ class Store:
 
     Args:
         root: Storage root.
+        sync_threads: Threads that fsync a group's files at the same time (1: in turn).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sync_threads: int = 8) -> None:
         self.root = root
         self.frames_dir = root / FRAMES_DIR
         self.batches_dir = root / BATCHES_DIR
@@ -146,6 +169,9 @@ class Store:
         self._index: set[FrameKey] = set()
         self._batches: dict[str, dict[str, list[FrameKey]]] = {}
         self._durable_dirs: set[Path] = set()
+        self._pool: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=sync_threads, thread_name_prefix="fsync")
+            if sync_threads > 1 else None)
 
     # ----------------------------------------------------------------- index
     def contains(self, key: FrameKey) -> bool:
@@ -192,19 +218,26 @@ class Store:
         if not frames:
             return
         temps: list[tuple[Path, Path]] = []
+        fds: list[int] = []
         try:
             for meta, data in frames:
                 folder = self.frames_dir / meta.device / utc_date(meta.ts_ms)
                 self.ensure_dir(folder)
                 final = folder / meta.name
                 tmp = folder / f"{TMP_PREFIX}{meta.name}.tmp"
-                _write_tmp(tmp, data, _meta_xattr(meta))
                 temps.append((tmp, final))
+                fds.append(_write_unsynced(tmp, data, _meta_xattr(meta))[1])
+            # The file system's journal merges fsyncs that run at the same time into one
+            # commit: a group costs about one sync, not one per frame.
+            synced, fds = fds, []  # _fsync_close owns (closes) them from here on
+            self._sync_all(_fsync_close, synced)
             for tmp, final in temps:
                 os.replace(tmp, final)
-            for folder in {final.parent for _, final in temps}:
-                fsync_dir(folder)
+            self._sync_all(fsync_dir, list({final.parent for _, final in temps}))
         except OSError:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             for tmp, _ in temps:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -213,6 +246,32 @@ class Store:
             raise
         for meta, _ in frames:
             self._index.add(meta.key)
+
+    def _sync_all(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        # Every item runs even after a failure (fn may own an fd it must close); the
+        # first failure is raised at the end.
+        errors: list[OSError] = []
+        if len(items) <= 1 or self._pool is None:
+            for it in items:
+                try:
+                    fn(it)
+                except OSError as exc:
+                    errors.append(exc)
+        else:
+            for fut in [self._pool.submit(fn, it) for it in items]:
+                failure = fut.exception()
+                if failure is not None:
+                    if not isinstance(failure, OSError):
+                        raise failure
+                    errors.append(failure)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Stop the sync threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ----------------------------------------------------------------- sealing
     def _save_counter(self, device: str, counter: int) -> None:
