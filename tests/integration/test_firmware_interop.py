@@ -182,6 +182,8 @@ def test_vcam_frames_arrive_byte_identical_over_tls(
     frames_dir.mkdir()
     for i, data in enumerate(jpegs):
         (frames_dir / f"frame_{i:04d}.jpg").write_bytes(data)
+    # A corrupt capture (no EOI): counted as invalid and never sent; takes no frame_seq.
+    (frames_dir / "frame_9999.jpg").write_bytes(jpegs[0][:-2])
 
     rx = Reassembler(device)
     ingestor = start_ingestor(broker, tmp_path)
@@ -196,6 +198,7 @@ def test_vcam_frames_arrive_byte_identical_over_tls(
         assert res.returncode == 0, res.stderr
         summary = summary_of(res.stdout)
         assert summary["frames_sent"] == len(jpegs)
+        assert summary["frames_invalid"] == 1
         assert summary["frames_dropped"] == 0
         assert summary["frames_queued"] == 0
         assert rx.wait_frames(len(jpegs), 10), (rx.count(), rx.errors)
