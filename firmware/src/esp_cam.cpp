@@ -61,7 +61,7 @@ bool EspCamera::begin(const camlink::CameraSettings& s) {
   c.grab_mode = CAMERA_GRAB_LATEST;
   esp_err_t err = esp_camera_init(&c);
   if (err != ESP_OK) {
-    log_e("esp_camera_init failed: 0x%x", err);
+    log_e("esp_camera_init failed: 0x%x", static_cast<unsigned>(err));
     return false;
   }
   std::string e;

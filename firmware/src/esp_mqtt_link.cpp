@@ -85,8 +85,10 @@ void EspMqtt::handle(esp_mqtt_event_handle_t e) {
     case MQTT_EVENT_PUBLISHED: push(Ev::kPublished, e->msg_id); break;
     case MQTT_EVENT_ERROR:
       if (e->error_handle != nullptr)
-        log_w("mqtt error type=%d tls=0x%x connack=%d", e->error_handle->error_type,
-              e->error_handle->esp_tls_last_esp_err, e->error_handle->connect_return_code);
+        log_w("mqtt error type=%d tls=0x%x connack=%d",
+              static_cast<int>(e->error_handle->error_type),
+              static_cast<unsigned>(e->error_handle->esp_tls_last_esp_err),
+              static_cast<int>(e->error_handle->connect_return_code));
       push(Ev::kError, 0);
       break;
     case MQTT_EVENT_DATA: {

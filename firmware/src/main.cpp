@@ -29,7 +29,7 @@ std::unique_ptr<camlink::CamNode> g_node;
 uint64_t g_reboot_at_ms = 0;
 
 [[noreturn]] void restart_after(uint32_t ms, const char* why) {
-  log_e("restarting in %u ms: %s", ms, why);
+  log_e("restarting in %u ms: %s", static_cast<unsigned>(ms), why);
   delay(ms);
   esp_restart();
   for (;;) {
@@ -74,7 +74,7 @@ void setup() {
   cfg.queue_frames = CAM_QUEUE_FRAMES;
   cfg.status_period_ms = CAM_STATUS_PERIOD_MS;
   g_node.reset(new camlink::CamNode(cfg, g_clock, g_mqtt, g_camera, g_sys));
-  log_i("boot_id %u, queue %u bytes / %u frames", cfg.boot_id,
+  log_i("boot_id %u, queue %u bytes / %u frames", static_cast<unsigned>(cfg.boot_id),
         static_cast<unsigned>(cfg.queue_bytes), static_cast<unsigned>(cfg.queue_frames));
 
   esp::MqttSettings ms;
