@@ -401,3 +401,43 @@ TEST(device_id_validation) {
   CHECK(!valid_device_id("cam+"));
   CHECK(!valid_device_id("cam 1"));
 }
+
+TEST(status_is_republished_periodically_while_connected) {
+  NodeConfig c = Rig::config();
+  c.status_period_ms = 5000;
+  Rig r(c);
+  r.node.on_connected();
+  r.node.tick();
+  CHECK_EQ(r.mqtt.on("/status").size(), 1u);
+  r.clock.now += 4999;
+  r.node.tick();
+  CHECK_EQ(r.mqtt.on("/status").size(), 1u);
+  r.clock.now += 1;
+  r.node.tick();
+  CHECK_EQ(r.mqtt.on("/status").size(), 2u);
+  r.node.on_disconnected();
+  r.clock.now += 10000;
+  r.node.tick();  // offline: nothing
+  CHECK_EQ(r.mqtt.on("/status").size(), 2u);
+  CHECK_EQ(r.node.publish_status(), -1);
+}
+
+TEST(window_spans_frames_and_frames_go_out_in_order) {
+  Rig r(Rig::config(1000, 4));
+  r.camera.frames.push_back(fakes::make_jpeg(1500, 1));  // 2 chunks
+  r.camera.frames.push_back(fakes::make_jpeg(2500, 2));  // 3 chunks
+  r.node.capture_now();
+  r.clock.now += 1000;
+  r.node.capture_now();
+  r.node.on_connected();
+  r.node.tick();
+  auto f = r.mqtt.on("/frame");
+  REQUIRE(f.size() == 4u);  // both chunks of frame 0, then the first two of frame 1
+  CHECK_EQ(read_header(f[0]->payload.data()).frame_seq, 0u);
+  CHECK_EQ(read_header(f[1]->payload.data()).frame_seq, 0u);
+  CHECK_EQ(read_header(f[2]->payload.data()).frame_seq, 1u);
+  CHECK_EQ(read_header(f[3]->payload.data()).chunk_index, 1);
+  CHECK_EQ(r.node.uplink().inflight(), 4u);
+  r.pump();
+  CHECK_EQ(r.node.uplink().stats().frames_sent, 2u);
+}
