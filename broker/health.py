@@ -225,7 +225,8 @@ class HealthModel:
         if parts[0] == self.prefix and parts[2] == "status":
             dev = self.device(parts[1])
             body = _parse_json(payload) if payload else None
-            dev.status = body or {}
+            # The will says only {"state":"offline"}: keep the last known rssi, heap…
+            dev.status = {**dev.status, **body} if body else {}
             self._set_state(dev, (body or {}).get("state", UNKNOWN), now_ms, retained)
             return True
         if parts[0] == self.prefix and parts[2] == "video":

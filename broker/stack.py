@@ -196,22 +196,23 @@ def service_documents(
     return docs
 
 
-def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *,
-                    force: bool = False) -> list[Path]:
+def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool = False,
+                    header: str | None = None) -> list[Path]:
     """Write each document as ``<dest>/<name>.toml``.
 
     Args:
         docs: From :func:`service_documents`.
         dest: Folder.
         force: Overwrite existing files.
+        header: Comment lines on top (default: how to re-render).
 
     Returns:
         The files written (existing ones kept are left out).
     """
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    header = ("# Rendered by `python -m broker service-config`; edit freely, "
-              "`--force` re-renders.\n")
+    header = header or ("# Rendered by `python -m broker service-config`; edit freely, "
+                        "`--force` re-renders.\n")
     for name, doc in docs.items():
         path = dest / f"{name}.toml"
         if path.exists() and not force:

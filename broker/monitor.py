@@ -1,0 +1,346 @@
+"""``python -m broker status`` and ``monitor``: MQTT and storage wiring around health.py.
+
+``status`` connects once (account ``operator-status``), reads every retained status and
+video event, scans the storage root when this machine can see it, and prints the table.
+``monitor`` runs until SIGTERM with its own account (``operator-monitor``): it keeps the
+same picture up to date, evaluates the alert rules every ``interval_s`` and publishes
+each alert retained on ``alerts/<rule>/<subject>``, clearing it (empty retained
+message) when it resolves. It publishes its own retained ``svc/operator-monitor/status``
+with a last will, like every service.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker.health import (
+    Alert,
+    AlertBook,
+    DiskUsage,
+    HealthModel,
+    alert_topic,
+    evaluate,
+    format_status,
+)
+from broker.mqtt import (
+    MqttConnectError,
+    connect_blocking,
+    make_client,
+    publish_json,
+    wait_published,
+)
+from broker.mqtt import status_topic as svc_status_topic
+from config.settings import MonitorSettings
+
+log = structlog.get_logger("monitor")
+
+STATUS_ACCOUNT = "operator-status"
+"""Account of the one-shot ``status`` command (it may run beside the monitor)."""
+
+
+def now_ms() -> int:
+    """Wall clock in Unix milliseconds."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class StorageFacts:
+    """What the storage root says about one device."""
+
+    last_frame_ms: int | None
+    frames_today: int
+    last_video: dict[str, Any] | None
+
+
+def _name_ts(name: str) -> int | None:
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _jpgs(folder: Path) -> list[str]:
+    try:
+        return [n for n in (p.name for p in folder.iterdir()) if n.endswith(".jpg")]
+    except OSError:
+        return []
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def scan_device(root: Path, device: str, now: int) -> StorageFacts:
+    """Newest frame, today's frame count and newest video of ``device`` on disk.
+
+    Frame file names start with their 13-digit ``ts_ms`` (docs/storage.md), so no file
+    is opened except video events.
+
+    Args:
+        root: Storage root.
+        device: Device id.
+        now: Reference time (its UTC date is "today").
+
+    Returns:
+        The facts.
+    """
+    today = dt.datetime.fromtimestamp(now / 1000, dt.UTC).strftime("%Y-%m-%d")
+    day_start = int(dt.datetime.strptime(today, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+                    .timestamp() * 1000)
+    last: int | None = None
+    count = 0
+    names: list[str] = []
+    for day in _subdirs(root / "frames" / device):
+        day_names = _jpgs(day)
+        names += day_names
+    for batch in _subdirs(root / "batches" / device):
+        names += _jpgs(batch / "frames")
+    for n in names:
+        ts = _name_ts(n)
+        if ts is None:
+            continue
+        last = ts if last is None or ts > last else last
+        count += ts >= day_start
+    video: dict[str, Any] | None = None
+    days = sorted(_subdirs(root / "videos" / device), key=lambda p: p.name)
+    for day in days[-2:]:
+        for meta in sorted(day.glob("*.json")):
+            try:
+                ev = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(ev, dict):
+                continue
+            if day.name == today and isinstance(ev.get("frames"), int):
+                count += ev["frames"]
+            lc = ev.get("last_capture_ms")
+            if isinstance(lc, int):
+                last = lc if last is None or lc > last else last
+                if video is None or lc >= video.get("last_capture_ms", 0):
+                    video = ev
+    return StorageFacts(last, count, video)
+
+
+def storage_devices(root: Path) -> set[str]:
+    """Device ids that have anything under the storage root."""
+    out: set[str] = set()
+    for kind in ("frames", "batches", "videos"):
+        out |= {p.name for p in _subdirs(root / kind)}
+    return out
+
+
+def disk_usage(root: Path) -> DiskUsage | None:
+    """Usage of the file system holding ``root``, or None when it is not reachable."""
+    try:
+        u = shutil.disk_usage(root)
+    except OSError:
+        return None
+    return DiskUsage(str(root), u.total, u.used, u.free)
+
+
+def apply_storage(model: HealthModel, root: Path, now: int) -> None:
+    """Add what the storage root says to ``model`` (nothing when it is not reachable).
+
+    Args:
+        model: The model to update.
+        root: Storage root.
+        now: Reference time.
+    """
+    model.disk = disk_usage(root) if root.is_dir() else None
+    if model.disk is None:
+        return
+    for device in sorted(storage_devices(root) | set(model.devices)):
+        facts = scan_device(root, device, now)
+        model.note_storage(device, last_frame_ms=facts.last_frame_ms,
+                           frames_today=facts.frames_today)
+        dev = model.device(device)
+        if dev.last_video is None and facts.last_video is not None:
+            dev.last_video = facts.last_video
+
+
+def _topics(prefix: str) -> list[str]:
+    return [f"{prefix}/+/status", f"{prefix}/+/video", "svc/+/status"]
+
+
+def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
+                   quiet_s: float = 0.5, max_s: float = 3.0) -> HealthModel:
+    """Read every retained status once (and the storage), then disconnect.
+
+    Args:
+        settings: Monitor settings (broker, storage root).
+        account: Account to use; its password file sits beside the configured one.
+        quiet_s: Stop after this long without a new retained message.
+        max_s: Stop after this long in any case.
+
+    Returns:
+        The picture.
+    """
+    m = settings.mqtt
+    pw_file = (m.password_file.with_name(f"{account}.pass")
+               if m.password_file is not None else None)
+    mqtt_settings = m.model_copy(update={"username": account, "client_id": account,
+                                         "password_file": pw_file, "session_expiry_s": 0})
+    started = now_ms()
+    model = HealthModel(m.topic_prefix, started_ms=started)
+    last_msg = [time.monotonic()]
+    lock = threading.Lock()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+            last_msg[0] = time.monotonic()
+
+    client = make_client(mqtt_settings)
+    client.on_message = on_message
+    connect_blocking(client, mqtt_settings, clean_start=True)
+    try:
+        for topic in _topics(m.topic_prefix):
+            client.subscribe(topic, qos=1)
+        begin = last_msg[0] = time.monotonic()
+        while time.monotonic() - begin < max_s:
+            time.sleep(0.05)
+            with lock:
+                if time.monotonic() - last_msg[0] >= quiet_s:
+                    break
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    apply_storage(model, settings.storage.root, now_ms())
+    return model
+
+
+def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -> str:
+    """The ``python -m broker status`` text (with the alerts that hold right now).
+
+    Args:
+        settings: Monitor settings.
+        account: Account to read with.
+
+    Returns:
+        The report.
+    """
+    model = collect_status(settings, account=account)
+    t = now_ms()
+    return format_status(model, t, evaluate(model, settings.alerts, t))
+
+
+class Monitor:
+    """The long-running alert evaluator.
+
+    Args:
+        settings: Monitor settings.
+    """
+
+    def __init__(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        self.account = settings.mqtt.username or "operator-monitor"
+        self.prefix = settings.mqtt.topic_prefix
+        self.model = HealthModel(self.prefix, started_ms=now_ms())
+        self.book = AlertBook()
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._client = make_client(settings.mqtt, will_topic=svc_status_topic(self.account))
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._connected = threading.Event()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags,
+                    rc: ReasonCode, _p: Properties | None) -> None:
+        if rc.is_failure:
+            log.warning("mqtt_refused", reason=str(rc))
+            return
+        for topic in [*_topics(self.prefix), f"{self.settings.alert_prefix}/#"]:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        log.info("mqtt_connected")
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        with self._lock:
+            if parts[0] == self.settings.alert_prefix:
+                # Our own alerts, retained from an earlier run (or echoed back now).
+                if len(parts) == 3 and msg.retain:
+                    self.book.adopt(parts[1], parts[2], bytes(msg.payload))
+                return
+            self.model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+
+    def _connect(self) -> bool:
+        delay = self.settings.mqtt.reconnect_min_s
+        while not self.stop_event.is_set():
+            try:
+                connect_blocking(self._client, self.settings.mqtt, clean_start=True)
+                return True
+            except MqttConnectError as exc:
+                log.warning("broker_unreachable", error=str(exc), retry_s=delay)
+                self._client.loop_stop()
+            if self.stop_event.wait(delay):
+                return False
+            delay = min(delay * 2, self.settings.mqtt.reconnect_max_s)
+        return False
+
+    def _status(self, state: str) -> dict[str, Any]:
+        return {"state": state, "role": "monitor", "alerts": len(self.book.active),
+                "devices": len(self.model.devices), "ts_ms": now_ms()}
+
+    def evaluate_once(self) -> list[Alert]:
+        """Scan storage, evaluate the rules, publish raised and cleared alerts.
+
+        Returns:
+            The alerts active afterwards.
+        """
+        t = now_ms()
+        with self._lock:
+            apply_storage(self.model, self.settings.storage.root, t)
+            changes = self.book.update(evaluate(self.model, self.settings.alerts, t), t)
+            active = list(self.book.active.values())
+        prefix = self.settings.alert_prefix
+        for a in changes.raised:
+            log.warning("alert_raised", rule=a.rule, subject=a.subject, message=a.message,
+                        value=a.value, threshold=a.threshold)
+            publish_json(self._client, alert_topic(prefix, a.rule, a.subject), a.payload(),
+                         retain=True)
+        for a in changes.cleared:
+            log.info("alert_cleared", rule=a.rule, subject=a.subject)
+            # An empty retained message deletes the retained alert.
+            self._client.publish(alert_topic(prefix, a.rule, a.subject), b"", qos=1,
+                                 retain=True)
+        publish_json(self._client, svc_status_topic(self.account), self._status("online"),
+                     retain=True)
+        return active
+
+    def run(self) -> int:
+        """Connect (retrying until the broker answers), evaluate until stopped.
+
+        Returns:
+            Exit code: 0 after a stop.
+        """
+        if not self._connect():
+            return 0
+        # Let the retained picture (and our old alerts) arrive before judging.
+        self._connected.wait(5)
+        self.stop_event.wait(min(2.0, self.settings.interval_s))
+        log.info("monitor_ready", interval_s=self.settings.interval_s,
+                 storage=str(self.settings.storage.root))
+        while not self.stop_event.is_set():
+            self.evaluate_once()
+            self.stop_event.wait(self.settings.interval_s)
+        info = publish_json(self._client, svc_status_topic(self.account),
+                            self._status("offline"), retain=True)
+        wait_published(info, 5.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        log.info("monitor_stopped")
+        return 0

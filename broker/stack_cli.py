@@ -1,0 +1,219 @@
+"""Stack subcommands of ``python -m broker``: service-config, simulate, status, monitor, demo.
+
+Examples:
+    python -m broker service-config [--force] [--compose]
+    python -m broker simulate --devices 3 --fps 2 --duration 60
+    python -m broker status
+    python -m broker monitor                  # until Ctrl-C / SIGTERM
+    python -m broker demo                     # what `make demo` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from broker.accounts import AccountStore
+from broker.demo import DemoOptions, run_demo
+from broker.errors import BrokerToolError
+from broker.layout import Layout
+from broker.monitor import Monitor, collect_status, now_ms
+from broker.run import prepare
+from broker.sim import Faults, Fleet, SimCamera, SimConfig
+from broker.stack import config_dir, ensure_device_account, render_compose, render_local
+from config.loader import load_or_exit
+from config.logging import configure_logging
+from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
+
+COMMANDS = ("service-config", "simulate", "status", "monitor", "demo")
+
+
+def add_commands(sub: Any) -> None:
+    """Add the stack subcommands to ``python -m broker``'s subparsers.
+
+    Args:
+        sub: The object ``add_subparsers()`` returned.
+    """
+    sc = sub.add_parser("service-config",
+                        help="render data/config/{ingestor,encoder,monitor}.toml")
+    sc.add_argument("--force", action="store_true", help="overwrite existing files")
+    sc.add_argument("--compose", action="store_true",
+                    help="also render the container configs compose.yaml mounts")
+
+    sim = sub.add_parser("simulate", help="simulated cameras (demo and load generator)")
+    sim.add_argument("--devices", type=int, default=3, help="how many cameras")
+    sim.add_argument("--device-prefix", default="sim-cam", help="ids are <prefix>01, 02…")
+    sim.add_argument("--fps", type=float, default=2.0)
+    sim.add_argument("--frames", type=int, help="frames per camera, then stop")
+    sim.add_argument("--duration", type=float, help="seconds, then stop")
+    sim.add_argument("--size", default="320x240", help="WIDTHxHEIGHT")
+    sim.add_argument("--quality", type=int, default=75, help="JPEG quality")
+    sim.add_argument("--chunk-bytes", type=int, default=8192, help="data bytes per chunk")
+    sim.add_argument("--cache", type=int, default=0,
+                     help="pre-render N frames and cycle them (cheap load generation)")
+    sim.add_argument("--window", type=int, default=16, help="frames awaiting PUBACK per camera")
+    sim.add_argument("--corrupt-rate", type=float, default=0.0)
+    sim.add_argument("--duplicate-rate", type=float, default=0.0)
+    sim.add_argument("--drop-every", type=float, help="drop the connection every N seconds")
+    sim.add_argument("--host", default="localhost", help="broker host (in the server cert)")
+    sim.add_argument("--port", type=int, help="TLS port (default: the configured one)")
+
+    for name, text in (("status", "print devices, services, storage and alerts"),
+                       ("monitor", "evaluate alert rules until stopped, publish alerts/#")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--service-config", type=Path,
+                       help="MonitorSettings TOML (default: <data>/config/monitor.toml)")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("demo", help="broker + ingestor + encoder + simulated cameras")
+    defaults = DemoOptions()
+    demo.add_argument("--cameras", type=int, default=defaults.cameras)
+    demo.add_argument("--fps", type=float, default=defaults.fps)
+    demo.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video)
+    demo.add_argument("--tls-port", type=int, help="0: any free port (default: configured)")
+    demo.add_argument("--local-port", type=int, help="0: any free port (default: configured)")
+    demo.add_argument("--timeout", type=float, default=defaults.timeout_s)
+
+
+def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    """Run one of :data:`COMMANDS`.
+
+    Args:
+        args: Parsed arguments.
+        settings: Broker settings.
+
+    Returns:
+        Exit status.
+    """
+    if args.cmd == "service-config":
+        prepare(settings)
+        written = render_local(settings, force=args.force)
+        if args.compose:
+            written += render_compose(settings, force=args.force)
+        for path in written:
+            print(f"wrote {path}")
+        if not written:
+            print("service configs exist; --force re-renders them")
+        return 0
+    if args.cmd == "simulate":
+        return _simulate(args, settings)
+    if args.cmd in ("status", "monitor"):
+        layout = Layout(settings.data_dir.resolve())
+        path = args.service_config
+        if path is None and (config_dir(layout) / "monitor.toml").exists():
+            path = config_dir(layout) / "monitor.toml"
+        mon = load_or_exit(MonitorSettings, path)
+        if args.cmd == "status":
+            return _status(mon, as_json=args.json)
+        return _monitor(mon)
+    if args.cmd == "demo":
+        opts = DemoOptions(cameras=args.cameras, fps=args.fps,
+                           frames_per_video=args.frames_per_video, tls_port=args.tls_port,
+                           local_port=args.local_port, timeout_s=args.timeout)
+        return run_demo(settings, opts)
+    raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
+
+
+def _status(settings: MonitorSettings, *, as_json: bool) -> int:
+    from broker.health import evaluate, format_status  # noqa: PLC0415
+
+    model = collect_status(settings)
+    t = now_ms()
+    alerts = evaluate(model, settings.alerts, t)
+    if as_json:
+        print(json.dumps({
+            "devices": {d.device: {"state": d.state, "since_ms": d.since_ms,
+                                   "last_frame_ms": d.last_frame_ms,
+                                   "frames_today": d.frames_today, "status": d.status,
+                                   "last_video": d.last_video}
+                        for d in model.devices.values()},
+            "services": {s.name: {"state": s.state, "status": s.status}
+                         for s in model.services.values()},
+            "disk": None if model.disk is None else {
+                "path": model.disk.path, "percent": round(model.disk.percent, 2),
+                "free_bytes": model.disk.free_bytes},
+            "alerts": [a.payload() for a in alerts],
+        }, indent=2))
+    else:
+        sys.stdout.write(format_status(model, t, alerts))
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _monitor(settings: MonitorSettings) -> int:
+    configure_logging(settings.log.level, settings.log.format,
+                      service=settings.mqtt.username or "operator-monitor")
+    mon = Monitor(settings)
+    _stop_on_signals(mon.stop_event)
+    return mon.run()
+
+
+def _simulate(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    layout = Layout(settings.data_dir.resolve())
+    if not layout.pki.ca_cert.exists():
+        raise BrokerToolError(f"{layout.data_dir} is not prepared; run `python -m broker init`")
+    try:
+        width, height = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        raise BrokerToolError(f"--size must look like 320x240, not {args.size!r}") from None
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    pw_dir = layout.data_dir / "sim"
+    devices = [f"{args.device_prefix}{i:02d}" for i in range(1, args.devices + 1)]
+    before = {a.name for a in store.list()}
+    passwords = {d: ensure_device_account(store, d, pw_dir) for d in devices}
+    if set(devices) - before and store.reload_broker():
+        time.sleep(0.5)  # Mosquitto applies SIGHUP on its next loop
+    faults = Faults(drop_every_s=args.drop_every, corrupt_rate=args.corrupt_rate,
+                    duplicate_rate=args.duplicate_rate)
+    cfg = SimConfig(fps=args.fps, width=width, height=height, quality=args.quality,
+                    chunk_data=args.chunk_bytes, frames=args.frames, cache_frames=args.cache,
+                    window=args.window, faults=faults)
+    port = args.port or settings.tls_port
+
+    def mqtt_for(device: str) -> MqttSettings:
+        return MqttSettings(host=args.host, port=port, username=device, client_id=device,
+                            password=passwords[device],
+                            topic_prefix=settings.topic_prefix, session_expiry_s=0,
+                            tls=TlsSettings(enabled=True, ca_file=layout.pki.ca_cert))
+
+    fleet = Fleet([SimCamera(d, mqtt_for(d), cfg) for d in devices])
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    print(f"simulating {len(devices)} cameras ({devices[0]}…) at {args.fps:g} fps, "
+          f"{width}x{height}, against {args.host}:{port}; Ctrl-C stops", flush=True)
+    started = time.monotonic()
+    fleet.start()
+    last = 0.0
+    while not stop.is_set():
+        if all(c.finished.is_set() for c in fleet.cameras):
+            break
+        if args.duration is not None and time.monotonic() - started >= args.duration:
+            break
+        if time.monotonic() - last >= 5:
+            t = fleet.totals()
+            print(f"[{time.monotonic() - started:6.1f}s] sent {t.frames_sent} acked "
+                  f"{t.frames_acked} chunks {t.chunks_sent} drops {t.drops}", flush=True)
+            last = time.monotonic()
+        stop.wait(0.2)
+    totals = fleet.stop(timeout=30)
+    elapsed = time.monotonic() - started
+    print(json.dumps({"elapsed_s": round(elapsed, 2), "frames_per_s":
+                      round(totals.frames_acked / elapsed, 1) if elapsed else 0.0,
+                      "mbytes_per_s": round(totals.bytes_sent / elapsed / 1e6, 2)
+                      if elapsed else 0.0, **vars(totals), "errors_by_device": fleet.errors()}))
+    return 1 if fleet.errors() else 0

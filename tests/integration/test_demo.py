@@ -1,0 +1,88 @@
+"""`make demo`'s code path end to end: real broker, ingestor, encoder, simulated cameras.
+
+Runs ``python -m broker --data-dir <tmp> demo`` (what the Makefile runs) on free ports,
+twice in the same data folder, and checks the MP4s it reports with PyAV.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+VIDEO_RE = re.compile(r"^  (demo-cam\d\d): (\S+\.mp4)\n      (\d+) frames, ([\d.]+) s, (\w+)",
+                      re.M)
+
+
+def _demo(data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", "--data-dir", str(data), "demo", "--cameras", "2",
+         "--frames-per-video", "20", "--fps", "10", "--tls-port", "0", "--local-port", "0",
+         "--timeout", "120"],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )
+
+
+def _check_run(res: subprocess.CompletedProcess[str], data: Path) -> dict[str, Path]:
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "ingestor and encoder ready" in out
+    assert re.search(r"^\[\s*\d+\.\ds\] demo-cam01 \d+ acked", out, re.M), "no progress lines"
+    assert "demo finished: every camera produced a video" in out
+    videos = {m[0]: m for m in VIDEO_RE.findall(out)}
+    assert set(videos) == {"demo-cam01", "demo-cam02"}, out
+    paths = {}
+    for device, (_, path, frames, duration, codec) in videos.items():
+        mp4 = Path(path) if Path(path).is_absolute() else REPO / path
+        assert mp4.is_relative_to(data / "demo" / "storage" / "videos" / device)
+        assert int(frames) == 20 and codec == "h264" and float(duration) > 0
+        with av.open(str(mp4)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264"
+            decoded = sum(1 for _ in container.decode(stream))
+        assert decoded == 20
+        paths[device] = mp4
+    # The per-camera status table, with each device's last report.
+    for device in videos:
+        row = next(line for line in out.splitlines() if line.startswith(device + " "))
+        assert row.split()[1] == "online", row
+    assert re.search(r"^ingestor\s+online", out, re.M)
+    assert re.search(r"^encoder\s+online", out, re.M)
+    assert "stopping encoder, ingestor, broker" in out
+    assert not (data / "demo" / "pids.json").exists()
+    return paths
+
+
+def test_demo_runs_twice_and_makes_real_videos(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = _check_run(_demo(data), data)
+    # The rendered configs carry the demo's batch size and the broker's CA and port.
+    cfg = (data / "demo" / "config" / "ingestor.toml").read_text()
+    assert "frames_per_video = 20" in cfg and str(data / "pki" / "ca.crt") in cfg
+    # Again in the same folder: accounts reused, a new video per camera, nothing left over.
+    second = _check_run(_demo(data), data)
+    assert set(first.values()).isdisjoint(second.values())
+    accounts = json.loads((data / "broker" / "accounts.json").read_text())
+    assert {"demo-cam01", "demo-cam02", "operator-demo"} <= set(accounts)
+
+
+def test_demo_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run(
+            [sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"), "demo",
+             "--tls-port", str(port), "--local-port", "0"],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 1
+    assert f"TLS port {port} is in use" in res.stderr
