@@ -6,6 +6,7 @@ Examples:
     python -m broker device list
     python -m broker device revoke cam01
     python -m broker run                       # foreground Mosquitto on ./data
+    python -m broker demo | status | monitor | simulate | service-config  (broker/stack_cli.py)
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import json
 import sys
 from pathlib import Path
 
+from broker import stack_cli
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.pki import create_server_cert
 from broker.run import exec_broker, prepare, render_config
 from broker.secrets import render_secrets_header, write_secret_file
+from broker.stack import render_local
 from config.loader import ConfigError, load_settings
 from config.settings import BrokerSettings
 
@@ -63,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     rv = dev.add_parser("revoke", help="revoke a device; it is disconnected at once")
     rv.add_argument("device_id")
     rv.add_argument("--no-reload", action="store_true")
+    stack_cli.add_commands(sub)
     return p
 
 
@@ -106,6 +110,8 @@ def _dispatch(args: argparse.Namespace, settings: BrokerSettings) -> int:
     if args.cmd == "init":
         prepare(settings)
         print(f"prepared {layout.data_dir}: config {layout.conf_file}, CA {layout.pki.ca_cert}")
+        for path in render_local(settings):
+            print(f"wrote {path}")
     elif args.cmd == "server-cert":
         create_server_cert(layout.pki, list(args.names))
         print(f"issued {layout.pki.server_cert} for {', '.join(args.names)}; restart the broker")
@@ -118,6 +124,8 @@ def _dispatch(args: argparse.Namespace, settings: BrokerSettings) -> int:
         return _device(args, settings, layout, store)
     elif args.cmd == "service":
         return _service(args, layout, store)
+    elif args.cmd in stack_cli.COMMANDS:
+        return stack_cli.run_command(args, settings)
     return 0
 
 
