@@ -201,7 +201,7 @@ class BatchProcessor:
         partial = storage.partial_path(final)
         make_dirs(final.parent)
         storage.remove_partials(final)
-        bound.info("encode_started", frames=len(inputs), attempt=attempt,
+        bound.info("encode_started", frames=len(inputs), attempt=attempt, source=job.source,
                    video=final.relative_to(storage.root).as_posix())
         try:
             result = encode_video(inputs, partial, self.options, cancel=self.cancel)

@@ -35,7 +35,7 @@ from typing import IO, Any, Literal
 import av
 import av.error
 from av.video.codeccontext import VideoCodecContext
-from av.video.frame import VideoFrame
+from av.video.frame import PictureType, VideoFrame
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
 from config.settings import EncodeSettings
@@ -211,6 +211,9 @@ class _Decoder:
             src_color_range=src_range, dst_color_range=ColorRange.MPEG,
             interpolation=Interpolation.BICUBIC, threads=1,
         )
+        # A decoded JPEG is an intra picture, and libx264 turns every frame marked I
+        # into a keyframe: unmarked, x264 chooses (GOP, scene cuts) as it should.
+        out.pict_type = PictureType.NONE
         return out
 
     def __call__(self, item: FrameInput) -> VideoFrame | str:
