@@ -35,7 +35,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from PIL import Image, ImageDraw, ImageFont
 
-from broker.mqtt import MqttConnectError, connect_blocking, make_client, publish_json
+from broker.mqtt import (
+    MqttConnectError,
+    connect_blocking,
+    make_client,
+    publish_json,
+    wait_published,
+)
 from config.settings import MqttSettings
 from ingestor.protocol import DEFAULT_CHUNK_DATA, HEADER_LEN, split_frame
 
@@ -336,7 +342,7 @@ class SimCamera:
             seq += 1
         self._drain(cfg.drain_timeout_s)
         offline = publish_json(client, self.status_topic, {"state": "offline"}, retain=True)
-        offline.wait_for_publish(5.0)
+        wait_published(offline, 5.0)
         client.disconnect()
         client.loop_stop()
 
