@@ -30,6 +30,9 @@ from config.settings import BrokerSettings
 MONITOR_ACCOUNT = "operator-monitor"
 """The long-running monitor's own account (the operator role, its own client id)."""
 
+HEALTH_ACCOUNT = "operator-health"
+"""The compose broker health check's account (reads ``$SYS/broker/uptime``)."""
+
 SERVICE_FILES = ("ingestor", "encoder", "monitor")
 
 CONTAINER_DATA = Path("/data")
@@ -237,6 +240,7 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     layout = Layout(settings.data_dir.resolve())
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
+    layout.storage_root.mkdir(parents=True, exist_ok=True)
     return write_documents(service_documents(settings, layout), config_dir(layout), force=force)
 
 
@@ -277,6 +281,9 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
         raise BrokerToolError(f"{layout.data_dir} is not prepared; run `python -m broker init`")
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
+    ensure_service_account(layout, store, HEALTH_ACCOUNT)
+    # A missing bind-mount source would be created by Docker, owned by root.
+    layout.storage_root.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     names = server_cert_names(layout)
     if COMPOSE_BROKER_HOST not in names:

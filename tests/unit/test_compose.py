@@ -1,0 +1,157 @@
+"""compose.yaml parses, and everything it mounts exists once ./data is prepared.
+
+No Docker engine here: the test prepares a data folder the way docs/operations.md says
+(``init`` then ``service-config --compose``) and follows every path a container would
+open (broker config, its certificate and key, the services' configs, CA, password
+secrets) back through the bind mounts to a file on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from config.loader import load_settings
+from config.settings import EncoderSettings, IngestorSettings, MonitorSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder whose ./data went through init + service-config --compose."""
+    root = tmp_path_factory.mktemp("composeproj")
+    env = {k: v for k, v in os.environ.items() if k != "CAM_CONFIG"}
+    for args in (["init"], ["service-config", "--compose"]):
+        res = subprocess.run([sys.executable, "-m", "broker", "--data-dir", "data", *args],
+                             cwd=root, env={**env, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, check=False, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+    return root
+
+
+def _mounts(svc: dict[str, Any], root: Path) -> list[tuple[PurePosixPath, Path]]:
+    out = []
+    for vol in svc.get("volumes", []):
+        src, dst = vol.split(":")[:2]
+        assert src.startswith("./"), f"bind mounts only, relative to the project: {vol}"
+        out.append((PurePosixPath(dst), root / src))
+    return sorted(out, key=lambda m: len(m[0].parts), reverse=True)
+
+
+def _host_path(inside: str, svc: dict[str, Any], root: Path, compose: dict[str, Any]) -> Path:
+    """Where a path a container opens lives on the host (mounts and secrets)."""
+    p = PurePosixPath(inside)
+    if p.parent == PurePosixPath("/run/secrets"):
+        assert p.name in svc.get("secrets", []), f"{p.name} not given to this service"
+        return root / str(compose["secrets"][p.name]["file"])
+    for dst, src in _mounts(svc, root):
+        if p == dst or dst in p.parents:
+            return src / p.relative_to(dst)
+    raise AssertionError(f"{inside} is not mounted into the container")
+
+
+def test_services_images_policies_and_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"broker", "ingestor", "encoder"} <= set(services)
+    assert services["broker"]["image"].startswith("eclipse-mosquitto:2")
+    for name in ("ingestor", "encoder"):
+        svc = services[name]
+        assert svc["build"] == "." and (REPO / "Dockerfile").is_file()
+        assert svc["depends_on"]["broker"]["condition"] == "service_healthy"
+    for name in ("broker", "ingestor", "encoder"):
+        svc = services[name]
+        assert svc["restart"] in ("unless-stopped", "always", "on-failure")
+        assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+        assert svc["user"] == "${CAM_UID:-1000}:${CAM_GID:-1000}"
+
+
+def test_no_secret_in_environment_or_image(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            assert "PASSWORD" not in key.upper() or str(value).startswith("/run/secrets/"), name
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*") if "*" in ignored else 0] == "*", "deny by default"
+    assert not any(line.strip("!/") in ("data", "firmware") for line in ignored
+                   if line.startswith("!"))
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        for src in line.split()[:-1]:
+            assert (REPO / src).exists(), src
+    assert "USER 1000:1000" in text
+
+
+def test_every_mounted_and_opened_file_exists(compose: dict[str, Any], prepared: Path) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        for _, src in _mounts(svc, prepared):
+            assert src.exists(), f"{name}: {src} missing"
+        for secret in svc.get("secrets", []):
+            assert (prepared / compose["secrets"][secret]["file"]).is_file(), secret
+
+    broker = services["broker"]
+    conf_inside = broker["command"][broker["command"].index("-c") + 1]
+    conf = _host_path(conf_inside, broker, prepared, compose)
+    text = conf.read_text()
+    for key in ("password_file", "acl_file", "cafile", "certfile", "keyfile"):
+        value = re.search(rf"^{key} (\S+)$", text, re.M)
+        assert value, key
+        assert _host_path(value[1], broker, prepared, compose).is_file(), key
+    persist = re.search(r"^persistence_location (\S+)$", text, re.M)
+    assert persist and _host_path(persist[1], broker, prepared, compose).is_dir()
+    assert "listener 8883 0.0.0.0" in text
+    # The CA key never reaches the broker container.
+    with pytest.raises(AssertionError, match="not mounted"):
+        _host_path("/data/pki/ca.key", broker, prepared, compose)
+
+    models: dict[str, type[IngestorSettings] | type[EncoderSettings]] = {
+        "ingestor": IngestorSettings, "encoder": EncoderSettings}
+    for name, model in models.items():
+        svc = services[name]
+        cfg = _host_path(svc["environment"]["CAM_CONFIG"], svc, prepared, compose)
+        settings: IngestorSettings | EncoderSettings = load_settings(model, cfg)
+        assert settings.mqtt.host == "broker" and settings.mqtt.username == name
+        assert settings.mqtt.password_file is not None and settings.mqtt.tls.ca_file is not None
+        assert _host_path(str(settings.mqtt.password_file), svc, prepared, compose).is_file()
+        assert _host_path(str(settings.mqtt.tls.ca_file), svc, prepared, compose).is_file()
+        assert _host_path(str(settings.storage.root), svc, prepared, compose).is_dir()
+
+    mon = services["monitor"]
+    mcfg = mon["command"][mon["command"].index("--service-config") + 1]
+    msettings = load_settings(MonitorSettings, _host_path(mcfg, mon, prepared, compose))
+    assert msettings.mqtt.password_file is not None
+    assert _host_path(str(msettings.mqtt.password_file), mon, prepared, compose).is_file()
+
+
+def test_server_certificate_names_the_compose_broker(prepared: Path) -> None:
+    from broker.layout import Layout  # noqa: PLC0415
+    from broker.stack import server_cert_names  # noqa: PLC0415
+
+    assert "broker" in server_cert_names(Layout(prepared / "data"))
+
+
+def test_health_check_account_exists(compose: dict[str, Any], prepared: Path) -> None:
+    test = " ".join(compose["services"]["broker"]["healthcheck"]["test"][1:])
+    user = re.search(r"-u (\S+)", test)
+    assert user is not None
+    accounts = (prepared / "data" / "broker" / "passwd").read_text()
+    assert re.search(rf"^{re.escape(user[1])}:", accounts, re.M)
+    acl = (prepared / "data" / "broker" / "acl").read_text()
+    assert f"user {user[1]}\ntopic read #" in acl
