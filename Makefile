@@ -54,7 +54,7 @@ demo: deps venv
 
 up: deps venv
 	$(PY) -m broker --data-dir $(DATA) init
-	CAM_DATA=$(DATA) $(VENV)/bin/honcho -f Procfile start
+	CAM_DATA=$(DATA) CAM_PYTHON=$(abspath $(PY)) $(VENV)/bin/honcho -f Procfile start
 
 broker: deps venv
 	$(PY) -m broker --data-dir $(DATA) run
