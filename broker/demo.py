@@ -430,7 +430,16 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     stream = out or sys.stdout
 
     def say(text: str) -> None:
-        print(text, file=stream, flush=True)
+        # Output piped into `head` must not cost the clean stop of the children.
+        with contextlib.suppress(OSError):
+            print(text, file=stream, flush=True)
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
 
     layout = Layout(settings.data_dir.resolve())
     paths = DemoPaths(layout.data_dir / "demo")
@@ -541,12 +550,12 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
             fleet.stop(timeout=20)
         if watch is not None:
             watch.close()
-        say("stopping " + ", ".join(reversed(children)))
         codes = {}
         for name in ("encoder", "ingestor", "broker"):
             if name in children:
                 codes[name] = children[name].stop()
         paths.pids.unlink(missing_ok=True)
+        say("stopped " + ", ".join(codes))
     bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
     if bad:
         say(f"unclean exit: {bad}; see {paths.logs}")

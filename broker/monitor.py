@@ -42,12 +42,11 @@ from broker.mqtt import (
     wait_published,
 )
 from broker.mqtt import status_topic as svc_status_topic
+from broker.stack import STATUS_ACCOUNT
 from config.settings import MonitorSettings
 
 log = structlog.get_logger("monitor")
 
-STATUS_ACCOUNT = "operator-status"
-"""Account of the one-shot ``status`` command (it may run beside the monitor)."""
 
 
 def now_ms() -> int:

@@ -30,6 +30,9 @@ from config.settings import BrokerSettings
 MONITOR_ACCOUNT = "operator-monitor"
 """The long-running monitor's own account (the operator role, its own client id)."""
 
+STATUS_ACCOUNT = "operator-status"
+"""Account of the one-shot ``python -m broker status`` (it may run beside the monitor)."""
+
 HEALTH_ACCOUNT = "operator-health"
 """The compose broker health check's account (reads ``$SYS/broker/uptime``)."""
 
@@ -240,6 +243,7 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     layout = Layout(settings.data_dir.resolve())
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
+    ensure_service_account(layout, store, STATUS_ACCOUNT)
     layout.storage_root.mkdir(parents=True, exist_ok=True)
     return write_documents(service_documents(settings, layout), config_dir(layout), force=force)
 

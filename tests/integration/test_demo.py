@@ -57,7 +57,7 @@ def _check_run(res: subprocess.CompletedProcess[str], data: Path) -> dict[str, P
         assert row.split()[1] == "online", row
     assert re.search(r"^ingestor\s+online", out, re.M)
     assert re.search(r"^encoder\s+online", out, re.M)
-    assert "stopping encoder, ingestor, broker" in out
+    assert "stopped encoder, ingestor, broker" in out
     assert not (data / "demo" / "pids.json").exists()
     return paths
 

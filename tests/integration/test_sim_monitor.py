@@ -9,8 +9,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.monitor import STATUS_ACCOUNT, Monitor, status_report
+from broker.monitor import Monitor, status_report
 from broker.sim import SimCamera, SimConfig
+from broker.stack import STATUS_ACCOUNT
 from config.settings import AlertSettings, MonitorSettings, StorageSettings
 from tests.support.brokerproc import BrokerHandle
 from tests.support.mqttwait import Collector
