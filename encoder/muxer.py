@@ -143,8 +143,13 @@ def decode_threads(requested: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class _Decoder:
-    """Per-thread decode and convert state (FFmpeg contexts are not thread-safe)."""
+class FrameDecoder:
+    """Read, check, decode and convert one JPEG; callable from many threads at once.
+
+    Each thread gets its own FFmpeg decoder and swscale context (neither is
+    thread-safe). Calling it with a :class:`FrameInput` returns a ``yuv420p`` frame of
+    the video's size, or the reason the frame is skipped.
+    """
 
     def __init__(self, size: tuple[int, int]) -> None:
         self.size = size
@@ -166,7 +171,14 @@ class _Decoder:
         self._local.state = None
 
     def load(self, item: FrameInput) -> bytes | str:
-        """Read and check one frame; the skip reason instead of bytes when refused."""
+        """Read and check one frame.
+
+        Args:
+            item: The frame.
+
+        Returns:
+            Its bytes, or the skip reason.
+        """
         if item.data is not None:
             data = item.data
         elif item.path is not None:
@@ -186,7 +198,14 @@ class _Decoder:
         return data
 
     def decode(self, data: bytes) -> VideoFrame | str:
-        """Decode one JPEG to a raw frame (any size), or the skip reason."""
+        """Decode one JPEG to a raw frame of its own size.
+
+        Args:
+            data: JPEG bytes.
+
+        Returns:
+            The frame, or the skip reason.
+        """
         ctx, _ = self._ctx()
         try:
             frames = ctx.decode(av.Packet(data))
@@ -202,7 +221,14 @@ class _Decoder:
         return frame
 
     def convert(self, frame: VideoFrame) -> VideoFrame:
-        """Scale and convert a decoded frame to the video's size and pixel format."""
+        """Scale and convert a decoded frame to the video's size and pixel format.
+
+        Args:
+            frame: A decoded frame.
+
+        Returns:
+            The ``yuv420p`` limited-range frame.
+        """
         _, reformatter = self._ctx()
         src_range = (ColorRange.MPEG if frame.color_range == ColorRange.MPEG
                      else ColorRange.JPEG)
@@ -217,6 +243,14 @@ class _Decoder:
         return out
 
     def __call__(self, item: FrameInput) -> VideoFrame | str:
+        """Load, decode and convert one frame.
+
+        Args:
+            item: The frame.
+
+        Returns:
+            The video frame, or the skip reason.
+        """
         data = self.load(item)
         if isinstance(data, str):
             return data
@@ -257,7 +291,7 @@ def choose_size(frames: Sequence[FrameInput]) -> tuple[int, int] | None:
     """
     size = jpeg.most_common_size(_header_size(f) for f in frames)
     if size is None:
-        probe = _Decoder((2, 2))
+        probe = FrameDecoder((2, 2))
         for item in frames:
             data = probe.load(item)
             if isinstance(data, bytes):
@@ -270,7 +304,7 @@ def choose_size(frames: Sequence[FrameInput]) -> tuple[int, int] | None:
     return jpeg.even_size(*size)
 
 
-def _ordered(pool: ThreadPoolExecutor, work: _Decoder, frames: Sequence[FrameInput],
+def _ordered(pool: ThreadPoolExecutor, work: FrameDecoder, frames: Sequence[FrameInput],
              window: int) -> Iterator[VideoFrame | str]:
     """Decode in parallel, yield in input order, never more than ``window`` ahead."""
     pending: deque[Future[VideoFrame | str]] = deque()
@@ -364,7 +398,7 @@ def encode_video(frames: Sequence[FrameInput], out: Path | IO[bytes],
 
         held: VideoFrame | None = None
         held_pts = 0
-        work = _Decoder(size)
+        work = FrameDecoder(size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jpegdec") as pool:
             for idx, (item, res) in enumerate(zip(frames, _ordered(pool, work, frames,
                                                                    2 * workers + 2),
