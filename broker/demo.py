@@ -515,8 +515,8 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         deadline = time.monotonic() + opts.timeout_s
         while True:
             for cam in fleet.cameras:
-                if watch.has_video(cam.device) and not cam.stopping:
-                    cam.request_stop()
+                # Cameras with a video keep streaming: the status table at the end shows
+                # every camera online, as it would be in real life.
                 if cam.error is not None:
                     raise BrokerToolError(f"simulated camera {cam.device} failed: {cam.error}")
             if all(watch.has_video(c.device) for c in fleet.cameras):
