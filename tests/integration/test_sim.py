@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zlib
 from collections import defaultdict
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -137,3 +140,18 @@ def test_rendered_frames_show_motion_and_time() -> None:
     assert diff_motion is not None
     # The timestamp lives in the black band at the top: only that band changes.
     assert diff_time is not None and diff_time[1] < 40
+
+
+def test_simulate_command_provisions_and_reports(broker: BrokerHandle) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "broker", "--data-dir", str(broker.data_dir), "simulate",
+           "--port", str(broker.tls_port), "--devices", "2", "--device-prefix", "simcli-",
+           "--fps", "20", "--frames", "4", "--cache", "2", "--duplicate-rate", "0.5"]
+    runs = [subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60,
+                           check=False) for _ in range(2)]
+    for res in runs:  # the second run reuses the accounts and their stored passwords
+        assert res.returncode == 0, res.stdout + res.stderr
+        report = json.loads(res.stdout.strip().splitlines()[-1])
+        assert report["frames_acked"] == 8 and report["errors"] == 0
+        assert report["chunks_duplicated"] > 0
+    assert (broker.data_dir / "sim" / "simcli-01.pass").stat().st_mode & 0o777 == 0o600
