@@ -19,13 +19,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from encoder.muxer import probe_video
+from encoder.contract import video_event
+from encoder.muxer import EncodeOptions, FrameInput, encode_video, probe_video
 from tests.support.brokerproc import BrokerHandle
 from tests.support.jpegs import make_jpeg, write_batch
 from tests.support.mqttwait import Collector
 from tests.support.procs import ServiceProcess, service_config
 
 pytestmark = pytest.mark.integration
+
+T0 = 1795515300000
 
 
 def uid() -> str:
@@ -282,8 +285,8 @@ def test_redelivered_ready_makes_no_second_video_and_finishes_the_purge(
 def test_startup_picks_up_sealed_batches_and_crash_leftovers(
         broker: BrokerHandle, tmp_path: Path, operator: Collector) -> None:
     root = tmp_path / "store"
-    d1, d2, d3, d4 = (f"cam{uid()}" for _ in range(4))
-    for d in (d1, d2, d3, d4):
+    d1, d2, d3, d5, d6, d7 = (f"cam{uid()}" for _ in range(6))
+    for d in (d1, d2, d6):
         operator.subscribe(f"cam/{d}/video")
     # d1: sealed, never announced (no ready event at all).
     e1 = write_batch(root, d1, [make_jpeg(64, 48, i) for i in range(5)])
@@ -297,14 +300,58 @@ def test_startup_picks_up_sealed_batches_and_crash_leftovers(
     # d3: an interrupted seal (no manifest): the ingestor's to roll back, not ours.
     e3 = write_batch(root, d3, [make_jpeg(64, 48, i) for i in range(3)])
     (root / e3["location"] / "manifest.json").unlink()
-    # d4: a purge interrupted in the trash.
+    # And a purge interrupted in the trash.
     trash = root / "state" / "encoder" / "trash" / "x--y--z"
     (trash / "frames").mkdir(parents=True)
     (trash / "frames" / "a.jpg").write_bytes(b"x")
-    enc = Encoder(broker, root, tmp_path)
+    # d5: a batch that already failed (or killed the encoder) max_attempts times.
+    e5 = write_batch(root, d5, [make_jpeg(64, 48, i) for i in range(2)])
+    attempts = root / "state" / "encoder" / "attempts"
+    attempts.mkdir(parents=True)
+    (attempts / f"{d5}--{e5['batch']}").write_text("3")
+    # d6: purged, but the process died before the broker acknowledged the announcement.
+    b6 = f"{d6}-20261124T101500Z-0001"
+    vdir6 = root / "videos" / d6 / "2026-11-24"
+    vdir6.mkdir(parents=True)
+    mp4_6 = vdir6 / f"{d6}_20261124T101500Z_20261124T101501Z.mp4"
+    res = encode_video([FrameInput(ts_ms=i, data=make_jpeg(64, 48, i)) for i in range(2)],
+                       mp4_6, EncodeOptions(preset="ultrafast"))
+    ev6 = video_event(device=d6, batch=b6, location=mp4_6.relative_to(root).as_posix(),
+                      frames=res.frames_written, frames_skipped=0, duration_s=2 / 30,
+                      size=mp4_6.stat().st_size, first_capture_ms=T0, last_capture_ms=T0 + 1000)
+    mp4_6.with_suffix(".json").write_text(json.dumps(ev6))
+    notes = root / "state" / "encoder" / "unannounced"
+    notes.mkdir(parents=True)
+    (notes / f"{d6}--{b6}.json").write_text(json.dumps(
+        {"device": d6, "batch": b6, "video": ev6["location"]}))
+    # d7: a video from 2020, past the retention age.
+    old = root / "videos" / d7 / "2020-01-01" / f"{d7}_20200101T000000Z_20200101T000100Z.mp4"
+    old.parent.mkdir(parents=True)
+    shutil.copy(mp4_6, old)
+    old.with_suffix(".json").write_text(json.dumps(
+        {**ev6, "device": d7, "first_capture_ms": 1577836800000,
+         "last_capture_ms": 1577836860000}))
+    enc = Encoder(broker, root, tmp_path, work={"max_attempts": 3},
+                  retention={"max_age_days": 30, "interval_s": 0.5})
     svc = enc.start()
     assert operator.wait_for(lambda ms: bool(video_events(operator, d1))
-                             and bool(video_events(operator, d2)), 30)
+                             and bool(video_events(operator, d2))
+                             and bool(video_events(operator, d6)), 30)
+    assert video_events(operator, d6) == [ev6]
+    svc.wait_event(lambda e: e["event"] == "video_announced_late" and e["device"] == d6)
+    # Notes are cleared once the PUBACK is in, a moment after subscribers see the event.
+    deadline = time.monotonic() + 10
+    while list(notes.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(notes.iterdir())
+    q = svc.wait_event(lambda e: e["event"] == "batch_quarantined" and e["device"] == d5)
+    assert (q["reason"], q["attempts"]) == ("too_many_attempts", 3)
+    assert (root / "quarantine" / d5 / e5["batch"] / "reason.json").is_file()
+    assert not (attempts / f"{d5}--{e5['batch']}").exists()
+    gone = svc.wait_event("video_deleted", 10)
+    assert (gone["rule"], gone["video"]) == ("max_age", old.relative_to(root).as_posix())
+    assert not old.exists() and not old.with_suffix(".json").exists()
+    assert mp4_6.exists()
     for d, e in ((d1, e1), (d2, e2)):
         (mp4,) = videos_of(root, d)
         assert probe_video(mp4).frames == 5
