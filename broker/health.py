@@ -196,6 +196,9 @@ class HealthModel:
         self.disk: DiskUsage | None = None
         self.rate_window_ms = rate_window_ms
         self.rates: dict[str, RateWindow] = {}
+        self.frames_observable = False
+        """Frames can be seen (storage scanned, or frame topics followed); without it the
+        no-frame rule stays silent rather than cry wolf."""
 
     def device(self, device: str) -> DeviceView:
         """The view of ``device``, created on first use."""
@@ -220,6 +223,7 @@ class HealthModel:
         if len(parts) != 3:
             return False
         if parts[0] == self.prefix and parts[2] == "frame":
+            self.frames_observable = True
             self.note_frame(parts[1], now_ms)
             return True
         if parts[0] == self.prefix and parts[2] == "status":
@@ -303,7 +307,7 @@ def evaluate(model: HealthModel, rules: AlertSettings, now_ms: int) -> list[Aler
                 out.append(Alert(RULE_DEVICE_OFFLINE, dev.device,
                                  f"{dev.device} offline for {format_duration(gone_s)}",
                                  round(gone_s, 1), rules.device_offline_s))
-        elif dev.state == ONLINE:
+        elif dev.state == ONLINE and model.frames_observable:
             # A timelapse camera taking one frame every 10 min is not silent after 5 min.
             interval = dev.status.get("interval_ms")
             limit = rules.no_frame_s

@@ -161,6 +161,7 @@ def apply_storage(model: HealthModel, root: Path, now: int) -> None:
     model.disk = disk_usage(root) if root.is_dir() else None
     if model.disk is None:
         return
+    model.frames_observable = True
     for device in sorted(storage_devices(root) | set(model.devices)):
         facts = scan_device(root, device, now)
         model.note_storage(device, last_frame_ms=facts.last_frame_ms,

@@ -67,6 +67,9 @@ def test_same_state_again_keeps_its_start() -> None:
 def test_no_frame_counts_from_last_frame_or_coming_online() -> None:
     m = HealthModel(started_ms=T0)
     m.apply("cam/c1/status", _j({"state": "online"}), T0)
+    # Without storage or frame topics nothing says whether frames arrive: no alert.
+    assert evaluate(m, RULES, T0 + 10_000_000) == []
+    m.frames_observable = True
     assert _rules(evaluate(m, RULES, T0 + 600_000)) == {(RULE_NO_FRAME, "c1")}
     m.note_frame("c1", T0 + 500_000)
     assert evaluate(m, RULES, T0 + 600_000) == []
@@ -78,12 +81,13 @@ def test_no_frame_counts_from_last_frame_or_coming_online() -> None:
 def test_frame_topic_counts_as_a_frame() -> None:
     m = HealthModel(prefix="site1", started_ms=T0)
     assert m.apply("site1/c1/frame", b"\x00" * 40, T0 + 42)
-    assert m.devices["c1"].last_frame_ms == T0 + 42
+    assert m.devices["c1"].last_frame_ms == T0 + 42 and m.frames_observable
     assert not m.apply("cam/c1/frame", b"", T0)  # other prefix: not ours
 
 
 def test_slow_timelapse_device_is_not_silent_too_early() -> None:
     m = HealthModel(started_ms=T0)
+    m.frames_observable = True
     m.apply("cam/c1/status", _j({"state": "online", "interval_ms": 600_000}), T0)
     m.note_frame("c1", T0)
     assert evaluate(m, RULES, T0 + 1_000_000) == []
