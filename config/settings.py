@@ -201,9 +201,9 @@ class EncoderWorkSettings(_Section):
     publish_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="Wait for the video event's PUBACK per try."
     )
-    rescan_interval_s: float | None = Field(
-        default=300.0, gt=0,
-        description="Look for sealed batches nobody announced; none: only at start.",
+    rescan_interval_s: float = Field(
+        default=300.0, ge=0,
+        description="Look for sealed batches nobody announced; 0: only at start.",
     )
     rescan_min_age_s: float = Field(
         default=600.0, ge=0, description="A rescan takes only batches sealed this long ago."

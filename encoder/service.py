@@ -215,7 +215,7 @@ class EncoderService:
             log.info("batches_scanned", found=len(found), startup=first)
         if not first:
             self.processor.publish_unannounced()
-        if work.rescan_interval_s is None:
+        if not work.rescan_interval_s:
             self._next_scan = float("inf")
         else:
             self._next_scan = time.monotonic() + work.rescan_interval_s
