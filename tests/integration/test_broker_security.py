@@ -48,7 +48,7 @@ def test_anonymous_refused_on_local_plain_listener(broker: BrokerHandle) -> None
 def test_plain_tcp_refused_on_device_listener(broker: BrokerHandle) -> None:
     pw = broker.add_device("sec-plain")
     with pytest.raises(MqttConnectError):
-        broker.client("sec-plain", pw, tls=False, port=broker.tls_port)
+        broker.client("sec-plain", pw, tls=False, port=broker.tls_port, timeout=2)
 
 
 def test_local_listener_is_loopback_only(broker: BrokerHandle) -> None:
@@ -171,14 +171,18 @@ def test_device_cannot_take_over_a_service_session(broker: BrokerHandle) -> None
     dev = broker.client("sec-cid", pw, client_id="sec-cid")
     for i in range(3):
         dev.publish("cam/sec-cid/frame", b"chunk%d" % i, qos=1).wait_for_publish(5)
-    spoof = broker.client("sec-cid", pw, client_id="ingestor", clean_start=False)
-    spoof_col = Collector(spoof)
+    dev.disconnect()
+    dev.loop_stop()
+    cols: list[Collector] = []
+    spoof = broker.client("sec-cid", pw, client_id="ingestor", clean_start=False,
+                          before_connect=lambda c: cols.append(Collector(c)))
     time.sleep(0.5)
-    ing = broker.client("ingestor", client_id="ingestor", clean_start=False)
-    col = Collector(ing)
+    ing = broker.client("ingestor", client_id="ingestor", clean_start=False,
+                        before_connect=lambda c: cols.append(Collector(c)))
+    spoof_col, col = cols
     assert col.wait_for(lambda ms: len(ms) >= 3), col.topics()
     assert spoof_col.topics() == []
-    for c in (dev, spoof, ing):
+    for c in (spoof, ing):
         c.disconnect()
         c.loop_stop()
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,15 @@ class BrokerHandle:
 
     def client(self, username: str, password: str | None = None, *, client_id: str | None = None,
                tls: bool = True, port: int | None = None, clean_start: bool = True,
-               manual_ack: bool = False) -> mqtt.Client:
+               manual_ack: bool = False,
+               before_connect: Callable[[mqtt.Client], object] | None = None,
+               timeout: float = 10.0) -> mqtt.Client:
         """A connected client with its network loop running; the caller disconnects it.
+
+        Args:
+            before_connect: Called with the client before CONNECT, e.g. ``Collector``, so
+                messages queued in a persistent session are not delivered before the
+                callbacks exist.
 
         Raises:
             broker.mqtt.MqttConnectError: When the broker refuses.
@@ -214,7 +222,9 @@ class BrokerHandle:
             s = s.model_copy(update={"port": port})
         c = make_client(s, client_id=client_id or f"{username}-{time.monotonic_ns()}",
                         manual_ack=manual_ack)
-        connect_blocking(c, s, clean_start=clean_start)
+        if before_connect is not None:
+            before_connect(c)
+        connect_blocking(c, s, clean_start=clean_start, timeout=timeout)
         return c
 
     def close(self) -> None:
