@@ -7,6 +7,7 @@ twice in the same data folder, and checks the MP4s it reports with PyAV.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,6 +16,11 @@ from pathlib import Path
 
 import av
 import pytest
+
+from broker.demo import DemoPaths, check_running_broker, reap_leftovers
+from broker.errors import BrokerToolError
+from broker.layout import Layout
+from tests.support.brokerproc import BrokerHandle
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +92,34 @@ def test_demo_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
             cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 1
     assert f"TLS port {port} is in use" in res.stderr
+
+
+def test_running_broker_is_refused_and_stale_pid_file_cleared(broker: BrokerHandle,
+                                                               tmp_path: Path) -> None:
+    notes: list[str] = []
+    # The session broker runs on its data folder: a demo there must refuse to start.
+    with pytest.raises(BrokerToolError, match="already running"):
+        check_running_broker(broker.layout, notes.append)
+    stale = Layout(tmp_path / "data")
+    stale.broker_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (stale.broker_dir / "mosquitto.pid").write_text(f"{dead.pid}\n")
+    check_running_broker(stale, notes.append)
+    assert not (stale.broker_dir / "mosquitto.pid").exists()
+    assert any("stale pid file" in n for n in notes)
+
+
+def test_leftovers_of_a_killed_demo_are_stopped(tmp_path: Path) -> None:
+    paths = DemoPaths(tmp_path / "demo")
+    paths.root.mkdir()
+    # Looks like `python -m ingestor` to the reaper; sleeps like a stuck orphan.
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
+                               "ingestor"])
+    bystander = os.getpid()  # a live pid that is not ours to kill
+    paths.pids.write_text(json.dumps({"ingestor": orphan.pid, "encoder": bystander}))
+    notes: list[str] = []
+    reap_leftovers(paths, notes.append)
+    assert orphan.wait(10) is not None
+    assert not paths.pids.exists()
+    assert notes == [f"note: stopping ingestor (pid {orphan.pid}) left over from an earlier demo"]
