@@ -155,3 +155,16 @@ def test_health_check_account_exists(compose: dict[str, Any], prepared: Path) ->
     assert re.search(rf"^{re.escape(user[1])}:", accounts, re.M)
     acl = (prepared / "data" / "broker" / "acl").read_text()
     assert f"user {user[1]}\ntopic read #" in acl
+
+
+def test_procfile_runs_existing_modules_with_rendered_configs(prepared: Path) -> None:
+    procs = dict(line.split(": ", 1) for line in (REPO / "Procfile").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    assert set(procs) == {"broker", "ingestor", "encoder", "monitor"}
+    for name, cmd in procs.items():
+        module = re.search(r"-m (\w+)", cmd)
+        assert module is not None and (REPO / module[1] / "__main__.py").is_file(), name
+        config = re.search(r"CAM_CONFIG=\$\{CAM_DATA:-data\}/(\S+)", cmd)
+        if config is not None:  # the file `make up`'s `broker init` rendered
+            assert (prepared / "data" / config[1]).is_file(), name
+    assert "monitor" in procs["monitor"] and "run" in procs["broker"].split()
