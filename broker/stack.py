@@ -36,8 +36,6 @@ STATUS_ACCOUNT = "operator-status"
 HEALTH_ACCOUNT = "operator-health"
 """The compose broker health check's account (reads ``$SYS/broker/uptime``)."""
 
-SERVICE_FILES = ("ingestor", "encoder", "monitor")
-
 CONTAINER_DATA = Path("/data")
 """Where compose.yaml mounts ./data inside every container."""
 

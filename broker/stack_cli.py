@@ -23,6 +23,7 @@ from typing import Any
 from broker.accounts import AccountStore
 from broker.demo import DemoOptions, run_demo
 from broker.errors import BrokerToolError
+from broker.health import evaluate, format_status
 from broker.layout import Layout
 from broker.monitor import Monitor, collect_status, now_ms
 from broker.run import prepare
@@ -123,8 +124,6 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
 
 
 def _status(settings: MonitorSettings, *, as_json: bool) -> int:
-    from broker.health import evaluate, format_status  # noqa: PLC0415
-
     model = collect_status(settings)
     t = now_ms()
     alerts = evaluate(model, settings.alerts, t)
