@@ -294,7 +294,7 @@ def test_storage_failure_backpressure_then_recovery(broker: BrokerHandle, tmp_pa
     blocker = tmp_path / "store" / "frames" / d
     blocker.parent.mkdir(parents=True)
     blocker.write_text("a file where the device folder must be: every write fails")
-    svc = start_ingestor(broker, tmp_path, account, storage_retry_s=0.3)
+    svc = start_ingestor(broker, tmp_path, account, storage_retry_s=0.3, max_pending_frames=2)
     operator.subscribe(f"svc/{account}/status")
     dev = broker.client(d, broker.add_device(d), client_id=d)
     jpegs = [make_jpeg(80, 60, 500 + i) for i in range(3)]
@@ -304,10 +304,18 @@ def test_storage_failure_backpressure_then_recovery(broker: BrokerHandle, tmp_pa
     svc.wait_event("storage_unavailable", 15)
     assert operator.wait_for(
         lambda ms: any(json.loads(m.payload)["state"] == "degraded" for m in ms), 10)
-    wait_until(lambda: metrics(svc)[("ingestor_pending_frames", ())] == 3, 10, "3 pending")
+    # Two frames wait in memory; then the socket is no longer read, the third frame stays
+    # with the broker.
+    def paused_with_two() -> bool:
+        m = metrics(svc)
+        return (m[("ingestor_reading_paused", ())], m[("ingestor_pending_frames", ())]) == (1, 2)
+
+    wait_until(paused_with_two, 10, "reading paused with 2 frames pending")
     m = metrics(svc)
     assert m[("ingestor_storage_available", ())] == 0
     assert m[("ingestor_unacked_chunks", ())] > 0  # nothing acknowledged while not durable
+    assert m[("ingestor_chunks_received_total", ())] < sum(
+        len(split_frame(j, boot_id=9, frame_seq=0, chunk_data=900)) for j in jpegs)
     blocker.unlink()
     svc.wait_event("storage_recovered", 15)
     wait_until(lambda: len(on_disk(tmp_path / "store")) == 3, 15, "frames after recovery")
