@@ -121,6 +121,7 @@ class IngestorService:
         self._subscribed = False
         self._announces: dict[str, _Announce] = {}
         self._status_at = 0.0
+        self._received = 0
         self._client = make_client(settings.mqtt, manual_ack=True, will_topic=self.status_topic)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -260,12 +261,18 @@ class IngestorService:
                     self._wake_r.recv(65536)
             rc = mqtt.MQTT_ERR_SUCCESS
             if not paused and (sock in readable or pending_tls):
+                # Read packets while they keep coming (a burst), without asking the TLS
+                # layer between packets: every such call drops and retakes the GIL,
+                # which the writer thread then holds for a while.
                 rc = self._client.loop_read()
                 n = 0
                 while (rc == mqtt.MQTT_ERR_SUCCESS and n < 256 and self._client.socket()
-                       and _ssl_pending(sock) and not self._reading_paused()):
+                       and not self._reading_paused()):
+                    before = self._received
                     rc = self._client.loop_read()
                     n += 1
+                    if self._received == before:
+                        break
             self._run_commands()
             if rc == mqtt.MQTT_ERR_SUCCESS and self._client.socket() is not None and (
                     writable or self._client.want_write()):
@@ -339,6 +346,7 @@ class IngestorService:
             log.info("subscribed", topic=topic)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._received += 1
         self.metrics.chunks.inc()
         token = self.ledger.hold(msg.mid) if msg.qos > 0 else _NO_TOKEN
         parts = msg.topic.split("/")
