@@ -35,6 +35,17 @@ def uid() -> str:
     return uuid.uuid4().hex[:6]
 
 
+_STARTED: list[ServiceProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_encoders() -> Iterator[None]:
+    """A failed test must not leave its encoder running into the next ones."""
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
 class Encoder:
     """An encoder process with its own account, share group and storage root."""
 
@@ -59,6 +70,7 @@ class Encoder:
         self.runs += 1
         self.proc = ServiceProcess("encoder", self.config,
                                    self.tmp / f"{self.account}-{self.runs}.log").start()
+        _STARTED.append(self.proc)
         self.proc.wait_event("encoder_ready", 30)
         return self.proc
 
@@ -390,14 +402,17 @@ def test_sigkill_during_encoding_then_restart_gives_exactly_one_video(
     assert not bdir.exists()
     assert not list((root / "batches").rglob("*.jpg"))
     assert leftovers(root) == []
-    (ev,) = video_events(operator, d)
-    assert ev["frames"] == 120
     started = [e for e in svc2.events() if e["event"] == "encode_started"]
-    # The killed run never acked: the broker re-delivered the event to the restarted
-    # session, the attempt counter survived, and the startup scan found nothing left.
-    assert [(e["attempt"], e["source"]) for e in started] == [(2, "ready")]
-    scan = svc2.wait_event("batches_scanned", 30)
-    assert scan["found"] == 0
+    assert [e["attempt"] for e in started] == [2]  # the attempt counter survived the kill
+    # The killed run never acked, so the broker re-delivers the event to the restarted
+    # session: it either finds the batch and encodes it, or (when the start-up scan got
+    # there first) finds the video and announces it again. One video either way.
+    svc2.wait_event(lambda e: (e["event"] == "encode_started" and e["source"] == "ready")
+                    or e["event"] == "video_already_written", 30)
+    evs = video_events(operator, d)
+    assert 1 <= len(evs) <= 2
+    assert all(e == evs[0] for e in evs)
+    assert evs[0]["frames"] == 120
     assert len(videos_of(root, d)) == 1
     assert svc2.stop() == 0
 
