@@ -438,3 +438,35 @@ def test_two_encoders_split_the_work(broker: BrokerHandle, tmp_path: Path,
         assert len(videos_of(root, d)) == 1
     assert sa.stop() == 0
     assert sb.stop() == 0
+
+
+def test_sigterm_mid_encode_stops_cleanly_and_leaves_the_batch(
+        broker: BrokerHandle, tmp_path: Path, operator: Collector,
+        announcer: mqtt.Client) -> None:
+    root = tmp_path / "store"
+    enc = Encoder(broker, root, tmp_path, encode={"preset": "slow", "decode_threads": 1})
+    svc = enc.start()
+    d = f"cam{uid()}"
+    operator.subscribe(f"cam/{d}/video")
+    operator.subscribe(f"svc/{enc.account}/status")
+    distinct = [make_jpeg(800, 600, i, quality=80) for i in range(4)]
+    event = write_batch(root, d, [distinct[i % 4] for i in range(120)])
+    announce(announcer, d, event)
+    svc.wait_event("encode_started", 30)
+    assert svc.stop() == 0
+    names = [e["event"] for e in svc.events()]
+    assert "encode_cancelled" in names and "video_written" not in names
+    assert (root / event["location"] / "manifest.json").is_file()
+    assert leftovers(root) == [] and videos_of(root, d) == []
+    assert not list((root / "state" / "encoder" / "attempts").iterdir())
+    assert operator.wait_for(
+        lambda ms: any(m.topic.startswith("svc/") and json.loads(m.payload) == {"state": "offline"}
+                       for m in ms), 10)
+    # A shutdown is not a failed attempt: the restart (re-delivered event or start-up
+    # scan) encodes it as attempt 1.
+    svc2 = enc.start()
+    assert operator.wait_for(lambda ms: bool(video_events(operator, d)), 60)
+    started = [e for e in svc2.events() if e["event"] == "encode_started"]
+    assert [e["attempt"] for e in started] == [1]
+    assert len(videos_of(root, d)) == 1
+    assert svc2.stop() == 0
