@@ -14,7 +14,6 @@ documents, with the paths a container sees, are written for ``compose.yaml`` und
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from broker.layout import Layout
 from broker.pki import create_server_cert
 from broker.run import render_config
 from broker.secrets import write_secret_file
+from config.loader import to_toml
 from config.settings import BrokerSettings
 
 MONITOR_ACCOUNT = "operator-monitor"
@@ -48,36 +48,6 @@ METRICS_PORTS = {"ingestor": 9101, "encoder": 9102}
 def config_dir(layout: Layout) -> Path:
     """Folder of the rendered service configurations."""
     return layout.data_dir / "config"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def to_toml(data: dict[str, Any], _prefix: str = "") -> str:
-    """Nested dicts of scalars and lists as TOML (all a service config needs).
-
-    Args:
-        data: Tables are dicts; ``None`` values are left out.
-
-    Returns:
-        The TOML text.
-    """
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items()
-               if not isinstance(v, dict) and v is not None]
-    out = "\n".join(scalars) + ("\n" if scalars else "")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            name = f"{_prefix}.{k}" if _prefix else k
-            has_scalars = any(not isinstance(x, dict) for x in v.values())
-            out += (f"\n[{name}]\n" if has_scalars else "") + to_toml(v, name)
-    return out
 
 
 def _write_password(path: Path, password: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tomllib
@@ -88,3 +89,33 @@ def load_or_exit(model: type[S], path: Path | str | None = None) -> S:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def to_toml(data: dict[str, Any], _prefix: str = "") -> str:
+    """Nested dicts of scalars and lists as TOML (all a service config needs).
+
+    Args:
+        data: Tables are dicts; ``None`` values are left out.
+
+    Returns:
+        The TOML text.
+    """
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items()
+               if not isinstance(v, dict) and v is not None]
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{_prefix}.{k}" if _prefix else k
+            has_scalars = any(not isinstance(x, dict) for x in v.values())
+            out += (f"\n[{name}]\n" if has_scalars else "") + to_toml(v, name)
+    return out

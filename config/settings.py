@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 """A device id, as fixed by the wire contract. It is also the MQTT username and client id."""
 
 TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _one_topic_level(v: str) -> str:
+    if not TOPIC_PREFIX_RE.match(v):
+        raise ValueError("must be one topic level of letters, digits, '_' or '-'")
+    return v
+
+
+TopicPrefix = Annotated[str, AfterValidator(_one_topic_level)]
+"""The first level of every device topic (``cam`` by default)."""
 
 
 class _Section(BaseModel):
@@ -63,15 +73,9 @@ class MqttSettings(_Section):
     )
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
-    topic_prefix: str = Field(default="cam", description="First level of every device topic.")
+    topic_prefix: TopicPrefix = Field(default="cam",
+                                      description="First level of every device topic.")
     tls: TlsSettings = TlsSettings()
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix_is_one_level(cls, v: str) -> str:
-        if not TOPIC_PREFIX_RE.match(v):
-            raise ValueError("must be one topic level of letters, digits, '_' or '-'")
-        return v
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
@@ -277,7 +281,7 @@ class BrokerSettings(_ServiceSettings):
         min_length=1,
         description="DNS names / IPs written into the server certificate.",
     )
-    topic_prefix: str = "cam"
+    topic_prefix: TopicPrefix = "cam"
     run_as_root: bool = Field(
         default=False, description="Write 'user root' (local and test runs started as root)."
     )
@@ -286,13 +290,6 @@ class BrokerSettings(_ServiceSettings):
     max_queued_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     max_inflight_messages: int = Field(default=1000, ge=0, le=65535)
     autosave_interval_s: int = Field(default=30, ge=0)
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix_is_one_level(cls, v: str) -> str:
-        if not TOPIC_PREFIX_RE.match(v):
-            raise ValueError("must be one topic level of letters, digits, '_' or '-'")
-        return v
 
     @model_validator(mode="after")
     def _ports_differ(self) -> BrokerSettings:

@@ -12,33 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from config.loader import to_toml
 from tests.support.brokerproc import BrokerHandle
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def to_toml(data: dict[str, Any], _prefix: str = "") -> str:
-    """Write nested dicts of scalars as TOML (enough for service configs)."""
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items()
-               if not isinstance(v, dict) and v is not None]
-    out = "\n".join(scalars) + ("\n" if scalars else "")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            name = f"{_prefix}.{k}" if _prefix else k
-            inner = to_toml(v, name)
-            has_scalars = any(not isinstance(x, dict) for x in v.values())
-            out += (f"\n[{name}]\n" if has_scalars else "") + inner
-    return out
 
 
 def service_config(broker: BrokerHandle, account: str, storage_root: Path, path: Path,

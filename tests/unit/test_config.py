@@ -79,3 +79,14 @@ def test_cli_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=False)
     assert res.returncode == 2
     assert "tls_port" in res.stderr and "extra" in res.stderr
+
+
+def test_to_toml_round_trips() -> None:
+    import tomllib  # noqa: PLC0415
+
+    from config.loader import to_toml  # noqa: PLC0415
+
+    data = {"a": 1, "b": True, "c": "x\"y", "d": [1, 2], "t": {"u": 1.5, "n": {"m": "z"}},
+            "e": {"only": {"deep": 2}}}
+    assert tomllib.loads(to_toml(data)) == data
+    assert "none" not in tomllib.loads(to_toml({"none": None, "k": 1}))
