@@ -98,6 +98,25 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def _abandoned(tmp: Path) -> bool:
+    """Whether an :func:`atomic_write` temp file's writer is gone.
+
+    Its name ends in ``.<pid>.partial``; the writer is gone when that process no
+    longer exists (or the file is an hour old: another host's or container's).
+    """
+    try:
+        pid = int(tmp.name[: -len(PARTIAL)].rsplit(".", 1)[1])
+        os.kill(pid, 0)
+    except (IndexError, ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        pass
+    try:
+        return time.time() - tmp.stat().st_mtime > 3600
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class FoundVideo:
     """A finished video of a batch: its MP4 exists and its sidecar names the batch."""
@@ -126,6 +145,12 @@ class Storage:
             make_dirs(d)
         for leftover in self.trash.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        # A crash inside atomic_write leaves its temp file behind; nobody else would
+        # ever remove it (scans skip dot files).
+        for folder in (self.attempts_dir, self.unannounced_dir):
+            for tmp in folder.glob(f".*{PARTIAL}"):
+                if _abandoned(tmp):
+                    tmp.unlink(missing_ok=True)
 
     def batch_dir(self, device: str, batch: str) -> Path:
         """The folder of a batch, proven to lie inside ``batches/``.
