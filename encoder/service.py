@@ -58,6 +58,7 @@ class EncoderService:
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=2 * rm)
         self._backlog: collections.deque[tuple[str, str]] = collections.deque()
         self._next_scan = 0.0
+        self._resync = threading.Event()
         self._threads: list[threading.Thread] = []
         self._http: Any = None
         self.processor = BatchProcessor(self.storage, settings, self.metrics,
@@ -146,6 +147,12 @@ class EncoderService:
             log.info("encoder_ready", topic=ready_topic_filter(self.settings.share_group,
                                                                 self.prefix),
                      account=self.account)
+        else:
+            # Mosquitto 2.0 does not restore a shared subscription after a broker
+            # restart (measured: docs/reliability.md): ready events published before this
+            # SUBSCRIBE reached nobody. Their batches were sealed before being announced,
+            # so a scan now finds every one of them.
+            self._resync.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags,
                        rc: ReasonCode, _p: Properties | None) -> None:
@@ -186,6 +193,9 @@ class EncoderService:
         self._next_scan = time.monotonic()
         first_scan = True
         while not self.stop_event.is_set():
+            if self._resync.is_set():
+                self._resync.clear()
+                self._scan(first=False, resubscribed=True)
             try:
                 msg = self._queue.get_nowait()
             except queue.Empty:
@@ -206,13 +216,15 @@ class EncoderService:
                 self._handle_message(msg)
             self.metrics.queue_depth.set(self._queue.qsize() + len(self._backlog))
 
-    def _scan(self, *, first: bool) -> None:
+    def _scan(self, *, first: bool, resubscribed: bool = False) -> None:
         work = self.settings.work
-        min_age = 0.0 if first else work.rescan_min_age_s
-        found = self.storage.sealed_batches(min_age_s=min_age)
+        min_age = 0.0 if first or resubscribed else work.rescan_min_age_s
+        queued = set(self._backlog)
+        found = [b for b in self.storage.sealed_batches(min_age_s=min_age) if b not in queued]
         self._backlog.extend(found)
-        if found or first:
-            log.info("batches_scanned", found=len(found), startup=first)
+        if found or first or resubscribed:
+            log.info("batches_scanned", found=len(found), startup=first,
+                     resubscribed=resubscribed)
         if not first:
             self.processor.publish_unannounced()
         if not work.rescan_interval_s:
