@@ -31,6 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import start_http_server
@@ -42,6 +43,7 @@ from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Statu
 from ingestor.batcher import Batcher, SealPlan, ready_event
 from ingestor.layout import FrameKey, FrameMeta, frame_ts_ms
 from ingestor.metrics import IngestMetrics
+from ingestor.netio import FastReader, queue_pubacks, supported
 from ingestor.store import Store
 
 log = structlog.get_logger("ingestor")
@@ -127,6 +129,12 @@ class IngestorService:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        # Fewer socket calls per chunk (ingestor/netio.py); paho's own calls otherwise.
+        self._reader: FastReader | None = None
+        self._ack_mids: list[int] | None = None
+        if supported(self._client):
+            self._reader = FastReader(self._client)
+            self._ack_mids = []
         self._ever_connected = False
         self._metrics_server: Any = None
         self.metrics_port: int | None = None
@@ -248,7 +256,7 @@ class IngestorService:
             self._run_commands()
             paused = self._reading_paused()
             self.metrics.paused.set(1 if paused else 0)
-            pending_tls = 0 if paused else _ssl_pending(sock)
+            pending_tls = 0 if paused else self._buffered(sock)
             rlist: list[Any] = [self._wake_r] if paused else [self._wake_r, sock]
             wlist: list[Any] = [sock] if self._client.want_write() else []
             timeout = 0.0 if pending_tls else 0.2
@@ -260,7 +268,10 @@ class IngestorService:
                 with contextlib.suppress(OSError):
                     self._wake_r.recv(65536)
             rc = mqtt.MQTT_ERR_SUCCESS
-            if not paused and (sock in readable or pending_tls):
+            if not paused and self._reader is not None and (sock in readable or pending_tls):
+                rc = MQTTErrorCode(self._reader.pump(self._chunk, 256,
+                                                     self._reading_paused)[1])
+            elif not paused and (sock in readable or pending_tls):
                 # Read packets while they keep coming (a burst), without asking the TLS
                 # layer between packets: every such call drops and retakes the GIL,
                 # which the writer thread then holds for a while.
@@ -274,6 +285,7 @@ class IngestorService:
                     if self._received == before:
                         break
             self._run_commands()
+            self._flush_acks()
             if rc == mqtt.MQTT_ERR_SUCCESS and self._client.socket() is not None and (
                     writable or self._client.want_write()):
                 rc = self._client.loop_write()
@@ -283,6 +295,16 @@ class IngestorService:
             if now >= next_house:
                 next_house = now + 0.25
                 self._housekeeping(now)
+
+    def _buffered(self, sock: Any) -> int:
+        # Bytes already read (by us or the TLS layer) that select() cannot see.
+        return int(self._reader is not None and self._reader.ready) + _ssl_pending(sock)
+
+    def _flush_acks(self) -> None:
+        if self._ack_mids:
+            if self._client.socket() is not None:
+                queue_pubacks(self._client, self._ack_mids)
+            self._ack_mids.clear()
 
     def _wait_wake(self, seconds: float) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -296,6 +318,10 @@ class IngestorService:
     def _connect_once(self) -> bool:
         mq = self.settings.mqtt
         props = connect_properties(mq, receive_maximum=self.ing.receive_maximum)
+        if self._reader is not None:
+            self._reader.reset()
+        if self._ack_mids is not None:
+            self._ack_mids.clear()  # packet ids of the old connection mean nothing now
         try:
             if not self._ever_connected:
                 self._client.connect(mq.host, mq.port, keepalive=mq.keepalive_s,
@@ -346,12 +372,16 @@ class IngestorService:
             log.info("subscribed", topic=topic)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._chunk(msg.topic, bytes(msg.payload), msg.qos, msg.mid)
+
+    def _chunk(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+        # Every chunk comes here: from FastReader.pump, or paho's on_message.
         self._received += 1
         self.metrics.chunks.inc()
-        token = self.ledger.hold(msg.mid) if msg.qos > 0 else _NO_TOKEN
-        parts = msg.topic.split("/")
-        device = parts[1] if len(parts) == 3 else msg.topic
-        res = self.assembler.feed(device, bytes(msg.payload), token, time.monotonic())
+        token = self.ledger.hold(mid) if qos > 0 else _NO_TOKEN
+        parts = topic.split("/")
+        device = parts[1] if len(parts) == 3 else topic
+        res = self.assembler.feed(device, payload, token, time.monotonic())
         self._handle(res, token)
 
     def _handle(self, res: FeedResult[AckToken], token: AckToken) -> None:
@@ -390,9 +420,13 @@ class IngestorService:
             self._release(list(d.tokens))
 
     def _release(self, tokens: list[AckToken]) -> None:
+        out = self._ack_mids
         for t in tokens:
             for _ in range(self.ledger.release(t)):
-                self._client.ack(t.mid, 1)
+                if out is not None:
+                    out.append(t.mid)  # sent together by _flush_acks
+                else:
+                    self._client.ack(t.mid, 1)
 
     def _submit(self, frame: CompleteFrame[AckToken]) -> None:
         arrival_ms = int(time.time() * 1000)
@@ -415,6 +449,7 @@ class IngestorService:
                 self._announce_due(time.monotonic())
             elif kind == "status":
                 self._publish_status()
+        self._flush_acks()
 
     def _housekeeping(self, now: float) -> None:
         if not self._draining.is_set():
