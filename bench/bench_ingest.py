@@ -1,173 +1,353 @@
-"""Frames/s stored by the real ingestor vs a bare paho subscriber, same broker, same run.
+"""Ingest throughput, latency and memory: the real ingestor vs a bare paho subscriber.
 
-Both consumers drain the same kind of backlog from a persistent session: the broker
-queues every chunk while the consumer is away, then the consumer connects and the
-clock runs until it has everything. The baseline only counts messages (auto-ack); the
-ingestor reassembles, checks, writes, fsyncs and acknowledges. The ratio is what the
-ingestor's work costs against the ceiling of paho + TLS + Mosquitto on this machine.
+Phase 1, throughput (**backlog drain**, same messages for both): the bare subscriber's
+and the ingestor's persistent sessions are both subscribed to ``cam/+/frame`` and both
+offline; simulated cameras (``--devices`` device accounts, TLS, QoS 1, SVGA JPEGs of
+``--kb`` KB in 8 KiB chunks, cached frames, ``--pub-procs`` publisher processes) publish
+``--frames`` frames each, and the broker queues every chunk once for each session. Then
+each consumer connects alone and drains its queue while the clock runs from its
+CONNACK to its last frame: the bare subscriber (a separate process, same kind of
+service account, TLS, QoS 1, paho's own loop, Receive Maximum 65535, auto-ack) only
+counts messages; the ingestor (``python -m ingestor``) reassembles, checks, writes,
+fsyncs, acknowledges and seals. Order alternates per round (``--rounds``). Afterwards
+every frame must be on disk exactly once (zero loss).
 
-    python bench/bench_ingest.py [--devices 20] [--frames 100] [--width 640] [--height 480]
+Phase 2, latency (**live stream**, ``--live-fps`` frames/s in total from the same
+cameras for ``--live-s`` seconds): per frame, the time from handing its last chunk to
+the socket (publisher) to its ``frame_stored`` log event (written after the file and
+folder fsyncs, i.e. durable), both wall clocks of this machine.
+
+    python bench/bench_ingest.py [--devices 20] [--frames 100] [--rounds 2]
+        [--live-fps 500] [--live-s 10] [--kb 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import multiprocessing as mp
+import multiprocessing.connection as mpc
 import os
-import shutil
+import select
+import statistics
 import sys
-import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paho.mqtt.client as mqtt
 
+from bench.common import (
+    LogTail,
+    PublisherPool,
+    bench_broker,
+    broker_pid,
+    cpu_seconds,
+    log_time,
+    machine,
+    pct,
+    proc_status_kib,
+    provision,
+    pub_spec,
+    svga_jpegs,
+)
 from broker.mqtt import connect_properties, make_client
-from ingestor.protocol import split_frame
-from tests.support.brokerproc import BrokerHandle, start_broker
-from tests.support.jpegs import make_jpeg
+from config.settings import MqttSettings
+from ingestor.layout import parse_frame_file_name
+from ingestor.netio import FastReader, queue_pubacks
+from tests.support.brokerproc import BrokerHandle
 from tests.support.procs import ServiceProcess, service_config
 
-T0 = 1795515300000
+BARE = "operator-bench"
+BARE_FAST = "operator-benchfast"
+ING = "ingestor-bench"
 
 
-def publish_backlog(broker: BrokerHandle, devices: list[str], jpegs: list[bytes], frames: int,
-                    boot_id: int) -> int:
-    """Every device publishes ``frames`` frames, all chunks QoS 1, acked by the broker."""
-    chunks = 0
-    clients = {d: broker.client(d, PASSWORDS[d],
-                                client_id=d) for d in devices}
-    infos: list[mqtt.MQTTMessageInfo] = []
-    for seq in range(frames):
-        for i, d in enumerate(devices):
-            jpeg = jpegs[(seq + i) % len(jpegs)]
-            for p in split_frame(jpeg, boot_id=boot_id, frame_seq=seq,
-                                 capture_ms=T0 + seq * 1000, clock_synced=True):
-                infos.append(clients[d].publish(f"cam/{d}/frame", p, qos=1))
-                chunks += 1
-        if len(infos) > 4000:
-            for info in infos:
-                info.wait_for_publish(30)
-            infos.clear()
-    for info in infos:
-        info.wait_for_publish(30)
-    for c in clients.values():
-        c.disconnect()
-        c.loop_stop()
-    return chunks
+# ===================================================================== bare subscriber
+def bare_main(settings: MqttSettings, target: int, subscribe_only: bool,
+              conn: mpc.Connection, fast: bool = False) -> None:
+    """A subscriber that only counts messages (paho's own loop, auto-ack).
 
-
-PASSWORDS: dict[str, str] = {}
-
-
-def baseline(broker: BrokerHandle, devices: list[str], jpegs: list[bytes], frames: int,
-             receive_maximum: int) -> tuple[float, int]:
-    """Seconds for a bare subscriber to drain the backlog, and the chunk count."""
-    name = "operator-bench"
-    broker.add_service(name)
-    s = broker.mqtt_settings(name, client_id=name)
-    count = [0]
-    target = [0]
+    With ``fast`` it reads through the ingestor's own receive path instead
+    (``ingestor.netio``: large reads, PUBLISH decoded there, PUBACKs batched), still
+    acknowledging every message at once.
+    """
+    count = 0
+    first = last = 0.0
+    connack = threading.Event()
     done = threading.Event()
-    connected = threading.Event()
+    t_connack = [0.0]
+
+    def on_connect(*_a: Any) -> None:
+        t_connack[0] = time.time()
+        connack.set()
 
     def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
-        count[0] += 1
-        if target[0] and count[0] >= target[0]:
+        nonlocal count, first, last
+        count += 1
+        last = time.time()
+        if count == 1:
+            first = last
+        if count >= target:
             done.set()
 
-    def session(sub: bool) -> mqtt.Client:
-        c = make_client(s, client_id=name)
-        c.on_message = on_message
-        c.on_connect = lambda *_a: connected.set()
-        connected.clear()
-        c.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=False,
-                  properties=connect_properties(s, receive_maximum=receive_maximum))
+    c = make_client(settings, client_id=settings.username, manual_ack=fast)
+    c.on_connect = on_connect
+    c.on_message = on_message
+    c.connect(settings.host, settings.port, keepalive=60, clean_start=False,
+              properties=connect_properties(settings, receive_maximum=65535))
+    cpu0 = time.process_time()
+    if fast and not subscribe_only:
+        fast_loop(c, on_message, done)
+    else:
         c.loop_start()
-        assert connected.wait(10)
-        if sub:
-            c.subscribe("cam/+/frame", qos=1)
-            time.sleep(0.5)
-        return c
-
-    c = session(True)
+    assert connack.wait(10)
+    if subscribe_only:
+        sub = c.subscribe("cam/+/frame", qos=1)
+        assert sub[0] == mqtt.MQTT_ERR_SUCCESS
+        time.sleep(0.5)
+    else:
+        done.wait(600)
+    cpu = time.process_time() - cpu0
     c.disconnect()
     c.loop_stop()
-    target[0] = publish_backlog(broker, devices, jpegs, frames, boot_id=1)
-    t0 = time.monotonic()
-    c = session(False)
-    assert done.wait(600), f"baseline got {count[0]} of {target[0]}"
-    seconds = time.monotonic() - t0
-    c.disconnect()
-    c.loop_stop()
-    return seconds, target[0]
+    conn.send({"count": count, "seconds": last - t_connack[0], "first": first, "last": last,
+               "cpu_s": cpu, "peak_rss_kib": proc_status_kib(os.getpid(), "VmHWM")})
 
 
-def ingestor_run(broker: BrokerHandle, tmp: Path, devices: list[str], jpegs: list[bytes],
-                 frames: int) -> tuple[float, int]:
-    """Seconds for the real ingestor to store the backlog durably (log timestamps)."""
-    account = "ingestor-bench"
-    broker.add_service(account)
-    cfg = service_config(broker, account, tmp / "store", tmp / "ing.toml",
-                         ingest={"frames_per_video": 300})
-    first = ServiceProcess("ingestor", cfg, tmp / "first.log").start()
-    first.wait_event("ingestor_ready", 30)
-    assert first.stop() == 0
-    publish_backlog(broker, devices, jpegs, frames, boot_id=2)
-    total = len(devices) * frames
-    svc = ServiceProcess("ingestor", cfg, tmp / "run.log").start()
+def fast_loop(c: mqtt.Client, on_message: Any, done: threading.Event) -> None:
+    """The ingestor's receive path on a thread: count, ack at once (batched)."""
+    reader = FastReader(c)
+    mids: list[int] = []
+    msg = mqtt.MQTTMessage()
+
+    def on_publish(_t: str, _p: bytes, qos: int, mid: int) -> None:
+        if qos:
+            mids.append(mid)
+        on_message(c, None, msg)
+
+    def loop() -> None:
+        while not done.is_set():
+            sock = c.socket()
+            if sock is None:
+                return
+            if not reader.ready:
+                select.select([sock], [sock] if c.want_write() else [], [], 0.2)
+            reader.pump(on_publish, 256)
+            if mids:
+                queue_pubacks(c, mids)
+                mids.clear()
+            if c.want_write():
+                c.loop_write()
+            c.loop_misc()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def run_bare(broker: BrokerHandle, target: int, subscribe_only: bool = False,
+             fast: bool = False) -> dict[str, Any]:
+    """Run the bare subscriber in its own process until it has ``target`` messages."""
+    ctx = mp.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    account = BARE_FAST if fast else BARE
+    s = broker.mqtt_settings(account, client_id=account)
+    bpid = broker_pid(broker)
+    cpu_b = cpu_seconds(bpid)
+    p = ctx.Process(target=bare_main, args=(s, target, subscribe_only, theirs, fast),
+                    daemon=True)
+    p.start()
+    res: dict[str, Any] = mine.recv()
+    res["broker_cpu_s"] = cpu_seconds(bpid) - cpu_b
+    p.join(10)
+    return res
+
+
+# ===================================================================== ingestor
+@dataclass
+class IngestorRun:
+    frames: int
+    seconds: float
+    peak_rss_kib: int
+    cpu_s: float
+    broker_cpu_s: float
+    stored: list[dict[str, Any]]
+
+
+def start_ingestor(broker: BrokerHandle, tmp: Path, name: str, **ingest: Any) -> tuple[
+        ServiceProcess, Path]:
+    cfg = service_config(broker, ING, tmp / "store", tmp / "ing.toml",
+                         ingest={"frames_per_video": 300, **ingest},
+                         metrics={"enabled": False, "port": 0})
+    svc = ServiceProcess("ingestor", cfg, tmp / f"{name}.log").start()
+    return svc, cfg
+
+
+def drain_ingestor(broker: BrokerHandle, tmp: Path, name: str, total: int) -> IngestorRun:
+    """Start the ingestor on its queued session; time CONNACK -> last frame durable."""
+    bpid = broker_pid(broker)
+    cpu_b = cpu_seconds(bpid)
+    svc, _ = start_ingestor(broker, tmp, name)
+    tail = LogTail(svc.log_path)
+    stored: list[dict[str, Any]] = []
+    connected: dict[str, Any] | None = None
     deadline = time.monotonic() + 600
-    stored: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        stored = [e for e in svc.events() if e.get("event") == "frame_stored"]
-        if len(stored) >= total:
-            break
-        time.sleep(0.2)
-    connected = svc.wait_event("mqtt_connected")
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    while time.monotonic() < deadline and len(stored) < total:
+        for e in tail.read():
+            if e.get("event") == "frame_stored":
+                stored.append(e)
+            elif e.get("event") == "mqtt_connected" and connected is None:
+                connected = e
+        if svc.proc.poll() is not None:
+            raise SystemExit(f"ingestor exited:\n{svc.log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    peak = proc_status_kib(pid, "VmHWM")
+    cpu = cpu_seconds(pid)
+    broker_cpu = cpu_seconds(bpid) - cpu_b
     assert svc.stop() == 0
-    assert len(stored) >= total, f"ingestor stored {len(stored)} of {total}"
+    assert connected is not None
+    if len(stored) < total:
+        raise SystemExit(f"ingestor stored {len(stored)} of {total} frames in 600 s")
+    return IngestorRun(len(stored), log_time(stored[-1]) - log_time(connected), peak, cpu,
+                       broker_cpu, stored)
 
-    def ts(e: dict[str, object]) -> float:
-        return dt.datetime.fromisoformat(str(e["timestamp"]).replace("Z", "+00:00")).timestamp()
 
-    return ts(stored[-1]) - ts(connected), total
+def frames_on_disk(root: Path) -> list[tuple[str, int, int]]:
+    """(device, boot_id, seq) of every frame file under frames/ and batches/."""
+    keys = []
+    for p in list(root.glob("frames/*/*/*.jpg")) + list(root.glob("batches/*/*/frames/*.jpg")):
+        name = parse_frame_file_name(p.name)
+        assert name is not None, p
+        keys.append((p.parts[-3] if p.parts[-4] == "frames" else p.parts[-4],
+                     name[1], name[2]))
+    return keys
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+# ===================================================================== main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=20)
-    ap.add_argument("--frames", type=int, default=100, help="frames per device")
-    ap.add_argument("--width", type=int, default=800)
-    ap.add_argument("--height", type=int, default=600)
+    ap.add_argument("--frames", type=int, default=100, help="frames per device per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kb", type=int, default=50, help="JPEG size in KB")
+    ap.add_argument("--pub-procs", type=int, default=2)
+    ap.add_argument("--live-fps", type=float, default=500.0, help="0: skip the latency phase")
+    ap.add_argument("--live-s", type=float, default=10.0)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    os.environ.setdefault("CAM_TEST_NO_DOCKER", "1")
-    broker = start_broker(tmp / "broker")
-    try:
-        devices = [f"bench{i:03d}" for i in range(args.devices)]
-        for d in devices:
-            PASSWORDS[d] = broker.store.add(d, "device")
-        broker.reload()
-        jpegs = [make_jpeg(args.width, args.height, i, quality=90) for i in range(8)]
-        avg = sum(map(len, jpegs)) / len(jpegs)
-        n_frames = args.devices * args.frames
-        chunks_per = len(split_frame(jpegs[0], boot_id=0, frame_seq=0))
-        print(f"backlog: {args.devices} devices x {args.frames} frames = {n_frames} frames, "
-              f"~{avg / 1024:.1f} KiB each, ~{chunks_per} chunks of 8 KiB, TLS, QoS 1")
-        b_sec, chunks = baseline(broker, devices, jpegs, args.frames, 65535)
-        print(f"bare paho subscriber : {chunks} chunks in {b_sec:.2f} s = "
-              f"{chunks / b_sec:,.0f} chunks/s = {n_frames / b_sec:,.0f} frames/s")
-        i_sec, total = ingestor_run(broker, tmp, devices, jpegs, args.frames)
-        print(f"ingestor (stored+fsync+ack): {total} frames in {i_sec:.2f} s = "
-              f"{total / i_sec:,.0f} frames/s ({total / i_sec * avg / 1e6:.1f} MB/s)")
-        print(f"ratio ingestor/baseline: {(total / i_sec) / (n_frames / b_sec):.2f}")
-    finally:
-        broker.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    print(machine())
+    jpegs = svga_jpegs(8, args.kb * 1000)
+    avg = statistics.mean(map(len, jpegs))
+    chunks_per = -(-int(avg) // 8192)
+    n_frames = args.devices * args.frames
+    print(f"frames: 800x600 JPEG, {avg / 1000:.1f} KB avg, {chunks_per} chunks of 8 KiB, "
+          f"TLS, QoS 1; backlog {args.devices} devices x {args.frames} frames = "
+          f"{n_frames} frames ({n_frames * chunks_per} chunks) per round")
+    with bench_broker(args.keep) as (broker, tmp):
+        devices = provision(broker, args.devices)
+        broker.add_service(BARE)
+        broker.add_service(BARE_FAST)
+        broker.add_service(ING)
+        # Create the persistent sessions with their subscriptions, then go offline.
+        run_bare(broker, 0, subscribe_only=True)
+        run_bare(broker, 0, subscribe_only=True, fast=True)
+        svc, _ = start_ingestor(broker, tmp, "setup")
+        svc.wait_event("ingestor_ready", 30)
+        assert svc.stop() == 0
+        rows = []
+        boot = 1
+        for rnd in range(args.rounds):
+            pool = PublisherPool(pub_spec(broker, devices, jpegs, frames=args.frames,
+                                          window=8, boot_id=boot), args.pub_procs)
+            pool.wait_connected()
+            pub = pool.join()
+            assert pub.frames_acked == n_frames, pub
+            pub_s = pub.last_ack - pub.first_publish
+            print(f"round {rnd + 1}: publishers queued {n_frames} frames in {pub_s:.2f} s "
+                  f"({n_frames / pub_s:,.0f} frames/s into the broker, {args.pub_procs} procs,"
+                  f" {pub.cpu_s:.1f} CPU-s)")
+            order = ["bare", "fast", "ingestor"]
+            order = order[rnd % 3:] + order[:rnd % 3]  # rotate: no one always goes first
+            bares: dict[str, dict[str, Any]] = {}
+            ing: IngestorRun | None = None
+            for who in order:
+                if who == "ingestor":
+                    ing = drain_ingestor(broker, tmp, f"round{rnd}", n_frames)
+                else:
+                    bares[who] = run_bare(broker, n_frames * chunks_per, fast=who == "fast")
+                    assert bares[who]["count"] >= n_frames * chunks_per, bares[who]
+            assert ing is not None
+            i_fps = n_frames / ing.seconds
+            row = {"ingestor": i_fps}
+            for who, label in (("bare", "bare paho subscriber"),
+                               ("fast", "bare, ingestor's reader")):
+                b = bares[who]
+                row[who] = n_frames / b["seconds"]
+                print(f"  {label:24s} {b['seconds']:5.2f} s {row[who]:7,.0f} frames/s "
+                      f"({row[who] * avg / 1e6:5.1f} MB/s)  CPU {b['cpu_s']:.2f} s, broker CPU "
+                      f"{b['broker_cpu_s']:.2f} s, peak RSS {b['peak_rss_kib'] / 1024:.0f} MiB")
+            print(f"  {'ingestor':24s} {ing.seconds:5.2f} s {i_fps:7,.0f} frames/s "
+                  f"({i_fps * avg / 1e6:5.1f} MB/s)  CPU {ing.cpu_s:.2f} s (whole process), "
+                  f"broker CPU {ing.broker_cpu_s:.2f} s, "
+                  f"peak RSS {ing.peak_rss_kib / 1024:.0f} MiB")
+            print(f"  ratio ingestor/bare paho {i_fps / row['bare']:.2f}, ingestor/bare with the "
+                  f"same reader {i_fps / row['fast']:.2f}  (order: {', '.join(order)})")
+            rows.append(row)
+            boot += 1
+        keys = frames_on_disk(tmp / "store")
+        expect = args.rounds * n_frames
+        print(f"zero loss: {len(keys)} frame files, {len(set(keys))} distinct, "
+              f"{expect} published -> {'OK' if len(set(keys)) == len(keys) == expect else 'FAIL'}")
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"median of {len(rows)} rounds: bare paho {med['bare']:,.0f} frames/s, bare with "
+              f"the ingestor's reader {med['fast']:,.0f}, ingestor {med['ingestor']:,.0f} "
+              f"frames/s ({med['ingestor'] * avg / 1e6:.1f} MB/s); ratios "
+              f"{med['ingestor'] / med['bare']:.2f} / {med['ingestor'] / med['fast']:.2f}")
+        if args.live_fps > 0:
+            live_latency(broker, tmp, devices, jpegs, total_fps=args.live_fps,
+                         seconds=args.live_s, procs=args.pub_procs, boot=boot)
+    return 0
+
+
+def live_latency(broker: BrokerHandle, tmp: Path, devices: list[tuple[str, str]],
+                 jpegs: list[bytes], *, total_fps: float, seconds: float, procs: int,
+                 boot: int) -> None:
+    """Cameras stream live; latency last chunk published -> frame durable."""
+    svc, _ = start_ingestor(broker, tmp, "live")
+    svc.wait_event("ingestor_ready", 30)
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    tail = LogTail(svc.log_path)
+    tail.read()
+    fps = total_fps / len(devices)
+    pool = PublisherPool(pub_spec(broker, devices, jpegs, mode="live", frames=int(fps * seconds),
+                                  fps=fps, window=8, boot_id=boot), procs)
+    pool.wait_connected()
+    pub = pool.join(timeout=seconds + 120)
+    stored: dict[tuple[str, int], float] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(stored) < pub.frames_acked:
+        for e in tail.read():
+            if e.get("event") == "frame_stored" and e.get("boot_id") == boot:
+                stored[(str(e["device"]), int(e["seq"]))] = log_time(e)
+        time.sleep(0.1)
+    peak = proc_status_kib(pid, "VmHWM")
+    assert svc.stop() == 0
+    lat = [(stored[(d, s)] - t) * 1000 for d, s, t in pub.sent if (d, s) in stored]
+    span = max(t for _, _, t in pub.sent) - min(t for _, _, t in pub.sent)
+    print(f"live: {len(devices)} cameras x {fps:.1f} fps = {total_fps:.0f} frames/s target, "
+          f"{pub.frames_sent} sent in {span:.1f} s ({pub.frames_sent / span:,.0f} frames/s), "
+          f"{pub.frames_skipped} skipped by cameras, {len(lat)} stored")
+    print(f"  latency last chunk published -> durable: p50 {pct(lat, 50):.1f} ms, "
+          f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms; ingestor peak RSS "
+          f"{peak / 1024:.0f} MiB")
+    if len(lat) != pub.frames_sent:
+        print(f"  LOSS: {pub.frames_sent - len(lat)} frames sent but not stored")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
