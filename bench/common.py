@@ -45,6 +45,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from PIL import Image
 
+from broker.accounts import Account, hash_password, new_password
 from broker.mqtt import make_client
 from config.settings import MqttSettings, TlsSettings
 from ingestor.protocol import DEFAULT_CHUNK_DATA, split_frame
@@ -177,8 +178,13 @@ def provision(broker: BrokerHandle, count: int, prefix: str = "bench",
     Returns:
         (device id, password) pairs.
     """
-    out = [(f"{prefix}{i:04d}", "") for i in range(start, start + count)]
-    out = [(d, broker.store.add(d, "device")) for d, _ in out]
+    out = [(f"{prefix}{i:04d}", new_password()) for i in range(start, start + count)]
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    # One registry rewrite for all (AccountStore.add rewrites it per account: quadratic).
+    with broker.store._locked() as accounts:
+        for device, password in out:
+            accounts[device] = Account(name=device, kind="device",
+                                       pw_hash=hash_password(password), created=created)
     broker.reload()
     return out
 
