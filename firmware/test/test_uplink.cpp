@@ -247,7 +247,7 @@ TEST(offline_queue_overflow_drops_oldest_and_reports) {
   CHECK(js.find("\"frames_sent\":3") != std::string::npos);
 }
 
-TEST(dropping_a_frame_in_flight_frees_the_window) {
+TEST(dropping_a_frame_in_flight_keeps_its_window_slots_until_acked) {
   NodeConfig c = Rig::config(1000, 2);
   c.queue_frames = 1;
   Rig r(c);
@@ -258,7 +258,12 @@ TEST(dropping_a_frame_in_flight_frees_the_window) {
   CHECK_EQ(r.node.uplink().inflight(), 2u);
   r.clock.now += 1000;
   r.node.capture_now();  // frame 1 replaces frame 0 (count budget 1)
-  CHECK_EQ(r.node.uplink().inflight(), 0u);
+  // Those two publishes are still in the MQTT library's outbox: nothing more goes out
+  // until they are acknowledged (a dead link must not fill the outbox frame by frame).
+  size_t before = r.frame_publishes();
+  r.node.tick();
+  CHECK_EQ(r.node.uplink().inflight(), 2u);
+  CHECK_EQ(r.frame_publishes(), before);
   r.pump();
   r.deliver();
   REQUIRE(r.rx.complete.size() == 1u);

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import paho.mqtt.client as mqtt
 from PIL import Image
 
-from broker.mqtt import connect_blocking, make_client
+from broker.mqtt import connect_blocking, make_client, wait_published
 from config.settings import MqttSettings
 from ingestor.protocol import split_frame
 
@@ -42,18 +42,6 @@ _CELL_W, _CELL_H = 20, 24
 _CODE_H = _ROWS * _CELL_H
 _BITS = _COLS * _ROWS  # 32 bits of value + 8 check bits
 _DARK, _LIGHT = 20, 235
-
-
-def acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
-    """Whether a QoS 1 publish got its PUBACK, also when it was published while offline.
-
-    paho 2.2 keeps a QoS 1 message published while disconnected (``rc`` NO_CONN),
-    sends it after the reconnect and marks it published on the PUBACK, but its
-    ``is_published()`` raises for such a message even then: it looks at ``rc`` first.
-    """
-    if info.rc == mqtt.MQTT_ERR_NO_CONN:
-        info.rc = mqtt.MQTT_ERR_SUCCESS  # queued, as for any QoS 1 message
-    return info.is_published()
 
 
 def _check_byte(value: int) -> int:
@@ -211,7 +199,7 @@ class MarkedCamera:
         with self._lock:
             keep: deque[tuple[int, list[mqtt.MQTTMessageInfo]]] = deque()
             for seq, infos in self._pending:
-                if all(acknowledged(i) for i in infos):
+                if all(wait_published(i, 0) for i in infos):
                     self.log.acked.add(seq)
                 else:
                     keep.append((seq, infos))

@@ -121,8 +121,10 @@ bool CamNode::submit(Bytes&& jpeg, uint64_t mono_ms) {
   f.chunk_count = static_cast<uint16_t>(count);
   f.chunk_state.assign(count, QueuedFrame::kUnsent);
   f.data = std::move(jpeg);
+  // A dropped frame's publishes keep their window slots until their PUBACK (or a
+  // reconnect): the MQTT library still holds and will deliver them. Freeing the slots
+  // let a silent outage hand every captured frame to the library's unbounded outbox.
   PushResult r = queue_.push(std::move(f));
-  if (r.dropped > 0 || !r.accepted) uplink_.forget_missing();
   return r.accepted;
 }
 

@@ -36,14 +36,6 @@ void Uplink::on_disconnected() {
   inflight_.clear();
 }
 
-void Uplink::forget_missing() {
-  inflight_.erase(std::remove_if(inflight_.begin(), inflight_.end(),
-                                 [this](const InFlight& e) {
-                                   return queue_.find(e.seq) == nullptr;
-                                 }),
-                  inflight_.end());
-}
-
 void Uplink::on_published(int msg_id) {
   auto it = std::find_if(inflight_.begin(), inflight_.end(),
                          [msg_id](const InFlight& e) { return e.msg_id == msg_id; });

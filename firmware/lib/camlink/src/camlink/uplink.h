@@ -49,8 +49,6 @@ class Uplink {
   void on_published(int msg_id);
   /// Publish as many chunks as the window allows.
   void poll();
-  /// Forget in-flight publishes of frames that are no longer queued (dropped).
-  void forget_missing();
 
   bool connected() const { return connected_; }
   size_t inflight() const { return inflight_.size(); }
