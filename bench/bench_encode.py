@@ -14,6 +14,12 @@ Each is run ``--repeat`` times; the best time counts. Printed: fps of each and t
 ratios encoder/cli (above 1: faster than the CLI) and encoder/floor (1.0: decoding is
 completely hidden behind x264).
 
+Then (unless ``--no-service``) the real service: a broker and ``python -m encoder``
+with the same preset/CRF/GOP; the frames are laid out as a sealed batch (manifest,
+docs/storage.md) and its ready event is published; the clock runs from that publish to
+the video event's arrival at a subscriber (encode, verify, thumbnail, sidecar, fsyncs,
+purge, publish), ``--repeat`` batches one after the other.
+
     python bench/bench_encode.py --frames 300 --preset veryfast --crf 23
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -131,6 +138,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="x264 threads, 0 = auto")
     ap.add_argument("--decode-threads", type=int, default=0, help="0 = one per CPU")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-service", action="store_true", help="skip ready -> video timing")
     args = ap.parse_args()
     if shutil.which("ffmpeg") is None:
         print("ffmpeg command line not found; install ffmpeg", file=sys.stderr)
@@ -167,7 +175,58 @@ def main() -> int:
         cli_ver = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True,
                                  check=False).stdout.split("\n")[0]
         print(f"note: CLI is '{cli_ver}'; PyAV {av.__version__} bundles its own FFmpeg/x264")
+        if not args.no_service:
+            ready_to_video([p.read_bytes() for p in paths], args)
     return 0
+
+
+def ready_to_video(jpegs: list[bytes], args: argparse.Namespace) -> None:
+    """The encoder service: ready event published -> video event received, per batch."""
+    from bench.common import bench_broker, machine, pct  # noqa: PLC0415
+    from tests.support.jpegs import write_batch  # noqa: PLC0415
+    from tests.support.mqttwait import Collector  # noqa: PLC0415
+    from tests.support.procs import ServiceProcess, service_config  # noqa: PLC0415
+
+    print(f"\nencoder service, ready -> video event: {machine()}")
+    with bench_broker() as (broker, tmp):
+        for acc in ("encoder-bench", "ingestor-bench", "operator-bench"):
+            broker.add_service(acc)
+        root = tmp / "store"
+        root.mkdir()
+        cfg = service_config(broker, "encoder-bench", root, tmp / "enc.toml",
+                             encode={"preset": args.preset, "crf": args.crf, "gop": args.gop,
+                                     "threads": args.threads,
+                                     "decode_threads": args.decode_threads},
+                             metrics={"enabled": False, "port": 0})
+        enc = ServiceProcess("encoder", cfg, tmp / "enc.log").start()
+        try:
+            enc.wait_event("encoder_ready", 30)
+            pub = broker.client("ingestor-bench", broker.service_password("ingestor-bench"),
+                                client_id="ingestor-bench")
+            holder: list[Collector] = []
+            sub = broker.client("operator-bench", broker.service_password("operator-bench"),
+                                client_id="operator-bench",
+                                before_connect=lambda c: holder.append(Collector(c)))
+            col = holder[0]
+            col.subscribe("cam/benchcam/video")
+            times = []
+            for r in range(args.repeat):
+                event = write_batch(root, "benchcam", jpegs, counter=r + 1,
+                                    start_ms=1_795_515_300_000 + r * 3_600_000)
+                t0 = time.perf_counter()
+                pub.publish("cam/benchcam/ready", json.dumps(event), qos=1)
+                assert col.wait_for(lambda ms, b=event["batch"]: any(
+                    json.loads(m.payload).get("batch") == b for m in ms), 300), "no video"
+                times.append(time.perf_counter() - t0)
+                print(f"  batch {r + 1}: {len(jpegs)} frames, ready -> video event "
+                      f"{times[-1]:.2f} s ({len(jpegs) / times[-1]:.0f} frames/s)")
+            print(f"ready -> video event: p50 {pct(times, 50):.2f} s, max {max(times):.2f} s "
+                  f"over {len(times)} batches of {len(jpegs)} SVGA frames")
+            for c in (pub, sub):
+                c.disconnect()
+                c.loop_stop()
+        finally:
+            enc.stop()
 
 
 if __name__ == "__main__":
