@@ -182,6 +182,8 @@ def main() -> int:
 
 def ready_to_video(jpegs: list[bytes], args: argparse.Namespace) -> None:
     """The encoder service: ready event published -> video event received, per batch."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+
     from bench.common import bench_broker, machine, pct  # noqa: PLC0415
     from tests.support.jpegs import write_batch  # noqa: PLC0415
     from tests.support.mqttwait import Collector  # noqa: PLC0415
@@ -209,14 +211,18 @@ def ready_to_video(jpegs: list[bytes], args: argparse.Namespace) -> None:
                                 before_connect=lambda c: holder.append(Collector(c)))
             col = holder[0]
             col.subscribe("cam/benchcam/video")
-            times = []
+            times: list[float] = []
             for r in range(args.repeat):
                 event = write_batch(root, "benchcam", jpegs, counter=r + 1,
                                     start_ms=1_795_515_300_000 + r * 3_600_000)
                 t0 = time.perf_counter()
                 pub.publish("cam/benchcam/ready", json.dumps(event), qos=1)
-                assert col.wait_for(lambda ms, b=event["batch"]: any(
-                    json.loads(m.payload).get("batch") == b for m in ms), 300), "no video"
+                batch = str(event["batch"])
+
+                def has_video(ms: list[mqtt.MQTTMessage], b: str = batch) -> bool:
+                    return any(json.loads(m.payload).get("batch") == b for m in ms)
+
+                assert col.wait_for(has_video, 300), "no video"
                 times.append(time.perf_counter() - t0)
                 print(f"  batch {r + 1}: {len(jpegs)} frames, ready -> video event "
                       f"{times[-1]:.2f} s ({len(jpegs) / times[-1]:.0f} frames/s)")
