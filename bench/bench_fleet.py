@@ -158,16 +158,16 @@ def main() -> int:
     return 0
 
 
-def report(steps: list[Step], sent: list[tuple[str, int, float]],
+def report(steps: list[Step], sent: list[tuple[str, int, float, int]],
            stored: dict[tuple[str, int], float], *, pub_cpu: float, rss0: int,
            args: Any) -> None:
     for st in steps:
-        st.lat = [(stored[(d, s)] - t) * 1000 for d, s, t in sent
+        st.lat = [(stored[(d, s)] - t) * 1000 for d, s, t, _ in sent
                   if st.t0 <= t < st.t1 and (d, s) in stored]
     print("\nper step (latency of frames published in the measured window):")
     ok_steps = []
     for st in steps:
-        lost = sum(1 for d, s, t in sent if st.t0 <= t < st.t1 and (d, s) not in stored)
+        lost = sum(1 for d, s, t, _ in sent if st.t0 <= t < st.t1 and (d, s) not in stored)
         ok = (st.growth_s <= args.max_growth_s and st.skipped == 0
               and pct(st.lat, 99) <= args.p99_limit_ms)
         if ok:

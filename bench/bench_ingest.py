@@ -337,8 +337,8 @@ def live_latency(broker: BrokerHandle, tmp: Path, devices: list[tuple[str, str]]
         time.sleep(0.1)
     peak = proc_status_kib(pid, "VmHWM")
     assert svc.stop() == 0
-    lat = [(stored[(d, s)] - t) * 1000 for d, s, t in pub.sent if (d, s) in stored]
-    span = max(t for _, _, t in pub.sent) - min(t for _, _, t in pub.sent)
+    lat = [(stored[(d, s)] - t) * 1000 for d, s, t, _ in pub.sent if (d, s) in stored]
+    span = max(x[2] for x in pub.sent) - min(x[2] for x in pub.sent)
     print(f"live: {len(devices)} cameras x {fps:.1f} fps = {total_fps:.0f} frames/s target, "
           f"{pub.frames_sent} sent in {span:.1f} s ({pub.frames_sent / span:,.0f} frames/s), "
           f"{pub.frames_skipped} skipped by cameras, {len(lat)} stored")

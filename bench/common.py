@@ -255,6 +255,8 @@ class PubSpec:
     window: int = 8
     chunk_data: int = DEFAULT_CHUNK_DATA
     seed: int = 0
+    offsets: dict[str, float] = field(default_factory=dict)
+    """Live mode: seconds a camera starts later than the others (spreads batch ends)."""
 
 
 @dataclass
@@ -270,8 +272,9 @@ class PubResult:
     first_publish: float = 0.0
     last_ack: float = 0.0
     cpu_s: float = 0.0
-    sent: list[tuple[str, int, float]] = field(default_factory=list)
-    """(device, frame_seq, wall time the last chunk went to the socket); live mode."""
+    sent: list[tuple[str, int, float, int]] = field(default_factory=list)
+    """(device, frame_seq, wall time the last chunk went to the socket, capture_ms); live
+    mode."""
 
 
 @dataclass
@@ -327,6 +330,8 @@ class _Publisher:
             assert sock is not None
             self.sel.register(sock, selectors.EVENT_READ, cam)
             cam.next_at = start_at + (self.rng.random() / self.spec.fps if self.live else 0.0)
+            if self.live:
+                cam.next_at += self.spec.offsets.get(device, 0.0)
             self.cams[device] = cam
 
     def _on_publish(self, _c: mqtt.Client, cam: _Cam, mid: int, _rc: Any, _p: Any) -> None:
@@ -364,7 +369,7 @@ class _Publisher:
         if not self.res.first_publish:
             self.res.first_publish = now
         if self.live:
-            self.res.sent.append((cam.device, cam.seq, now))
+            self.res.sent.append((cam.device, cam.seq, now, capture))
         cam.unacked.append((cam.seq, mids))
         self.res.frames_sent += 1
         cam.seq += 1
