@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import threading
 from collections.abc import Callable
@@ -66,6 +67,25 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the file system running out of space.
+
+    Args:
+        exc: An exception, possibly wrapping an ``OSError`` (PyAV's errors are OSErrors).
+
+    Returns:
+        True for ENOSPC and EDQUOT.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class VerifyError(Exception):
     """The written MP4 does not hold what was encoded."""
 
@@ -106,9 +126,22 @@ class BatchProcessor:
         Returns:
             The outcome.
         """
-        outcome = self._handle(job)
+        try:
+            outcome = self._handle(job)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            outcome = self._disk_full(job, "write", exc)
         self.metrics.batches.labels(outcome.value).inc()
         return outcome
+
+    def _disk_full(self, job: Job, step: str, exc: BaseException) -> Outcome:
+        # A full disk is nobody's fault and passes: wait (the ready event stays unacked)
+        # rather than use up the batch's attempts and quarantine it.
+        log.error("storage_full", device=job.device, batch=job.batch, step=step,
+                  error=str(exc), retry_in_s=self.settings.work.retry_backoff_s)
+        self.metrics.failures.labels("disk_full").inc()
+        return Outcome.RETRY
 
     def _handle(self, job: Job) -> Outcome:
         bound = log.bind(device=job.device, batch=job.batch, source=job.source)
@@ -175,6 +208,9 @@ class BatchProcessor:
             bound.info("encode_cancelled")
             return Outcome.STOPPED
         except Exception as exc:
+            if disk_full(exc):
+                self._undo_attempt(job)
+                return self._disk_full(job, "encode", exc)
             # One bad batch must not stop the service: it is retried, then quarantined.
             return self._failed(job, bdir, "encode", exc, attempts=attempts)
         if isinstance(result, Outcome):
