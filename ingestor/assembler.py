@@ -243,7 +243,7 @@ class Assembler(Generic[T]):
             if seen == (h.offset, chunk.data):
                 partial.tokens.append(token)
                 self._tokens += 1
-                result = FeedResult[T](Status.DUPLICATE, device, key=key)
+                result: FeedResult[T] = FeedResult(Status.DUPLICATE, device, key=key)
                 result.drops = self._enforce_window(keep=key)
                 return result
             return self._reject(device, key, token, RejectReason.CHUNK_CONFLICT,
@@ -260,9 +260,9 @@ class Assembler(Generic[T]):
         self._device_bytes[device] = self._device_bytes.get(device, 0) + size
         if len(partial.chunks) == h.chunk_count:
             return self._finish(device, key, partial)
-        result = FeedResult[T](Status.PARTIAL, device, key=key)
-        result.drops = self._enforce_bounds(device, keep=key)
-        return result
+        partial_result: FeedResult[T] = FeedResult(Status.PARTIAL, device, key=key)
+        partial_result.drops = self._enforce_bounds(device, keep=key)
+        return partial_result
 
     def _finish(self, device: str, key: FrameKey, partial: _Partial[T]) -> FeedResult[T]:
         h = partial.header

@@ -44,7 +44,7 @@ from ingestor.batcher import Batcher, SealPlan, ready_event
 from ingestor.layout import FrameKey, FrameMeta, frame_ts_ms
 from ingestor.metrics import IngestMetrics
 from ingestor.netio import FastReader, queue_pubacks, supported
-from ingestor.store import Store
+from ingestor.store import PendingFrames, Store
 
 log = structlog.get_logger("ingestor")
 
@@ -532,9 +532,15 @@ class IngestorService:
             log.exception("writer_thread_crashed")
             self._stop.set()
 
-    def _take_group(self) -> list[_Job]:
+    def _take_group(self, wait: bool = True) -> list[_Job]:
         window = self.ing.fsync_interval_ms / 1000.0
         with self._jobs_cv:
+            if not wait:
+                # A group is in flight: take what is queued now, never wait (its acks
+                # would wait too).
+                group = list(self._jobs)
+                self._jobs.clear()
+                return group
             if not self._jobs:
                 self._jobs_cv.wait(timeout=0.5)
             if self._jobs and window > 0 and not self._draining.is_set():
@@ -551,26 +557,46 @@ class IngestorService:
 
     def _writer_loop(self) -> None:
         retry: list[_Job] = []
+        # Two groups overlap: while one group's fsyncs run, the next group's files are
+        # written (only when frames are already queued: a lone group is finished at
+        # once). Groups finish, and are acknowledged, in order.
+        inflight: tuple[list[_Job], PendingFrames] | None = None
         while True:
-            group = retry + self._take_group()
+            group = retry + self._take_group(wait=inflight is None)
             retry = []
+            failed: OSError | None = None
+            started: PendingFrames | None = None
             if group:
                 try:
-                    self.store.write_frames([(j.meta, j.frame.data) for j in group])
+                    started = self.store.begin_frames([(j.meta, j.frame.data) for j in group])
                 except OSError as exc:
-                    retry = group
-                    self._storage_failed("write", exc, len(group))
-                    if self._draining.is_set() and self._stop_deadline_passed():
-                        return
-                    self._writer_sleep(self.ing.storage_retry_s)
-                    continue
-                self._stored(group)
+                    failed, retry = exc, group
+            if inflight is not None:
+                jobs, pending = inflight
+                inflight = None
+                try:
+                    self.store.finish_frames(pending)
+                except OSError as exc:
+                    if started is not None:
+                        self.store.abort_frames(started)
+                        started = None
+                    failed, retry = exc, jobs + group
+                else:
+                    self._stored(jobs)
+            if started is not None:
+                inflight = (group, started)
+            if failed is not None:
+                self._storage_failed("write", failed, len(retry))
+                if self._draining.is_set() and self._stop_deadline_passed():
+                    return
+                self._writer_sleep(self.ing.storage_retry_s)
+                continue
             if not self._seal_due():
                 if self._draining.is_set() and self._stop_deadline_passed():
                     return
                 self._writer_sleep(self.ing.storage_retry_s)
                 continue
-            if self._draining.is_set():
+            if self._draining.is_set() and inflight is None:
                 with self._lock:
                     if not self._jobs:
                         return

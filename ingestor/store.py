@@ -27,7 +27,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,18 @@ def _meta_xattr(meta: FrameMeta) -> bytes:
 
 
 @dataclass
+class PendingFrames:
+    """A group of frames between :meth:`Store.begin_frames` and its finish or abort."""
+
+    temps: list[tuple[Path, Path]] = field(default_factory=list)
+    keys: list[FrameKey] = field(default_factory=list)
+    futures: list[Future[None]] = field(default_factory=list)
+    """fsync-and-close of each temp file, running on the pool."""
+    fds: list[int] = field(default_factory=list)
+    """Open temp files still to fsync (no pool)."""
+
+
+@dataclass
 class ScanResult:
     """What the startup scan found and repaired."""
 
@@ -215,37 +227,92 @@ class Store:
         Raises:
             OSError: Nothing of the group may be considered stored; retry the group.
         """
-        if not frames:
-            return
-        temps: list[tuple[Path, Path]] = []
-        fds: list[int] = []
+        if frames:
+            self.finish_frames(self.begin_frames(frames))
+
+    def begin_frames(self, frames: list[tuple[FrameMeta, bytes]]) -> PendingFrames:
+        """First half of :meth:`write_frames`: write the temp files, start their fsyncs.
+
+        The caller may begin the next group before finishing this one (the disk syncs
+        one group while the next is written), and must then finish them in order.
+
+        Args:
+            frames: Metadata and JPEG bytes.
+
+        Returns:
+            The group in flight, for :meth:`finish_frames` or :meth:`abort_frames`.
+
+        Raises:
+            OSError: Nothing of the group was kept; retry the group.
+        """
+        pending = PendingFrames()
         try:
             for meta, data in frames:
                 folder = self.frames_dir / meta.device / utc_date(meta.ts_ms)
                 self.ensure_dir(folder)
                 final = folder / meta.name
                 tmp = folder / f"{TMP_PREFIX}{meta.name}.tmp"
-                temps.append((tmp, final))
-                fds.append(_write_unsynced(tmp, data, _meta_xattr(meta))[1])
-            # The file system's journal merges fsyncs that run at the same time into one
-            # commit: a group costs about one sync, not one per frame.
-            synced, fds = fds, []  # _fsync_close owns (closes) them from here on
-            self._sync_all(_fsync_close, synced)
-            for tmp, final in temps:
-                os.replace(tmp, final)
-            self._sync_all(fsync_dir, list({final.parent for _, final in temps}))
+                pending.temps.append((tmp, final))
+                fd = _write_unsynced(tmp, data, _meta_xattr(meta))[1]
+                pending.keys.append(meta.key)
+                # The file system's journal merges fsyncs that run at the same time into
+                # one commit: a group costs about one sync, not one per frame. Started
+                # at once, they also overlap with writing the rest of the group.
+                if self._pool is not None:
+                    pending.futures.append(self._pool.submit(_fsync_close, fd))
+                else:
+                    pending.fds.append(fd)
         except OSError:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            for tmp, _ in temps:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            # A failing disk may have lost folders we believed in: check them again.
-            self._durable_dirs.clear()
+            self.abort_frames(pending)
             raise
-        for meta, _ in frames:
-            self._index.add(meta.key)
+        return pending
+
+    def finish_frames(self, pending: PendingFrames) -> None:
+        """Second half of :meth:`write_frames`: wait for the fsyncs, rename, sync folders.
+
+        Raises:
+            OSError: Nothing of the group may be considered stored; retry the group.
+        """
+        try:
+            errors: list[OSError] = []
+            futures, pending.futures = pending.futures, []
+            for fut in futures:
+                failure = fut.exception()
+                if failure is not None:
+                    if not isinstance(failure, OSError):
+                        raise failure
+                    errors.append(failure)
+            fds, pending.fds = pending.fds, []
+            for fd in fds:
+                try:
+                    _fsync_close(fd)
+                except OSError as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+            for tmp, final in pending.temps:
+                os.replace(tmp, final)
+            self._sync_all(fsync_dir, list({final.parent for _, final in pending.temps}))
+        except OSError:
+            self.abort_frames(pending)
+            raise
+        for key in pending.keys:
+            self._index.add(key)
+
+    def abort_frames(self, pending: PendingFrames) -> None:
+        """Give up a group begun with :meth:`begin_frames`: close and remove its temps."""
+        for fut in pending.futures:
+            fut.exception()  # each closes its own fd
+        pending.futures = []
+        for fd in pending.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        pending.fds = []
+        for tmp, _ in pending.temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        # A failing disk may have lost folders we believed in: check them again.
+        self._durable_dirs.clear()
 
     def _sync_all(self, fn: Callable[[Any], None], items: list[Any]) -> None:
         # Every item runs even after a failure (fn may own an fd it must close); the
