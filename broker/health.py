@@ -118,7 +118,8 @@ def alert_topic(prefix: str, rule: str, subject: str) -> str:
 def _parse_json(payload: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a device's deeply nested status ("[[[[…") exhausts the parser.
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -438,7 +439,12 @@ def format_bytes(n: float) -> str:
     Returns:
         ``512 B``, ``1.5 KiB``, ``3.2 GiB``…
     """
-    value = float(n)
+    try:
+        value = float(n)
+    except (OverflowError, ValueError):
+        # A device reports what it likes: {"heap_free": 1e400 as an integer} crashed
+        # the status table.
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
@@ -466,7 +472,7 @@ def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
     name = loc.rsplit("/", 1)[-1]
     last = video.get("last_capture_ms")
     age = (f", {format_duration((now_ms - last) / 1000)} ago"
-           if isinstance(last, int) and last > 0 else "")
+           if isinstance(last, int) and 0 < last < 2 * now_ms else "")
     return f"{name} ({video.get('frames', '?')} fr{age})"
 
 

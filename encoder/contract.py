@@ -157,7 +157,8 @@ def parse_ready(topic: str, payload: bytes, prefix: str) -> ReadyEvent:
     """
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: deeply nested JSON ("[[[[…") exhausts the parser's stack.
         raise MalformedEventError(Malformed.BAD_JSON, str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise MalformedEventError(Malformed.NOT_OBJECT, type(obj).__name__)
@@ -214,7 +215,7 @@ def parse_manifest(raw: bytes, device: str, batch: str) -> Manifest:
     """
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadManifestError(f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise BadManifestError("not an object")
