@@ -132,6 +132,11 @@ def _peek_key(device: str, payload: bytes) -> FrameKey | None:
     return (device, boot_id, seq)
 
 
+def _largest(held: dict[str, int]) -> str:
+    """The device holding the most (the first seen wins a tie)."""
+    return max(held, key=held.__getitem__)
+
+
 class Assembler(Generic[T]):
     """Partial frames of every device, with the contract's checks and memory bounds.
 
@@ -168,6 +173,7 @@ class Assembler(Generic[T]):
         self._partials: OrderedDict[FrameKey, _Partial[T]] = OrderedDict()
         self._by_device: dict[str, OrderedDict[FrameKey, None]] = {}
         self._device_bytes: dict[str, int] = {}
+        self._device_tokens: dict[str, int] = {}
         self._poisoned: OrderedDict[FrameKey, RejectReason] = OrderedDict()
         self._bytes = 0
         self._tokens = 0
@@ -243,6 +249,7 @@ class Assembler(Generic[T]):
             if seen == (h.offset, chunk.data):
                 partial.tokens.append(token)
                 self._tokens += 1
+                self._device_tokens[device] = self._device_tokens.get(device, 0) + 1
                 result: FeedResult[T] = FeedResult(Status.DUPLICATE, device, key=key)
                 result.drops = self._enforce_window(keep=key)
                 return result
@@ -256,6 +263,7 @@ class Assembler(Generic[T]):
         partial.tokens.append(token)
         partial.held_bytes += size
         self._tokens += 1
+        self._device_tokens[device] = self._device_tokens.get(device, 0) + 1
         self._bytes += size
         self._device_bytes[device] = self._device_bytes.get(device, 0) + size
         if len(partial.chunks) == h.chunk_count:
@@ -327,6 +335,11 @@ class Assembler(Generic[T]):
             self._device_bytes[device] = left
         else:
             self._device_bytes.pop(device, None)
+        tokens_left = self._device_tokens.get(device, 0) - len(partial.tokens)
+        if tokens_left > 0:
+            self._device_tokens[device] = tokens_left
+        else:
+            self._device_tokens.pop(device, None)
         return partial
 
     def _drop(self, key: FrameKey, reason: DropReason) -> Drop[T]:
@@ -342,7 +355,7 @@ class Assembler(Generic[T]):
             victim = self._oldest(self._by_device.get(device, OrderedDict()), keep)
             drops.append(self._drop(victim, DropReason.DEVICE_BYTES))
         while self._bytes > self.max_inflight_bytes:
-            victim = self._oldest(self._partials, keep)
+            victim = self._oldest(self._by_device[_largest(self._device_bytes)], keep)
             drops.append(self._drop(victim, DropReason.GLOBAL_BYTES))
         drops.extend(self._enforce_window(keep))
         return drops
@@ -350,7 +363,10 @@ class Assembler(Generic[T]):
     def _enforce_window(self, keep: FrameKey) -> list[Drop[T]]:
         drops: list[Drop[T]] = []
         while self._tokens > self.max_partial_chunks and self._partials:
-            victim = self._oldest(self._partials, keep)
+            # From the device holding the most, not the oldest frame of anyone: one
+            # device repeating a chunk (every copy is a message it holds) must not push
+            # the other devices' frames out (found by tests/unit/test_fuzz_chunks.py).
+            victim = self._oldest(self._by_device[_largest(self._device_tokens)], keep)
             drops.append(self._drop(victim, DropReason.WINDOW))
         return drops
 
