@@ -6,6 +6,7 @@ The encoder relies on these names; only this module spells them out.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 
@@ -64,7 +65,13 @@ def parse_frame_file_name(name: str) -> tuple[int, int, int] | None:
 
 def utc_date(ts_ms: int) -> str:
     """``YYYY-MM-DD`` (UTC) of a Unix millisecond time."""
-    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
+    # Unix time has exactly 86,400,000 ms a day; asked once per stored frame.
+    return _utc_day(ts_ms // 86_400_000)
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_day(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * 86_400, tz=dt.UTC).strftime("%Y-%m-%d")
 
 
 def utc_stamp(ts_ms: int) -> str:
