@@ -7,6 +7,7 @@ against the real Mosquitto with the project's configuration.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 import stat
@@ -182,3 +183,14 @@ def test_service_password_files_are_readable_by_their_owner_only(broker: BrokerH
     for name in SERVICES:
         path = broker.layout.service_password_file(name)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_security_doc_lists_only_tests_that_exist() -> None:
+    # docs/security.md maps each refusal to its tests: a renamed test must not leave a
+    # dangling name there.
+    repo = Path(__file__).resolve().parents[2]
+    doc = (repo / "docs" / "security.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", doc.split("## Tests", 1)[1]))
+    defined = {m for p in (repo / "tests").rglob("test_*.py")
+               for m in re.findall(r"^def (test_\w+)", p.read_text(), re.MULTILINE)}
+    assert named and named <= defined, named - defined
