@@ -91,7 +91,7 @@ class IngestorService:
         self.name = settings.mqtt.username or "ingestor"
         self.status_topic = status_topic(self.name)
         self.metrics = metrics or IngestMetrics()
-        self.store = Store(settings.storage.root)
+        self.store = Store(settings.storage.root, disk_process=True)
         self.batcher = Batcher(self.ing.frames_per_video, self.ing.idle_seal_s)
         self.ledger = AckLedger()
         self.assembler: Assembler[AckToken] = Assembler(

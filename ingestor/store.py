@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 
 from ingestor.batcher import SealPlan, manifest
+from ingestor.diskproc import DiskProcess, FileJob
 from ingestor.layout import (
     BATCH_FRAMES,
     BATCHES_DIR,
@@ -145,6 +146,8 @@ class PendingFrames:
     """fsync-and-close of each temp file, running on the pool."""
     fds: list[int] = field(default_factory=list)
     """Open temp files still to fsync (no pool)."""
+    in_child: bool = False
+    """Sent to the disk process; its answer is still to be read."""
 
 
 @dataclass
@@ -172,7 +175,7 @@ class Store:
         sync_threads: Threads that fsync a group's files at the same time (1: in turn).
     """
 
-    def __init__(self, root: Path, sync_threads: int = 8) -> None:
+    def __init__(self, root: Path, sync_threads: int = 8, *, disk_process: bool = False) -> None:
         self.root = root
         self.frames_dir = root / FRAMES_DIR
         self.batches_dir = root / BATCHES_DIR
@@ -184,6 +187,10 @@ class Store:
         self._pool: ThreadPoolExecutor | None = (
             ThreadPoolExecutor(max_workers=sync_threads, thread_name_prefix="fsync")
             if sync_threads > 1 else None)
+        # Frame groups written by a child process (ingestor/diskproc.py), when asked.
+        self._disk: DiskProcess | None = DiskProcess(sync_threads) if disk_process else None
+        if self._disk is not None:
+            self._disk.start()
 
     # ----------------------------------------------------------------- index
     def contains(self, key: FrameKey) -> bool:
@@ -246,6 +253,8 @@ class Store:
             OSError: Nothing of the group was kept; retry the group.
         """
         pending = PendingFrames()
+        if self._disk is not None:
+            return self._begin_in_child(frames, pending)
         try:
             for meta, data in frames:
                 folder = self.frames_dir / meta.device / utc_date(meta.ts_ms)
@@ -267,12 +276,43 @@ class Store:
             raise
         return pending
 
+    def _begin_in_child(self, frames: list[tuple[FrameMeta, bytes]],
+                        pending: PendingFrames) -> PendingFrames:
+        jobs: list[FileJob] = []
+        try:
+            for meta, data in frames:
+                folder = self.frames_dir / meta.device / utc_date(meta.ts_ms)
+                self.ensure_dir(folder)
+                final = folder / meta.name
+                tmp = folder / f"{TMP_PREFIX}{meta.name}.tmp"
+                pending.temps.append((tmp, final))
+                pending.keys.append(meta.key)
+                jobs.append((str(tmp), str(final), data, _meta_xattr(meta)))
+            assert self._disk is not None
+            self._disk.submit(jobs)
+            pending.in_child = True
+        except OSError:
+            self.abort_frames(pending)
+            raise
+        return pending
+
     def finish_frames(self, pending: PendingFrames) -> None:
         """Second half of :meth:`write_frames`: wait for the fsyncs, rename, sync folders.
 
         Raises:
             OSError: Nothing of the group may be considered stored; retry the group.
         """
+        if pending.in_child:
+            pending.in_child = False
+            try:
+                assert self._disk is not None
+                self._disk.wait()  # the child renamed and synced everything
+            except OSError:
+                self.abort_frames(pending)
+                raise
+            for key in pending.keys:
+                self._index.add(key)
+            return
         try:
             errors: list[OSError] = []
             futures, pending.futures = pending.futures, []
@@ -301,6 +341,11 @@ class Store:
 
     def abort_frames(self, pending: PendingFrames) -> None:
         """Give up a group begun with :meth:`begin_frames`: close and remove its temps."""
+        if pending.in_child:
+            pending.in_child = False
+            assert self._disk is not None
+            with contextlib.suppress(OSError):
+                self._disk.wait()  # its answer comes in order; the group is given up anyway
         for fut in pending.futures:
             fut.exception()  # each closes its own fd
         pending.futures = []
@@ -335,7 +380,10 @@ class Store:
             raise errors[0]
 
     def close(self) -> None:
-        """Stop the sync threads."""
+        """Stop the sync threads and the disk process."""
+        if self._disk is not None:
+            self._disk.close()
+            self._disk = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

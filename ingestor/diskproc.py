@@ -1,0 +1,197 @@
+"""A group's file writes in a child process, away from the network thread's GIL.
+
+Measured (docs/performance.md): with the writes on a thread of the ingestor process,
+every ``open``/``write``/``setxattr``/``fsync``/``rename`` released the GIL and then
+waited to get it back from the network thread, and the network thread waited in turn
+after each TLS read; a frame's file calls cost several such waits. In a child process
+the file system calls of a whole group run on their own interpreter: the writer thread
+sends the group (paths, bytes, metadata) down a pipe and later reads one reply.
+
+The child does for a group exactly what the store did in-process: every file written
+under its dot-temp name with its xattr and fsynced (concurrently: the journal merges
+them), then renamed into place, then every touched folder fsynced; on any failure it
+removes the group's temp files and reports the ``OSError``. It ignores SIGINT/SIGTERM
+(the parent drains first) and exits when the parent closes the pipe or dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+FileJob = tuple[str, str, bytes, bytes]
+"""(temp path, final path, content, ``user.camstack`` xattr value)."""
+
+XATTR = "user.camstack"  # = ingestor.store.XATTR (the store imports this module)
+
+
+def _write_synced(job: FileJob) -> None:
+    tmp, _final, data, xattr = job
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        try:
+            os.setxattr(fd, XATTR, xattr)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_group(jobs: list[FileJob], pool: ThreadPoolExecutor | None) -> None:
+    """Write a group durably: temps written and fsynced, renamed, folders fsynced.
+
+    Args:
+        jobs: The files.
+        pool: Threads for the concurrent fsyncs (None: one after the other).
+
+    Raises:
+        OSError: The first failure; every temp file of the group is removed.
+    """
+    try:
+        if pool is None or len(jobs) <= 1:
+            for job in jobs:
+                _write_synced(job)
+        else:
+            errors = [f.exception() for f in [pool.submit(_write_synced, j) for j in jobs]]
+            for failure in errors:
+                if failure is not None:
+                    raise failure
+        for tmp, final, _, _ in jobs:
+            os.replace(tmp, final)
+        folders = sorted({os.path.dirname(final) for _, final, _, _ in jobs})
+        if pool is None or len(folders) <= 1:
+            for d in folders:
+                _fsync_dir(d)
+        else:
+            for failure in [f.exception() for f in [pool.submit(_fsync_dir, d)
+                                                    for d in folders]]:
+                if failure is not None:
+                    raise failure
+    except BaseException:
+        for tmp, _, _, _ in jobs:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
+def _child_main(conn: mpc.Connection, sync_threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pool = ThreadPoolExecutor(max_workers=sync_threads) if sync_threads > 1 else None
+    while True:
+        try:
+            jobs = conn.recv()
+        except (EOFError, OSError):
+            return
+        reply: tuple[Any, ...] | None = None
+        try:
+            write_group(jobs, pool)
+        except OSError as exc:
+            reply = (exc.errno, exc.strerror, exc.filename)
+        except Exception as exc:  # a bug: report it and keep serving
+            reply = (errno.EIO, f"disk process: {exc!r}", None)
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+
+
+class DiskProcess:
+    """The child process and its pipe; groups are answered in the order sent.
+
+    Args:
+        sync_threads: fsync threads inside the child.
+    """
+
+    def __init__(self, sync_threads: int = 8) -> None:
+        self._sync_threads = sync_threads
+        self._conn: mpc.Connection | None = None
+        self._proc: Any = None
+        self._outstanding = 0
+
+    def _start(self) -> mpc.Connection:
+        ctx = mp.get_context("spawn")
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_child_main, args=(theirs, self._sync_threads),
+                           name="ingestor-disk", daemon=True)
+        proc.start()
+        theirs.close()
+        self._conn, self._proc, self._outstanding = mine, proc, 0
+        return mine
+
+    def start(self) -> None:
+        """Start the child now (otherwise at the first group)."""
+        if self._conn is None:
+            self._start()
+
+    def submit(self, jobs: list[FileJob]) -> None:
+        """Send a group; :meth:`wait` returns its outcome (in submission order).
+
+        Raises:
+            OSError: The child is gone (it is started again at the next group).
+        """
+        conn = self._conn or self._start()
+        try:
+            conn.send(jobs)
+        except (OSError, ValueError) as exc:
+            self._lost()
+            raise OSError(errno.EIO, f"disk process gone: {exc}") from exc
+        self._outstanding += 1
+
+    def wait(self) -> None:
+        """The outcome of the oldest group not yet waited for.
+
+        Raises:
+            OSError: The group was not stored (its temp files are gone).
+        """
+        conn = self._conn
+        if conn is None or self._outstanding <= 0:
+            raise OSError(errno.EIO, "disk process gone")
+        try:
+            reply = conn.recv()
+        except (EOFError, OSError) as exc:
+            self._lost()
+            raise OSError(errno.EIO, f"disk process gone: {exc}") from exc
+        self._outstanding -= 1
+        if reply is not None:
+            code, message, filename = reply
+            raise OSError(code, message, filename) if filename else OSError(code, message)
+
+    def _lost(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        if self._proc is not None:
+            self._proc.join(timeout=1)
+        self._conn, self._proc, self._outstanding = None, None, 0
+
+    def close(self) -> None:
+        """Close the pipe; the child exits once it has answered what it has."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        if self._proc is not None:
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._conn, self._proc, self._outstanding = None, None, 0
