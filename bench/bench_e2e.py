@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import threading
@@ -34,10 +35,13 @@ import paho.mqtt.client as mqtt
 from bench.common import (
     PublisherPool,
     bench_broker,
+    fs_note,
+    load,
     machine,
     pct,
     provision,
     pub_spec,
+    storage_root,
     svga_jpegs,
 )
 from tests.support.procs import ServiceProcess, service_config
@@ -54,6 +58,8 @@ def main() -> int:
     ap.add_argument("--stagger", type=float, default=None,
                     help="spread camera starts over this many seconds (default: one batch "
                          "period, so batches fall due evenly; 0: all at once, worst case)")
+    ap.add_argument("--storage", help="put the storage root in a fresh folder here "
+                    "(default: the scratch folder), removed afterwards")
     args = ap.parse_args()
     print(machine())
     jpegs = svga_jpegs(8, args.kb * 1000)
@@ -64,7 +70,8 @@ def main() -> int:
         devices = provision(broker, args.cameras, prefix="e2e")
         for acc in ("ingestor-e2e", "encoder-e2e", "operator-e2e"):
             broker.add_service(acc)
-        root = tmp / "store"
+        root = storage_root(tmp, args.storage)
+        print(f"storage: {root} on {fs_note(root)}")
         off = {"enabled": False, "port": 0}
         ing_cfg = service_config(broker, "ingestor-e2e", root, tmp / "ing.toml",
                                  ingest={"frames_per_video": args.frames_per_video},
@@ -108,6 +115,8 @@ def main() -> int:
             sub.loop_stop()
             enc.stop()
             ing.stop()
+        if args.storage is not None:
+            shutil.rmtree(root, ignore_errors=True)
         by_capture = {(d, c): t for d, _, t, c in pub.sent}
         lat = []
         for t_video, ev in videos:
@@ -123,6 +132,7 @@ def main() -> int:
         if lat:
             print(f"last frame published -> MP4 available: p50 {pct(lat, 50):.2f} s, "
                   f"p99 {pct(lat, 99):.2f} s, max {max(lat):.2f} s over {len(lat)} batches")
+    print(f"at the end: {load()}")
     return 0
 
 

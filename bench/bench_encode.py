@@ -184,7 +184,7 @@ def ready_to_video(jpegs: list[bytes], args: argparse.Namespace) -> None:
     """The encoder service: ready event published -> video event received, per batch."""
     import paho.mqtt.client as mqtt  # noqa: PLC0415
 
-    from bench.common import bench_broker, machine, pct  # noqa: PLC0415
+    from bench.common import bench_broker, load, machine, pct  # noqa: PLC0415
     from tests.support.jpegs import write_batch  # noqa: PLC0415
     from tests.support.mqttwait import Collector  # noqa: PLC0415
     from tests.support.procs import ServiceProcess, service_config  # noqa: PLC0415
@@ -226,6 +226,7 @@ def ready_to_video(jpegs: list[bytes], args: argparse.Namespace) -> None:
                 times.append(time.perf_counter() - t0)
                 print(f"  batch {r + 1}: {len(jpegs)} frames, ready -> video event "
                       f"{times[-1]:.2f} s ({len(jpegs) / times[-1]:.0f} frames/s)")
+            print(f"({load()})")
             print(f"ready -> video event: p50 {pct(times, 50):.2f} s, max {max(times):.2f} s "
                   f"over {len(times)} batches of {len(jpegs)} SVGA frames")
             for c in (pub, sub):

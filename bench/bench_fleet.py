@@ -24,6 +24,7 @@ reported so that the share of the rig is visible.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -39,13 +40,16 @@ from bench.common import (
     bench_broker,
     broker_pid,
     cpu_seconds,
+    fs_note,
+    load,
     log_time,
     machine,
     pct,
-    proc_status_kib,
     provision,
     pub_spec,
+    storage_root,
     svga_jpegs,
+    tree_kib,
 )
 from tests.support.procs import ServiceProcess, service_config
 
@@ -84,6 +88,8 @@ def main() -> int:
     ap.add_argument("--pub-procs", type=int, default=2)
     ap.add_argument("--max-growth-s", type=float, default=1.0)
     ap.add_argument("--p99-limit-ms", type=float, default=2000.0)
+    ap.add_argument("--storage", help="put the storage root in a fresh folder here "
+                    "(default: the scratch folder), removed afterwards")
     args = ap.parse_args()
     print(machine())
     jpegs = svga_jpegs(8, args.kb * 1000)
@@ -93,7 +99,9 @@ def main() -> int:
     with bench_broker() as (broker, tmp):
         devices = provision(broker, args.max)
         broker.add_service(ING)
-        cfg = service_config(broker, ING, tmp / "store", tmp / "ing.toml",
+        root = storage_root(tmp, args.storage)
+        print(f"storage: {root} on {fs_note(root)}")
+        cfg = service_config(broker, ING, root, tmp / "ing.toml",
                              ingest={"frames_per_video": 300},
                              metrics={"enabled": False, "port": 0})
         svc = ServiceProcess("ingestor", cfg, tmp / "ing.log").start()
@@ -101,7 +109,7 @@ def main() -> int:
         assert svc.proc is not None
         pid = svc.proc.pid
         bpid = broker_pid(broker)
-        rss0 = proc_status_kib(pid, "VmRSS")
+        rss0 = tree_kib(pid, "VmRSS")
         print(f"ingestor idle RSS {rss0 / 1024:.0f} MiB")
         tail = LogTail(svc.log_path)
         stored: dict[tuple[str, int], float] = {}
@@ -136,7 +144,7 @@ def main() -> int:
             s1 = poll()
             t1 = time.time()
             st = Step(n, t0, t1, sent1 - sent0, s1 - s0, sent0 - s0, sent1 - s1, skip1 - skip0,
-                      proc_status_kib(pid, "VmRSS"), cpu_seconds(pid) - c0,
+                      tree_kib(pid, "VmRSS"), cpu_seconds(pid) - c0,
                       cpu_seconds(bpid) - b0, [])
             steps.append(st)
             dt_ = t1 - t0
@@ -154,7 +162,10 @@ def main() -> int:
         while time.monotonic() < deadline and poll() < pub.frames_acked:
             time.sleep(0.2)
         assert svc.stop() == 0
+        if args.storage is not None:
+            shutil.rmtree(root, ignore_errors=True)
         report(steps, pub.sent, stored, pub_cpu=pub.cpu_s, rss0=rss0, args=args)
+    print(f"at the end: {load()}")
     return 0
 
 

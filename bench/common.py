@@ -75,7 +75,14 @@ def machine() -> str:
         mosq = out.splitlines()[0].replace("mosquitto version ", "") if out else "?"
     return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, {cpus} CPUs ({model}), {mem} GiB, "
             f"Linux {platform.release()}, Python {platform.python_version()}, "
-            f"Mosquitto {mosq}, paho-mqtt {importlib.metadata.version('paho-mqtt')}")
+            f"Mosquitto {mosq}, paho-mqtt {importlib.metadata.version('paho-mqtt')}; "
+            f"{load()}")
+
+
+def load() -> str:
+    """The load averages: other work on the machine shows up here (1, 5, 15 min)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -98,13 +105,31 @@ def proc_status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` (all its threads)."""
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU seconds used so far by ``pid`` (all threads), and its live children.
+
+    The ingestor writes through a child process (ingestor/diskproc.py): ``tree`` counts it.
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + (sum(cpu_seconds(c, tree) for c in children(pid)) if tree else 0.0)
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid``."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+def tree_kib(pid: int, key: str) -> int:
+    """A ``/proc/<pid>/status`` memory field summed over ``pid`` and its children."""
+    return proc_status_kib(pid, key) + sum(tree_kib(c, key) for c in children(pid))
 
 
 # ===================================================================== frames
@@ -193,6 +218,29 @@ def broker_pid(broker: BrokerHandle) -> int:
     """Process id of the local Mosquitto."""
     assert broker.proc is not None
     return broker.proc.pid
+
+
+def storage_root(tmp: Path, storage: str | None) -> Path:
+    """The ingestor's storage root: a fresh folder under ``storage``, or in ``tmp``."""
+    if storage is None:
+        return tmp / "store"
+    return Path(tempfile.mkdtemp(prefix="camstack-bench-store-", dir=storage))
+
+
+def fs_note(path: Path) -> str:
+    """File system type of ``path`` and whether it has a journal (it changes the costs)."""
+    probe = path if path.exists() else path.parent
+    out = subprocess.run(["findmnt", "-n", "-T", str(probe), "-o", "FSTYPE,SOURCE,TARGET"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    if len(out) < 3:
+        return "file system unknown"
+    fstype, source, target = out[:3]
+    note = f"{fstype} on {source} ({target})"
+    if fstype == "ext4":
+        dev = Path(source).name
+        journaled = any(p.name.startswith(dev + "-") for p in Path("/proc/fs/jbd2").glob("*"))
+        note += ", journal" if journaled else ", NO journal"
+    return note
 
 
 # ===================================================================== log tailing
