@@ -158,10 +158,11 @@ def main() -> int:
             pool.add(devices[n:n + args.step])
             n += args.step
         pub = pool.join(stop=True, timeout=120)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and poll() < pub.frames_acked:
             time.sleep(0.2)
         assert svc.stop() == 0
+        poll()  # frames made durable while stopping
         if args.storage is not None:
             shutil.rmtree(root, ignore_errors=True)
         report(steps, pub.sent, stored, pub_cpu=pub.cpu_s, rss0=rss0, args=args)
