@@ -59,7 +59,7 @@ from bench.common import (
     svga_jpegs,
     tree_kib,
 )
-from broker.mqtt import connect_properties, make_client
+from broker.mqtt import connect_blocking, connect_properties, make_client
 from config.settings import MqttSettings
 from ingestor.layout import parse_frame_file_name
 from ingestor.netio import FastReader, queue_pubacks
@@ -224,6 +224,16 @@ def drain_ingestor(broker: BrokerHandle, tmp: Path, name: str, total: int,
                        broker_cpu, stored)
 
 
+def drop_session(broker: BrokerHandle, account: str) -> None:
+    """End ``account``'s persistent session (clean start, expiry 0)."""
+    s = broker.mqtt_settings(account, client_id=account).model_copy(
+        update={"session_expiry_s": 0})
+    c = make_client(s, client_id=account)
+    connect_blocking(c, s, clean_start=True)
+    c.disconnect()
+    c.loop_stop()
+
+
 def frames_on_disk(root: Path) -> list[tuple[str, int, int]]:
     """(device, boot_id, seq) of every frame file under frames/ and batches/."""
     keys = []
@@ -320,6 +330,10 @@ def main() -> int:
               f"frames/s ({med['ingestor'] * avg / 1e6:.1f} MB/s); ratios "
               f"{med['ingestor'] / med['bare']:.2f} / {med['ingestor'] / med['fast']:.2f}")
         if args.live_fps > 0:
+            # The bare subscribers' offline sessions would queue the whole live stream
+            # (and the broker's autosave would write it out): end them first.
+            for account in (BARE, BARE_FAST):
+                drop_session(broker, account)
             live_latency(broker, tmp, root, devices, jpegs, total_fps=args.live_fps,
                          seconds=args.live_s, procs=args.pub_procs, boot=boot)
         if args.storage is not None and not args.keep:
