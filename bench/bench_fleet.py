@@ -8,9 +8,10 @@ each step settles, a ``--hold`` second window is measured:
 
 * **backlog** = frames published - frames durable (queued in the broker or in the
   ingestor); the step fails when it grows by more than ``--max-growth-s`` seconds of
-  fleet output over the window (the ingestor falls behind);
+  fleet output over the window, or is growing at all while above 2 s of output (the
+  ingestor falls behind);
 * **latency** from a frame's last chunk published to its ``frame_stored`` event; the
-  step fails when the p99 exceeds ``--p99-limit-ms``;
+  step counts as failed when the p99 exceeds ``--p99-limit-ms``;
 * frames the cameras had to skip (their 8-frame send window full: the broker was not
   acknowledging) also fail the step: then the rig, not the ingestor, is the limit;
 * the ingestor's RSS, for memory per camera (slope between steps).
@@ -86,8 +87,10 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=4.0, help="seconds before measuring")
     ap.add_argument("--kb", type=int, default=50)
     ap.add_argument("--pub-procs", type=int, default=2)
-    ap.add_argument("--max-growth-s", type=float, default=1.0)
-    ap.add_argument("--p99-limit-ms", type=float, default=2000.0)
+    ap.add_argument("--max-growth-s", type=float, default=0.25,
+                    help="allowed backlog growth over a window, in seconds of fleet output")
+    ap.add_argument("--p99-limit-ms", type=float, default=1000.0)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     ap.add_argument("--storage", help="put the storage root in a fresh folder here "
                     "(default: the scratch folder), removed afterwards")
     args = ap.parse_args()
@@ -96,7 +99,7 @@ def main() -> int:
     avg = statistics.mean(map(len, jpegs))
     print(f"cameras at 1 frame/s, 800x600 JPEG {avg / 1000:.1f} KB, TLS, QoS 1; +{args.step} "
           f"per step from {args.start}; {args.hold:.0f} s measured per step")
-    with bench_broker() as (broker, tmp):
+    with bench_broker(args.keep) as (broker, tmp):
         devices = provision(broker, args.max)
         broker.add_service(ING)
         root = storage_root(tmp, args.storage)
@@ -152,14 +155,22 @@ def main() -> int:
                   f"{st.backlog0:6d}->{st.backlog1:<6d} {st.growth_s:6.1f}s "
                   f"{st.skipped:7d} {st.rss_kib / 1024:7.0f} {st.ing_cpu / dt_:6.0%} "
                   f"{st.broker_cpu / dt_:7.0%}", flush=True)
-            failed = st.growth_s > args.max_growth_s or st.skipped > 0
+            failed = st.growth_s > args.max_growth_s or st.skipped > 0 or (
+                st.growth_s > 0 and st.backlog1 > 2 * st.cameras)
             if failed or n + args.step > args.max:
                 break
             pool.add(devices[n:n + args.step])
             n += args.step
         pub = pool.join(stop=True, timeout=120)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and poll() < pub.frames_acked:
+        # Let the backlog drain: until every acked frame is stored, or no progress for 5 s.
+        deadline = time.monotonic() + 120
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline and last < pub.frames_acked:
+            n_now = poll()
+            if n_now != last:
+                last, last_change = n_now, time.monotonic()
+            elif time.monotonic() - last_change > 5:
+                break
             time.sleep(0.2)
         assert svc.stop() == 0
         poll()  # frames made durable while stopping
@@ -181,12 +192,13 @@ def report(steps: list[Step], sent: list[tuple[str, int, float, int]],
     for st in steps:
         lost = sum(1 for d, s, t, _ in sent if st.t0 <= t < st.t1 and (d, s) not in stored)
         ok = (st.growth_s <= args.max_growth_s and st.skipped == 0
+              and not (st.growth_s > 0 and st.backlog1 > 2 * st.cameras)
               and pct(st.lat, 99) <= args.p99_limit_ms)
         if ok:
             ok_steps.append(st)
         print(f"  {st.cameras:5d} cameras: p50 {pct(st.lat, 50):7.1f} ms, p99 "
               f"{pct(st.lat, 99):7.1f} ms, backlog growth {st.growth_s:5.1f} s, "
-              f"not stored by the end {lost}, RSS {st.rss_kib / 1024:.0f} MiB -> "
+              f"still queued at the end {lost}, RSS {st.rss_kib / 1024:.0f} MiB -> "
               f"{'OK' if ok else 'FAIL'}")
     print(f"publisher processes used {pub_cpu:.1f} CPU-s in total")
     if ok_steps:
