@@ -196,10 +196,12 @@ def report(steps: list[Step], sent: list[tuple[str, int, float, int]],
               and pct(st.lat, 99) <= args.p99_limit_ms)
         if ok:
             ok_steps.append(st)
+        rig = st.sent / (st.t1 - st.t0) < 0.95 * st.cameras
         print(f"  {st.cameras:5d} cameras: p50 {pct(st.lat, 50):7.1f} ms, p99 "
               f"{pct(st.lat, 99):7.1f} ms, backlog growth {st.growth_s:5.1f} s, "
               f"still queued at the end {lost}, RSS {st.rss_kib / 1024:.0f} MiB -> "
-              f"{'OK' if ok else 'FAIL'}")
+              f"{'OK' if ok else 'FAIL'}"
+              + (" (the publishers fell behind too: the rig shares the CPUs)" if rig else ""))
     print(f"publisher processes used {pub_cpu:.1f} CPU-s in total")
     if ok_steps:
         best = ok_steps[-1]
