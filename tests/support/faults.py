@@ -612,3 +612,48 @@ def fill(path: Path) -> int:
     finally:
         os.close(fd)
     return written
+
+
+# ============================================================================ figures
+SUMMED = ("sent", "acked", "on_disk", "in_videos", "videos", "lost", "duplicates",
+          "duplicate_videos", "orphans", "corrupt", "quarantined", "unannounced",
+          "kills_ingestor", "kills_encoder", "restarts", "acked_while_full",
+          "ingestor_storage_errors", "encoder_failures", "fuzzed_chunks", "flood_copies",
+          "rejected", "dropped", "dropped_good", "bad_ready", "ready_malformed_counted",
+          "frames_captured", "frames_sent", "frames_dropped", "stored")
+
+
+def summarize(lines: list[str]) -> str:
+    """Markdown table of the ``FAULT-FIGURES`` lines, one row per scenario (sums).
+
+    ``CAM_FAULT_RUNS=20 pytest -s tests/integration/test_faults_kill.py | python -m
+    tests.support.faults`` prints what docs/reliability.md shows.
+
+    Args:
+        lines: Output lines; others are ignored.
+
+    Returns:
+        The table.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        at = line.find("FAULT-FIGURES ")
+        if at < 0:
+            continue
+        fig = json.loads(line[at + len("FAULT-FIGURES "):])
+        row = rows.setdefault(fig["scenario"], {"runs": 0})
+        row["runs"] += 1
+        for k in SUMMED:
+            if isinstance(fig.get(k), int):
+                row[k] = row.get(k, 0) + fig[k]
+    cols = ["runs", *[k for k in SUMMED if any(k in r for r in rows.values())]]
+    out = ["| scenario | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in rows.items():
+        out.append(f"| {name} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover - a reporting aid
+    import sys
+
+    print(summarize(sys.stdin.read().splitlines()))
