@@ -22,6 +22,7 @@ import random
 import subprocess
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +169,38 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_the_audit_catches_each_broken_promise(tmp_path: Path) -> None:
+    # The checker itself must be able to fail: one camera, six acked frames, and a
+    # storage root with one of each problem.
+    from config.settings import MqttSettings  # noqa: PLC0415
+    from encoder.muxer import EncodeOptions, FrameInput, encode_video  # noqa: PLC0415
+    from tests.support.fleet import marker_jpeg  # noqa: PLC0415
+
+    cam = MarkedCamera(3, "aud0", MqttSettings(), boot_id=0xB)
+    jpegs = [marker_jpeg(3, s) for s in range(6)]
+    for s, j in enumerate(jpegs):
+        cam.log.crc[s] = zlib.crc32(j)
+        cam.log.acked.add(s)
+    fleet = Fleet([cam])
+    day = "2026-11-24"
+    vdir = tmp_path / "videos" / "aud0" / day
+    vdir.mkdir(parents=True)
+    mp4 = vdir / "aud0_a_b.mp4"
+    encode_video([FrameInput(ts_ms=s, data=jpegs[s]) for s in range(3)], mp4,
+                 EncodeOptions(preset="ultrafast"))
+    mp4.with_suffix(".json").write_text('{"batch": "aud0-x-0001", "frames": 3}')
+    fdir = tmp_path / "frames" / "aud0" / day
+    fdir.mkdir(parents=True)
+    for s, data in ((2, jpegs[2]), (3, jpegs[3]), (4, jpegs[4][:-5] + b"\xff\xd9")):
+        (fdir / f"{1795515300000 + s:013d}_{0xB:08x}_{s:010d}.jpg").write_bytes(data)
+    (fdir / ".leftover.jpg.tmp").write_bytes(b"x")
+    result = audit(tmp_path, fleet, announced=set())
+    assert (result.in_videos, result.on_disk, result.videos) == (3, 3, 1)
+    assert result.lost == [("aud0", 0xB, 5)]
+    assert result.duplicates == [("aud0", 0xB, 2)]
+    assert len(result.orphans) == 2  # frame 2 also in the video; the temp file
+    assert len(result.corrupt) == 1 and "0000000004" in result.corrupt[0]
+    assert result.unannounced == ["videos/aud0/2026-11-24/aud0_a_b.mp4"]
+    assert len(result.problems()) == 5
