@@ -182,7 +182,9 @@ class FastReader:
                     continue
                 if self._fill():
                     continue
-                if self._eof and self.buffered == 0:
+                if self._eof:
+                    # The stream ended (maybe inside a packet): paho reads what is left,
+                    # then the end, and reports the connection lost.
                     return handled, int(client.loop_read())
                 self._need_data = True  # a partial packet waits for the socket
                 break
