@@ -209,12 +209,15 @@ def report(steps: list[Step], sent: list[tuple[str, int, float, int]],
         print(f"sustained: {best.cameras} cameras at 1 frame/s ({rate:,.0f} frames/s durable) "
               f"without backlog growth; next step failed" if len(ok_steps) < len(steps)
               else f"sustained: {best.cameras} cameras (the --max), not yet failing")
-    if len(ok_steps) >= 2:
-        a, b = ok_steps[0], ok_steps[-1]
+    # Memory per camera from steps without a backlog (queued frames would count too).
+    calm = [st for st in ok_steps if max(st.backlog0, st.backlog1) < 0.1 * st.cameras]
+    if len(calm) >= 2:
+        a, b = calm[0], calm[-1]
         per = (b.rss_kib - a.rss_kib) / max(1, b.cameras - a.cameras)
         print(f"memory: idle RSS {rss0 / 1024:.0f} MiB; {a.cameras} cameras "
               f"{a.rss_kib / 1024:.0f} MiB, {b.cameras} cameras {b.rss_kib / 1024:.0f} MiB -> "
-              f"{per:.0f} KiB per camera (RSS slope over the steps that kept up; includes "
+              f"{per:.0f} KiB per camera (RSS slope over the steps that kept up with less than "
+              f"0.1 s of backlog; includes "
               f"each camera's unsealed frames' metadata, which grows until its batch of 300 "
               f"seals)")
 
