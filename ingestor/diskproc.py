@@ -11,18 +11,24 @@ The child does for a group exactly what the store did in-process: every file wri
 under its dot-temp name with its xattr and fsynced (concurrently: the journal merges
 them), then renamed into place, then every touched folder fsynced; on any failure it
 removes the group's temp files and reports the ``OSError``. It ignores SIGINT/SIGTERM
-(the parent drains first) and exits when the parent closes the pipe or dies.
+(the parent drains first) and exits when the parent closes the pipe or dies. It is
+started as ``python -m ingestor.diskproc`` with one end of a socket pair, not through
+``multiprocessing``'s spawn, which would re-import the service's modules in the child
+and add a resource-tracker process (measured: 27 MiB of RSS for the two).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
+import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 FileJob = tuple[str, str, bytes, bytes]
@@ -126,18 +132,26 @@ class DiskProcess:
     def __init__(self, sync_threads: int = 8) -> None:
         self._sync_threads = sync_threads
         self._conn: mpc.Connection | None = None
-        self._proc: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._outstanding = 0
 
     def _start(self) -> mpc.Connection:
-        ctx = mp.get_context("spawn")
-        mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_child_main, args=(theirs, self._sync_threads),
-                           name="ingestor-disk", daemon=True)
-        proc.start()
-        theirs.close()
-        self._conn, self._proc, self._outstanding = mine, proc, 0
-        return mine
+        mine, theirs = socket.socketpair()
+        # The package's parent folder first, so the child imports this very code.
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get(
+                   "PYTHONPATH")])])}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ingestor.diskproc", str(theirs.fileno()),
+                 str(self._sync_threads)],
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        conn = mpc.Connection(mine.detach())
+        self._conn, self._proc, self._outstanding = conn, proc, 0
+        return conn
 
     def start(self) -> None:
         """Start the child now (otherwise at the first group)."""
@@ -182,7 +196,8 @@ class DiskProcess:
             with contextlib.suppress(OSError):
                 self._conn.close()
         if self._proc is not None:
-            self._proc.join(timeout=1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=1)
         self._conn, self._proc, self._outstanding = None, None, 0
 
     def close(self) -> None:
@@ -191,7 +206,13 @@ class DiskProcess:
             with contextlib.suppress(OSError):
                 self._conn.close()
         if self._proc is not None:
-            self._proc.join(timeout=10)
-            if self._proc.is_alive():
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 self._proc.kill()
+                self._proc.wait(timeout=5)
         self._conn, self._proc, self._outstanding = None, None, 0
+
+
+if __name__ == "__main__":
+    _child_main(mpc.Connection(int(sys.argv[1])), int(sys.argv[2]))
