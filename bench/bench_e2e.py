@@ -13,7 +13,7 @@ event's arrival. The cameras' batches fall due close together, so the figure inc
 waiting behind the other cameras' batches in the encoder's queue, as in a deployment.
 
     python bench/bench_e2e.py [--cameras 4] [--fps 10] [--frames-per-video 300]
-        [--duration 75]
+        [--duration 60]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--fps", type=float, default=10.0, help="frames/s per camera")
     ap.add_argument("--frames-per-video", type=int, default=300)
-    ap.add_argument("--duration", type=float, default=75.0, help="seconds of streaming")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of streaming")
     ap.add_argument("--kb", type=int, default=50)
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--stagger", type=float, default=None,
