@@ -7,7 +7,7 @@ DATA ?= data
 APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
-                /usr/bin/ffprobe /usr/bin/g++
+                /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl
 
 .PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
 
@@ -20,11 +20,13 @@ help:
 # Debian packages, only when something is missing (needs root or sudo).
 deps:
 	@missing=0; for f in $(APT_BINARIES); do [ -e $$f ] || missing=1; done; \
+	pkgs="$(APT_PACKAGES)"; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing=1; pkgs="$$pkgs python3-venv"; fi; \
 	if [ $$missing = 1 ]; then \
-	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  echo "installing Debian packages: $$pkgs"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkgs; \
 	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
