@@ -27,15 +27,14 @@ from broker.mqtt import connect_blocking, make_client, wait_published
 from tests.support.brokerproc import BrokerHandle
 from tests.support.faults import (
     ServiceStack,
-    VideoWatcher,
     audit,
     env_int,
     print_row,
     settled,
+    start_scenario,
     video_locations,
     wait_until,
 )
-from tests.support.fleet import Fleet, MarkedCamera
 from tests.support.jpegs import make_jpeg, write_batch
 
 pytestmark = pytest.mark.integration
@@ -64,21 +63,10 @@ def test_broker_restart_mid_stream_loses_nothing_acknowledged(
     seed = BASE_SEED + run
     rng = random.Random(seed)
     print(f"fault seed {seed} (CAM_FAULT_SEED={BASE_SEED}, run {run})")
-    tag = uuid.uuid4().hex[:6]
     root = tmp_path / "store"
-    stack = ServiceStack(fresh_broker, tmp_path, root, tag=tag,
-                         ingest={"frames_per_video": 20, "idle_seal_s": 1.0})
-    cleanup.append(stack)
-    watcher = VideoWatcher(fresh_broker, tag)
-    cleanup.append(watcher)
-    stack.start_all()
-    devices = [f"b{tag}{i}" for i in range(3)]
-    passwords = {d: fresh_broker.store.add(d, "device") for d in devices}
-    fresh_broker.reload()
-    fleet = Fleet([MarkedCamera(i, d, fresh_broker.mqtt_settings(d, passwords[d]), fps=12)
-                   for i, d in enumerate(devices)])
-    cleanup.append(fleet)
-    fleet.start()
+    sc = start_scenario(fresh_broker, tmp_path, root, cleanup, letter="b", cameras=3, fps=12,
+                        ingest={"frames_per_video": 20, "idle_seal_s": 1.0})
+    stack, watcher, fleet = sc.stack, sc.watcher, sc.fleet
     wait_until(lambda: any(e.get("event") == "video_written" for e in stack.events("encoder")),
                30, "a first video")
     downtime = []

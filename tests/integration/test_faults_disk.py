@@ -15,7 +15,6 @@ import contextlib
 import os
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ import pytest
 from tests.support.brokerproc import BrokerHandle
 from tests.support.faults import (
     LogTail,
-    ServiceStack,
-    VideoWatcher,
     audit,
     env_int,
     fill,
@@ -35,10 +32,10 @@ from tests.support.faults import (
     scrape,
     settled,
     small_filesystem,
+    start_scenario,
     video_locations,
     wait_until,
 )
-from tests.support.fleet import Fleet, MarkedCamera
 
 pytestmark = pytest.mark.integration
 
@@ -64,23 +61,12 @@ def test_disk_full_applies_backpressure_corrupts_nothing_and_recovers(
     cleanup.append(mounts)  # closed last: after every process using the volume is gone
     vol = mounts.enter_context(small_filesystem(tmp_path / "vol", "32m"))
     root = vol / "store"
-    tag = uuid.uuid4().hex[:6]
-    stack = ServiceStack(
-        broker, tmp_path, root, tag=tag,
+    sc = start_scenario(
+        broker, tmp_path, root, cleanup, letter="d", cameras=3, fps=10,
         ingest={"frames_per_video": 20, "idle_seal_s": 1.0, "max_pending_frames": 40},
         # The encoder's own defaults: a full disk must not use up a batch's attempts.
         work={"max_attempts": 3, "retry_backoff_s": 0.5})
-    cleanup.append(stack)
-    watcher = VideoWatcher(broker, tag)
-    cleanup.append(watcher)
-    stack.start_all()
-    devices = [f"d{tag}{i}" for i in range(3)]
-    passwords = {d: broker.store.add(d, "device") for d in devices}
-    broker.reload()
-    fleet = Fleet([MarkedCamera(i, d, broker.mqtt_settings(d, passwords[d]), fps=10)
-                   for i, d in enumerate(devices)])
-    cleanup.append(fleet)
-    fleet.start()
+    stack, watcher, fleet = sc.stack, sc.watcher, sc.fleet
     ingestor, encoder = stack.current["ingestor"], stack.current["encoder"]
     assert ingestor is not None and encoder is not None
     wait_until(lambda: bool(video_locations(root)), 30, "a first video")

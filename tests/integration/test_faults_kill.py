@@ -21,7 +21,6 @@ import os
 import random
 import subprocess
 import time
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -34,11 +33,11 @@ from tests.support.brokerproc import BrokerHandle
 from tests.support.faults import (
     LogTail,
     ServiceStack,
-    VideoWatcher,
     audit,
     env_int,
     print_row,
     settled,
+    start_scenario,
     video_locations,
     wait_until,
 )
@@ -95,21 +94,10 @@ def test_sigkill_ingestor_and_encoder_at_random_points(
     seed = BASE_SEED + run
     rng = random.Random(seed)
     print(f"fault seed {seed} (CAM_FAULT_SEED={BASE_SEED}, run {run})")
-    tag = uuid.uuid4().hex[:6]
     root = tmp_path / "store"
-    stack = ServiceStack(broker, tmp_path, root, tag=tag,
-                         ingest={"frames_per_video": 20, "idle_seal_s": 1.0})
-    cleanup.append(stack)
-    watcher = VideoWatcher(broker, tag)
-    cleanup.append(watcher)
-    stack.start_all()
-    devices = [f"k{tag}{i}" for i in range(4)]
-    passwords = {d: broker.store.add(d, "device") for d in devices}
-    broker.reload()
-    fleet = Fleet([MarkedCamera(i, d, broker.mqtt_settings(d, passwords[d]), fps=12)
-                   for i, d in enumerate(devices)])
-    cleanup.append(fleet)
-    fleet.start()
+    sc = start_scenario(broker, tmp_path, root, cleanup, letter="k", cameras=4, fps=12,
+                        ingest={"frames_per_video": 20, "idle_seal_s": 1.0})
+    stack, watcher, fleet = sc.stack, sc.watcher, sc.fleet
     wait_until(lambda: any(e.get("event") == "video_written" for e in stack.events("encoder")),
                30, "a first video")
 

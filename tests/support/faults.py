@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokerproc import BrokerHandle
-from tests.support.fleet import Fleet, FrameKey, read_marker
+from tests.support.fleet import Fleet, FrameKey, MarkedCamera, read_marker
 from tests.support.procs import ServiceProcess, service_config
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -409,6 +410,51 @@ class VideoWatcher:
         """Disconnect."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@dataclass
+class Scenario:
+    """A running fault scenario: services, a video watcher and a marker-frame fleet."""
+
+    tag: str
+    stack: ServiceStack
+    watcher: VideoWatcher
+    fleet: Fleet
+
+
+def start_scenario(broker: BrokerHandle, tmp: Path, root: Path, cleanup: list[Any], *,
+                   letter: str, cameras: int, fps: float, **sections: dict[str, Any]) -> Scenario:
+    """Start an ingestor+encoder stack, a video watcher and a fleet of marked cameras.
+
+    Everything started is appended to ``cleanup`` (closed by the test's finaliser).
+
+    Args:
+        broker: The broker.
+        tmp: Folder for configs and logs.
+        root: Storage root.
+        cleanup: The test's cleanup list.
+        letter: First letter of the device ids (tells scenarios apart in logs).
+        cameras: Number of cameras.
+        fps: Frames per second of each camera.
+        **sections: ``ingest``/``encode``/``work`` settings for the stack.
+
+    Returns:
+        The scenario, with the fleet streaming.
+    """
+    tag = uuid.uuid4().hex[:6]
+    stack = ServiceStack(broker, tmp, root, tag=tag, **sections)
+    cleanup.append(stack)
+    watcher = VideoWatcher(broker, tag)
+    cleanup.append(watcher)
+    stack.start_all()
+    devices = [f"{letter}{tag}{i}" for i in range(cameras)]
+    passwords = {d: broker.store.add(d, "device") for d in devices}
+    broker.reload()
+    fleet = Fleet([MarkedCamera(i, d, broker.mqtt_settings(d, passwords[d]), fps=fps)
+                   for i, d in enumerate(devices)])
+    cleanup.append(fleet)
+    fleet.start()
+    return Scenario(tag, stack, watcher, fleet)
 
 
 def video_locations(root: Path) -> set[str]:
