@@ -159,6 +159,11 @@ class IngestSettings(_Section):
     status_interval_s: float = Field(
         default=15.0, gt=0, le=3600, description="How often the retained status is refreshed."
     )
+    fast_receive: bool = Field(
+        default=True,
+        description="Decode frame chunks with ingestor/netio.py (large reads, batched "
+        "PUBACKs); false: paho's own receive path.",
+    )
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:

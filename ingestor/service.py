@@ -132,7 +132,7 @@ class IngestorService:
         # Fewer socket calls per chunk (ingestor/netio.py); paho's own calls otherwise.
         self._reader: FastReader | None = None
         self._ack_mids: list[int] | None = None
-        if supported(self._client):
+        if settings.ingest.fast_receive and supported(self._client):
             self._reader = FastReader(self._client)
             self._ack_mids = []
         self._ever_connected = False

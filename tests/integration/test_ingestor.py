@@ -87,10 +87,13 @@ def operator(broker: BrokerHandle) -> Iterator[Collector]:
     c.loop_stop()
 
 
+@pytest.mark.parametrize("fast_receive", [True, False], ids=["netio", "paho"])
 def test_shuffled_duplicated_chunks_stored_byte_identical_bad_ones_rejected(
-        broker: BrokerHandle, tmp_path: Path, operator: Collector) -> None:
+        broker: BrokerHandle, tmp_path: Path, operator: Collector, fast_receive: bool) -> None:
+    # Both receive paths: the lean reader (default) and paho's own, the fallback.
     account = f"ingestor-{uid()}"
-    svc = start_ingestor(broker, tmp_path, account, frames_per_video=1000)
+    svc = start_ingestor(broker, tmp_path, account, frames_per_video=1000,
+                         fast_receive=fast_receive)
     devs = [f"cam{uid()}", f"cam{uid()}"]
     clients = {d: broker.client(d, broker.add_device(d), client_id=d) for d in devs}
     rnd = random.Random(1)
