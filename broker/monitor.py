@@ -203,14 +203,23 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
             model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
             last_msg[0] = time.monotonic()
 
+    topics = _topics(m.topic_prefix)
+    subacks = threading.Semaphore(0)
     client = make_client(mqtt_settings)
     client.on_message = on_message
+    client.on_subscribe = lambda *_a: subacks.release()
     connect_blocking(client, mqtt_settings, clean_start=True)
     try:
-        for topic in _topics(m.topic_prefix):
+        begin = time.monotonic()
+        for topic in topics:
             client.subscribe(topic, qos=1)
-        begin = last_msg[0] = time.monotonic()
-        while time.monotonic() - begin < max_s:
+        # Retained messages follow their SUBACK: on a busy broker the first may take
+        # longer than quiet_s, so the quiet period starts once every SUBACK is in.
+        for _ in topics:
+            subacks.acquire(timeout=max(0.0, max_s - (time.monotonic() - begin)))
+        with lock:
+            last_msg[0] = time.monotonic()
+        while time.monotonic() - begin < max_s + quiet_s:
             time.sleep(0.05)
             with lock:
                 if time.monotonic() - last_msg[0] >= quiet_s:
