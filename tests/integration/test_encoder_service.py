@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +16,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from encoder.contract import video_event
 from encoder.muxer import EncodeOptions, FrameInput, encode_video, probe_video
 from tests.support.brokerproc import BrokerHandle
 from tests.support.jpegs import make_jpeg, write_batch
 from tests.support.mqttwait import Collector
-from tests.support.procs import ServiceProcess, service_config
+from tests.support.procs import ServiceProcess, scrape, service_config
 
 pytestmark = pytest.mark.integration
 
@@ -118,17 +116,6 @@ def video_events(col: Collector, device: str) -> list[dict[str, Any]]:
             if m.topic == f"cam/{device}/video"]
 
 
-def metrics(svc: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    port = svc.wait_event("metrics_listening")["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 def test_frames_in_video_out_frames_purged_event_published(
         broker: BrokerHandle, tmp_path: Path, operator: Collector,
         announcer: mqtt.Client) -> None:
@@ -178,7 +165,7 @@ def test_frames_in_video_out_frames_purged_event_published(
     assert json.loads(late.messages[0].payload) == video
     late.client.disconnect()
     late.client.loop_stop()
-    m = metrics(svc)
+    m = scrape(svc)
     assert m[("camstack_encoder_batches_total", (("outcome", "encoded"),))] == 1
     assert m[("camstack_encoder_frames_skipped_total", (("reason", "no_eoi"),))] == 1
     assert m[("camstack_encoder_frames_encoded_total", ())] == 23
@@ -222,7 +209,7 @@ def test_malformed_ready_events_are_acked_and_harmless(
     assert [e["event"] for e in events].count("ready_batch_missing") == 1
     assert (outside / "passwd").read_text() == "precious"
     assert len(videos_of(root, d)) == 1
-    m = metrics(svc)
+    m = scrape(svc)
     assert m[("camstack_encoder_ready_malformed_total", (("reason", "bad_field"),))] == 2
     assert m[("camstack_encoder_ready_malformed_total", (("reason", "missing_batch"),))] == 1
     assert svc.stop() == 0

@@ -29,13 +29,13 @@ from tests.support.faults import (
     fill,
     metric_sum,
     print_row,
-    scrape,
     settled,
     small_filesystem,
     start_scenario,
     video_locations,
     wait_until,
 )
+from tests.support.procs import scrape
 
 pytestmark = pytest.mark.integration
 

@@ -43,13 +43,13 @@ from tests.support.faults import (
     env_int,
     metric_sum,
     print_row,
-    scrape,
     settled,
     video_locations,
     wait_until,
 )
 from tests.support.fleet import Fleet, MarkedCamera, marker_jpeg
 from tests.support.mqttwait import disconnected_event
+from tests.support.procs import scrape
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import json
 import random
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +13,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ingestor.protocol import ChunkHeader, crc32, pack_chunk, split_frame
 from tests.support.brokerproc import BrokerHandle
 from tests.support.jpegs import make_jpeg
 from tests.support.mqttwait import Collector
-from tests.support.procs import ServiceProcess, service_config
+from tests.support.procs import ServiceProcess, scrape, service_config
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +35,6 @@ def start_ingestor(broker: BrokerHandle, tmp: Path, account: str, **ingest: Any)
     svc = ServiceProcess("ingestor", cfg, tmp / f"{account}.log").start()
     svc.wait_event("ingestor_ready", 30)
     return svc
-
-
-def metrics(svc: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    port = svc.wait_event("metrics_listening")["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def on_disk(root: Path) -> dict[tuple[str, int, int], list[Path]]:
@@ -139,12 +126,12 @@ def test_shuffled_duplicated_chunks_stored_byte_identical_bad_ones_rejected(
         _d, _boot, seq = key
         if seq % 2 == 0:  # clock-synced frames are filed under their capture time
             assert paths[0].name.startswith(f"{T0 + seq * 1000:013d}_")
-    m = metrics(svc)
+    m = scrape(svc)
     for reason in ("crc_mismatch", "not_jpeg", "header_mismatch", "too_large"):
         assert m[("ingestor_rejections_total", (("reason", reason),))] == 1
     assert sum(v for (n, lab), v in m.items() if n == "ingestor_frames_stored_total") == 12
     # Gauges are refreshed a few times a second: wait, do not sample once.
-    wait_until(lambda: metrics(svc)[("ingestor_unacked_chunks", ())] == 0, 10, "all acked")
+    wait_until(lambda: scrape(svc)[("ingestor_unacked_chunks", ())] == 0, 10, "all acked")
     assert svc.stop() == 0
     operator.subscribe(f"svc/{account}/status")
     assert operator.wait_for(bool, 5)
@@ -282,7 +269,7 @@ def test_200_interleaving_devices_do_not_stall(broker: BrokerHandle, tmp_path: P
     files = on_disk(root)
     assert set(files) == set(jpegs)
     assert all(p[0].read_bytes() == jpegs[k] for k, p in files.items())
-    m = metrics(svc)
+    m = scrape(svc)
     assert not any(n == "ingestor_drops_total" and v for (n, _l), v in m.items())
     assert svc.stop() == 0
     for c in clients.values():
@@ -310,11 +297,11 @@ def test_storage_failure_backpressure_then_recovery(broker: BrokerHandle, tmp_pa
     # Two frames wait in memory; then the socket is no longer read, the third frame stays
     # with the broker.
     def paused_with_two() -> bool:
-        m = metrics(svc)
+        m = scrape(svc)
         return (m[("ingestor_reading_paused", ())], m[("ingestor_pending_frames", ())]) == (1, 2)
 
     wait_until(paused_with_two, 10, "reading paused with 2 frames pending")
-    m = metrics(svc)
+    m = scrape(svc)
     assert m[("ingestor_storage_available", ())] == 0
     assert m[("ingestor_unacked_chunks", ())] > 0  # nothing acknowledged while not durable
     assert m[("ingestor_chunks_received_total", ())] < sum(
@@ -326,7 +313,7 @@ def test_storage_failure_backpressure_then_recovery(broker: BrokerHandle, tmp_pa
         assert paths[0].read_bytes() == jpegs[seq]
     assert operator.wait_for(
         lambda ms: json.loads(ms[-1].payload)["state"] == "online", 10)
-    wait_until(lambda: metrics(svc)[("ingestor_unacked_chunks", ())] == 0, 10, "acks sent")
+    wait_until(lambda: scrape(svc)[("ingestor_unacked_chunks", ())] == 0, 10, "acks sent")
     assert svc.stop() == 0
     dev.disconnect()
     dev.loop_stop()

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 import zlib
 from collections import Counter
@@ -27,13 +26,10 @@ from typing import Any
 
 import av
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokerproc import BrokerHandle
 from tests.support.fleet import Fleet, FrameKey, MarkedCamera, read_marker
-from tests.support.procs import ServiceProcess, service_config
-
-Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from tests.support.procs import Metrics, ServiceProcess, service_config
 
 
 def env_int(name: str, default: int) -> int:
@@ -62,18 +58,6 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str = "condition"
             return
         time.sleep(0.1)
     assert pred(), f"timed out after {timeout}s waiting for {what}"
-
-
-def scrape(svc: ServiceProcess) -> Metrics:
-    """The Prometheus metrics of a running service (port from its log)."""
-    port = svc.wait_event("metrics_listening")["port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: Metrics = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def metric_sum(m: Metrics, name: str) -> float:

@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.loader import to_toml
 from tests.support.brokerproc import BrokerHandle
@@ -46,6 +49,10 @@ def service_config(broker: BrokerHandle, account: str, storage_root: Path, path:
         data[name] = {**data.get(name, {}), **values}
     path.write_text(to_toml(data), encoding="utf-8")
     return path
+
+
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""Prometheus samples by (name, sorted label pairs)."""
 
 
 class ServiceProcess:
@@ -117,3 +124,15 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+def scrape(svc: ServiceProcess) -> Metrics:
+    """The Prometheus metrics of a running service (port from its log)."""
+    port = svc.wait_event("metrics_listening")["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: Metrics = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
