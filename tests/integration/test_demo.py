@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -116,6 +117,11 @@ def test_leftovers_of_a_killed_demo_are_stopped(tmp_path: Path) -> None:
     # Looks like `python -m ingestor` to the reaper; sleeps like a stuck orphan.
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
                                "ingestor"])
+    # Until it has exec'd, /proc shows the forked pytest's command line, not the orphan's.
+    cmdline = Path(f"/proc/{orphan.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"-m\0ingestor" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     bystander = os.getpid()  # a live pid that is not ours to kill
     paths.pids.write_text(json.dumps({"ingestor": orphan.pid, "encoder": bystander}))
     notes: list[str] = []
