@@ -129,7 +129,7 @@ def fast_loop(c: mqtt.Client, on_message: Any, done: threading.Event) -> None:
     mids: list[int] = []
     msg = mqtt.MQTTMessage()
 
-    def on_publish(_t: str, _p: bytes, qos: int, mid: int) -> None:
+    def on_publish(_t: str, _p: bytes, qos: int, mid: int, _retain: bool) -> None:
         if qos:
             mids.append(mid)
         on_message(c, None, msg)

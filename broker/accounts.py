@@ -210,7 +210,7 @@ class AccountStore:
         Raises:
             AccountError: Bad or reserved id, or an active account of that name exists.
         """
-        if not DEVICE_ID_RE.match(name):
+        if not DEVICE_ID_RE.fullmatch(name):
             raise AccountError(f"invalid id {name!r}: must match {DEVICE_ID_RE.pattern}")
         if kind == "device" and service_role(name) is not None:
             raise AccountError(f"{name!r} is reserved for service accounts")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.settings import AlertSettings
+from config.settings import DEVICE_ID_RE, AlertSettings
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -28,11 +29,29 @@ RULE_NO_FRAME = "no_frame"
 RULE_REJECTION_RATE = "rejection_rate"
 RULE_DISK_FULL = "disk_full"
 RULE_SERVICE_OFFLINE = "service_offline"
+RULE_BROKER_DROPPING = "broker_dropping"
+RULE_DEVICE_THROTTLED = "device_throttled"
 RULES = (RULE_DEVICE_OFFLINE, RULE_NO_FRAME, RULE_REJECTION_RATE, RULE_DISK_FULL,
-         RULE_SERVICE_OFFLINE)
+         RULE_SERVICE_OFFLINE, RULE_BROKER_DROPPING, RULE_DEVICE_THROTTLED)
 """Every rule name; the second level of an alert topic."""
 
 STORAGE_SUBJECT = "storage"
+BROKER_SUBJECT = "broker"
+
+SYS_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's count of messages it could not queue for a subscriber (queue full)."""
+SYS_GUARD_KICKED_PREFIX = "$SYS/broker/camstack/guard/kicked/"
+"""Per-client count of disconnects by the broker's ingress guard (broker/plugin)."""
+SYS_TOPICS = (SYS_DROPPED_TOPIC, SYS_GUARD_KICKED_PREFIX + "+")
+"""``$SYS`` topics the monitor follows."""
+
+_MAX_FIELDS = 64
+_MAX_TEXT = 120
+_MAX_JSON_INT = 2**53
+"""Beyond this an integer is not a count any device or service could mean (and a float
+can no longer hold it): such a field is dropped where it enters."""
+_MAX_INTERVAL_S = 7 * 86_400.0
+"""A device's own capture interval stretches its no-frame limit at most this far."""
 
 # Counter names a service status may carry for the rejection-rate rule: (accepted, rejected).
 _COUNTER_KEYS: tuple[tuple[str, str], ...] = (
@@ -115,13 +134,113 @@ def alert_topic(prefix: str, rule: str, subject: str) -> str:
     return f"{prefix}/{rule}/{subject}"
 
 
+def safe_text(value: object, limit: int = _MAX_TEXT) -> str:
+    """``value`` as one line of plain text a terminal or log shows as it is.
+
+    Control and format characters (escape sequences, carriage returns, bidirectional
+    overrides) become ``?``, so a device cannot clear the screen or fake a line of the
+    report; longer text is cut at ``limit`` with an ellipsis.
+
+    Args:
+        value: Anything; formatted with ``str``.
+        limit: Longest result in characters.
+
+    Returns:
+        The cleaned text.
+    """
+    text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    if text.isprintable():
+        return text
+    # isprintable() is False for Unicode's "Other" and "Separator" classes, space aside.
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _clean_scalar(value: object) -> object | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -_MAX_JSON_INT <= value <= _MAX_JSON_INT else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) and abs(value) <= _MAX_JSON_INT else None
+    if isinstance(value, str):
+        return safe_text(value)
+    return None
+
+
+def clean_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a status or event JSON object that are safe to keep.
+
+    Every value is checked where it enters: numbers must be finite and within +-2^53,
+    text is made printable and bounded, objects keep one level of such scalars, lists and
+    deeper nesting are dropped, keys must be short printable names, and at most 64
+    fields are kept. A status from any device therefore cannot make a rule, the table or
+    a metric overflow, nor smuggle terminal control sequences into a report.
+
+    Args:
+        obj: A parsed JSON object.
+
+    Returns:
+        The cleaned copy.
+    """
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if len(out) >= _MAX_FIELDS:
+            break
+        if not (0 < len(key) <= 64 and key.isprintable()):
+            continue
+        if isinstance(value, dict):
+            inner = {k: v for k, v in ((k, _clean_scalar(v)) for k, v in
+                                       list(value.items())[:_MAX_FIELDS])
+                     if v is not None and 0 < len(k) <= 64 and k.isprintable()}
+            out[key] = inner
+            continue
+        clean = _clean_scalar(value)
+        if clean is not None or value is None:
+            out[key] = clean
+    return out
+
+
 def _parse_json(payload: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: a device's deeply nested status ("[[[[…") exhausts the parser.
+        # ValueError covers integers past Python's digit limit, too.
         return None
-    return obj if isinstance(obj, dict) else None
+    return clean_fields(obj) if isinstance(obj, dict) else None
+
+
+def _parse_count(payload: bytes) -> int | None:
+    text = payload[:24].strip()
+    if not text.isdigit() or len(payload) > 24:
+        return None
+    value = int(text)
+    return value if value <= _MAX_JSON_INT else None
+
+
+class CounterWindow:
+    """Increase of a cumulative counter (a ``$SYS`` count) over a sliding window."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self._samples: deque[tuple[int, int]] = deque(maxlen=1024)
+
+    def add(self, now_ms: int, value: int) -> None:
+        """Record a reading; a decrease (broker restart) starts from zero again."""
+        if self._samples and value < self._samples[-1][1]:
+            self._samples.clear()
+            self._samples.append((now_ms, 0))
+        self._samples.append((now_ms, value))
+
+    def increase(self, now_ms: int) -> int:
+        """How much the counter grew within the window ending at ``now_ms``."""
+        while len(self._samples) > 1 and now_ms - self._samples[1][0] >= self.window_ms:
+            self._samples.popleft()
+        if len(self._samples) < 2:
+            return 0
+        return self._samples[-1][1] - self._samples[0][1]
 
 
 class RateWindow:
@@ -197,6 +316,8 @@ class HealthModel:
         self.disk: DiskUsage | None = None
         self.rate_window_ms = rate_window_ms
         self.rates: dict[str, RateWindow] = {}
+        self.broker_dropped = CounterWindow(rate_window_ms)
+        self.guard_kicks: dict[str, CounterWindow] = {}
         self.frames_observable = False
         """Frames can be seen (storage scanned, or frame topics followed); without it the
         no-frame rule stays silent rather than cry wolf."""
@@ -220,8 +341,11 @@ class HealthModel:
         Returns:
             True when the topic is one this model follows.
         """
+        if topic.startswith("$SYS/"):
+            return self._apply_sys(topic, payload, now_ms)
         parts = topic.split("/")
-        if len(parts) != 3:
+        if len(parts) != 3 or not DEVICE_ID_RE.fullmatch(parts[1]):
+            # Ids name accounts (DEVICE_ID_RE); anything else is nobody's status.
             return False
         if parts[0] == self.prefix and parts[2] == "frame":
             self.frames_observable = True
@@ -248,6 +372,25 @@ class HealthModel:
             if counters is not None:
                 rw = self.rates.setdefault(parts[1], RateWindow(self.rate_window_ms))
                 rw.add(now_ms, *counters)
+            return True
+        return False
+
+    def _apply_sys(self, topic: str, payload: bytes, now_ms: int) -> bool:
+        count = _parse_count(payload)
+        if topic == SYS_DROPPED_TOPIC:
+            if count is not None:
+                self.broker_dropped.add(now_ms, count)
+            return True
+        if topic.startswith(SYS_GUARD_KICKED_PREFIX):
+            client = topic[len(SYS_GUARD_KICKED_PREFIX):]
+            if count is None or not DEVICE_ID_RE.fullmatch(client):
+                return False
+            window = self.guard_kicks.get(client)
+            if window is None:
+                if len(self.guard_kicks) >= 10_000:
+                    return False  # bounded: the broker publishes only kicked clients
+                window = self.guard_kicks[client] = CounterWindow(self.rate_window_ms)
+            window.add(now_ms, count)
             return True
         return False
 
@@ -313,7 +456,7 @@ def evaluate(model: HealthModel, rules: AlertSettings, now_ms: int) -> list[Aler
             interval = dev.status.get("interval_ms")
             limit = rules.no_frame_s
             if isinstance(interval, int | float) and interval > 0:
-                limit = max(limit, 3 * interval / 1000)
+                limit = max(limit, min(3 * interval / 1000, _MAX_INTERVAL_S))
             last = max(dev.last_frame_ms or 0, model.since(dev))
             quiet_s = (now_ms - last) / 1000
             if quiet_s >= limit:
@@ -334,6 +477,20 @@ def evaluate(model: HealthModel, rules: AlertSettings, now_ms: int) -> list[Aler
             out.append(Alert(RULE_REJECTION_RATE, name,
                              f"{name} rejected {rate:.1%} of {total} frames",
                              round(rate, 4), rules.rejection_rate))
+    dropped = model.broker_dropped.increase(now_ms)
+    if dropped > 0:
+        # Every queued QoS 1 frame the broker drops was already PUBACKed to its camera.
+        out.append(Alert(RULE_BROKER_DROPPING, BROKER_SUBJECT,
+                         f"broker dropped {dropped} message(s) for slow or offline "
+                         f"subscribers in the last {format_duration(model.rate_window_ms / 1000)}",
+                         float(dropped), 0.0, severity="critical"))
+    for client, window in sorted(model.guard_kicks.items()):
+        kicks = window.increase(now_ms)
+        if kicks > 0:
+            out.append(Alert(RULE_DEVICE_THROTTLED, client,
+                             f"{client} disconnected {kicks} time(s) for sending over its "
+                             f"budget in the last {format_duration(model.rate_window_ms / 1000)}",
+                             float(kicks), 0.0))
     if model.disk is not None and model.disk.percent >= rules.disk_percent:
         out.append(Alert(RULE_DISK_FULL, STORAGE_SUBJECT,
                          f"storage {model.disk.path} {model.disk.percent:.1f}% full, "
@@ -453,7 +610,7 @@ def format_bytes(n: float) -> str:
 
 
 def _cell(value: object) -> str:
-    return "-" if value is None or value == "" else str(value)
+    return "-" if value is None or value == "" else safe_text(value)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -469,11 +626,11 @@ def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
     if not video:
         return "-"
     loc = str(video.get("location", "?"))
-    name = loc.rsplit("/", 1)[-1]
+    name = safe_text(loc.rsplit("/", 1)[-1])
     last = video.get("last_capture_ms")
     age = (f", {format_duration((now_ms - last) / 1000)} ago"
            if isinstance(last, int) and 0 < last < 2 * now_ms else "")
-    return f"{name} ({video.get('frames', '?')} fr{age})"
+    return f"{name} ({_cell(video.get('frames', '?'))} fr{age})"
 
 
 def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
@@ -495,7 +652,7 @@ def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
                if dev.last_frame_ms is not None else "never")
         heap = st.get("heap_free")
         rows.append([
-            dev.device, dev.state, since, age, _cell(st.get("rssi")),
+            safe_text(dev.device), safe_text(dev.state), since, age, _cell(st.get("rssi")),
             format_bytes(heap) if isinstance(heap, int) else "-", _cell(st.get("queue")),
             _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
         ])
@@ -526,7 +683,8 @@ def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = 
                  if svc.since_ms is not None else "-")
         details = ", ".join(f"{k}={v}" for k, v in sorted(svc.status.items())
                             if k != "state" and isinstance(v, int | float | str))
-        svc_rows.append([svc.name, svc.state, since, details[:100] or "-"])
+        svc_rows.append([safe_text(svc.name), safe_text(svc.state), since,
+                         safe_text(details, 100) or "-"])
     out += _table(["SERVICE", "STATE", "FOR", "DETAILS"], svc_rows)
     if not model.services:
         out.append("(no service has reported yet)")
@@ -541,7 +699,8 @@ def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = 
         out.append("")
         if alerts:
             out.append(f"{len(alerts)} alert(s):")
-            out += [f"  [{a.severity}] {a.rule}/{a.subject}: {a.message}" for a in alerts]
+            out += [safe_text(f"  [{a.severity}] {a.rule}/{a.subject}: {a.message}", 400)
+                    for a in alerts]
         else:
             out.append("no alerts")
     return "\n".join(out) + "\n"

@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.health import (
+    SYS_TOPICS,
     Alert,
     AlertBook,
     DiskUsage,
@@ -33,6 +34,7 @@ from broker.health import (
     alert_topic,
     evaluate,
     format_status,
+    safe_text,
 )
 from broker.mqtt import (
     MqttConnectError,
@@ -171,6 +173,19 @@ def apply_storage(model: HealthModel, root: Path, now: int) -> None:
             dev.last_video = facts.last_video
 
 
+def apply_message(model: HealthModel, msg: mqtt.MQTTMessage) -> None:
+    """Take one message into ``model``; a message that fails is logged and skipped.
+
+    Args:
+        model: The picture to update.
+        msg: A status, video or ``$SYS`` message.
+    """
+    try:
+        model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+    except Exception as exc:  # one message never stops the monitor or the report
+        log.warning("message_rejected", topic=safe_text(msg.topic), error=type(exc).__name__)
+
+
 def _topics(prefix: str) -> list[str]:
     return [f"{prefix}/+/status", f"{prefix}/+/video", "svc/+/status"]
 
@@ -200,10 +215,10 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with lock:
-            model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+            apply_message(model, msg)
             last_msg[0] = time.monotonic()
 
-    topics = _topics(m.topic_prefix)
+    topics = [*_topics(m.topic_prefix), *SYS_TOPICS]
     subacks = threading.Semaphore(0)
     client = make_client(mqtt_settings)
     client.on_message = on_message
@@ -271,7 +286,7 @@ class Monitor:
         if rc.is_failure:
             log.warning("mqtt_refused", reason=str(rc))
             return
-        for topic in [*_topics(self.prefix), f"{self.settings.alert_prefix}/#"]:
+        for topic in [*_topics(self.prefix), *SYS_TOPICS, f"{self.settings.alert_prefix}/#"]:
             client.subscribe(topic, qos=1)
         self._connected.set()
         log.info("mqtt_connected")
@@ -279,12 +294,15 @@ class Monitor:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
         with self._lock:
-            if parts[0] == self.settings.alert_prefix:
+            if parts[0] != self.settings.alert_prefix:
+                apply_message(self.model, msg)
+            elif len(parts) == 3 and msg.retain:
                 # Our own alerts, retained from an earlier run (or echoed back now).
-                if len(parts) == 3 and msg.retain:
+                try:
                     self.book.adopt(parts[1], parts[2], bytes(msg.payload))
-                return
-            self.model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+                except Exception as exc:  # one message never stops the monitor
+                    log.warning("message_rejected", topic=safe_text(msg.topic),
+                                error=type(exc).__name__)
 
     def _connect(self) -> bool:
         delay = self.settings.mqtt.reconnect_min_s

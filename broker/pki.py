@@ -48,7 +48,7 @@ class PkiPaths:
         return self.root / "server.key"
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, broker_reads: bool) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -57,7 +57,8 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
-    share_with_broker(path, 0o640)
+    if broker_reads:
+        share_with_broker(path, 0o640)
 
 
 def share_with_broker(path: Path, mode: int) -> None:
@@ -122,7 +123,8 @@ def create_ca(paths: PkiPaths, *, days: int = 3650, cn: str = "camstack local CA
         )
         .sign(key, hashes.SHA256())
     )
-    _write_key(paths.ca_key, key)
+    # Only this tool signs with the CA key: the broker never reads it.
+    _write_key(paths.ca_key, key, broker_reads=False)
     paths.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths.ca_cert.chmod(0o644)
 
@@ -162,7 +164,7 @@ def create_server_cert(paths: PkiPaths, names: list[str], *, days: int = 825) ->
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(paths.server_key, key)
+    _write_key(paths.server_key, key, broker_reads=True)
     paths.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths.server_cert.chmod(0o644)
 
@@ -181,6 +183,9 @@ def ensure_pki(paths: PkiPaths, names: list[str]) -> bool:
     if not (paths.ca_cert.exists() and paths.ca_key.exists()):
         create_ca(paths)
         created = True
+    else:
+        # Folders made before the CA key became owner-only are tightened on the way.
+        paths.ca_key.chmod(0o600)
     if created or not (paths.server_cert.exists() and paths.server_key.exists()):
         create_server_cert(paths, names)
         created = True

@@ -15,14 +15,14 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 """A device id, as fixed by the wire contract. It is also the MQTT username and client id."""
 
-TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _one_topic_level(v: str) -> str:
-    if not TOPIC_PREFIX_RE.match(v):
+    if not TOPIC_PREFIX_RE.fullmatch(v):
         raise ValueError("must be one topic level of letters, digits, '_' or '-'")
     return v
 
@@ -138,7 +138,17 @@ class IngestSettings(_Section):
     max_pending_frames: int = Field(
         default=4096, ge=1, description="Completed frames waiting for the disk before pausing."
     )
-    announce_retry_s: float = Field(default=30.0, gt=0)
+    announce_retry_s: float = Field(
+        default=30.0, gt=0, description="Publish a ready event again until the broker acks it."
+    )
+    reannounce_s: float = Field(
+        default=120.0, gt=0, le=86_400,
+        description="Announce a sealed batch again when it still has no video after this "
+        "long, whatever became of its ready event; doubles after each try.",
+    )
+    reannounce_max_s: float = Field(
+        default=3600.0, gt=0, le=86_400, description="Longest wait between two re-announces."
+    )
     receive_maximum: int = Field(
         default=65535,
         ge=1,

@@ -72,7 +72,7 @@ def make_dirs(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
-            d.mkdir()
+            d.mkdir(mode=0o750)
         fsync_dir(d.parent)
 
 
@@ -84,7 +84,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         data: Contents.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -165,7 +165,7 @@ class Storage:
         Raises:
             UnsafePathError: A name with unsafe characters, or a symlink leading out.
         """
-        if not DEVICE_ID_RE.match(device) or not BATCH_NAME_RE.match(batch):
+        if not DEVICE_ID_RE.fullmatch(device) or not BATCH_NAME_RE.fullmatch(batch):
             raise UnsafePathError(f"{device!r}/{batch!r}")
         path = self.batches / device / batch
         # Names are safe, but a symlinked device folder could still point elsewhere.
@@ -221,11 +221,11 @@ class Storage:
         if not self.batches.is_dir():
             return []
         for dev_dir in self.batches.iterdir():
-            if not dev_dir.is_dir() or dev_dir.is_symlink() or not DEVICE_ID_RE.match(
+            if not dev_dir.is_dir() or dev_dir.is_symlink() or not DEVICE_ID_RE.fullmatch(
                     dev_dir.name):
                 continue
             for bdir in dev_dir.iterdir():
-                if not BATCH_NAME_RE.match(bdir.name) or bdir.is_symlink():
+                if not BATCH_NAME_RE.fullmatch(bdir.name) or bdir.is_symlink():
                     continue
                 try:
                     mtime = (bdir / MANIFEST).stat().st_mtime
@@ -505,8 +505,8 @@ class Storage:
             except (OSError, ValueError, KeyError, TypeError):
                 note.unlink(missing_ok=True)
                 continue
-            if not (isinstance(device, str) and DEVICE_ID_RE.match(device)
-                    and isinstance(batch, str) and BATCH_NAME_RE.match(batch)
+            if not (isinstance(device, str) and DEVICE_ID_RE.fullmatch(device)
+                    and isinstance(batch, str) and BATCH_NAME_RE.fullmatch(batch)
                     and isinstance(video, str) and video.startswith(f"videos/{device}/")
                     and ".." not in video):
                 note.unlink(missing_ok=True)

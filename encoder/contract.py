@@ -20,10 +20,10 @@ from config.settings import DEVICE_ID_RE
 
 CONTRACT_VERSION = 1
 
-BATCH_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """A batch name: ``<id>-<%Y%m%dT%H%M%SZ>-<NNNN>``; only the safe characters are enforced."""
 
-FRAME_FILE_RE = re.compile(r"^frames/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}\.jpg$")
+FRAME_FILE_RE = re.compile(r"frames/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}\.jpg")
 """A frame's path inside its batch folder: one level under ``frames/``, no ``..``."""
 
 MAX_MS = 2**63 - 1
@@ -165,9 +165,9 @@ def parse_ready(topic: str, payload: bytes, prefix: str) -> ReadyEvent:
     if obj.get("v") != CONTRACT_VERSION or isinstance(obj.get("v"), bool):
         raise MalformedEventError(Malformed.BAD_VERSION, repr(obj.get("v"))[:50])
     device, batch, location = obj.get("device"), obj.get("batch"), obj.get("location")
-    if not isinstance(device, str) or not DEVICE_ID_RE.match(device):
+    if not isinstance(device, str) or not DEVICE_ID_RE.fullmatch(device):
         raise MalformedEventError(Malformed.BAD_FIELD, "device")
-    if not isinstance(batch, str) or not BATCH_NAME_RE.match(batch):
+    if not isinstance(batch, str) or not BATCH_NAME_RE.fullmatch(batch):
         raise MalformedEventError(Malformed.BAD_FIELD, "batch")
     frames = _int_field(obj, "frames")
     first = _int_field(obj, "first_capture_ms")
@@ -234,7 +234,7 @@ def parse_manifest(raw: bytes, device: str, batch: str) -> Manifest:
         if not isinstance(item, dict):
             raise BadManifestError(f"{where}: not an object")
         file = item.get("file")
-        if not isinstance(file, str) or not FRAME_FILE_RE.match(file) or ".." in file:
+        if not isinstance(file, str) or not FRAME_FILE_RE.fullmatch(file) or ".." in file:
             raise BadManifestError(f"{where}: bad file name {str(file)[:100]!r}")
         if file in seen:
             raise BadManifestError(f"{where}: {file} listed twice")

@@ -253,6 +253,8 @@ class BatchProcessor:
             return self._quarantine(job, bdir, "no_decodable_frame",
                                     frames=len(inputs), skipped=dict(result.skipped))
         try:
+            # Videos show what cameras saw: not for every local user (docs/security.md).
+            partial.chmod(0o640)
             fsync_file(partial)
             info = probe_video(partial)
             if (info.codec != "h264" or info.frames != result.frames_written

@@ -241,6 +241,12 @@ class EncoderService:
             self.metrics.malformed.labels(exc.reason.value).inc()
             self.client.ack(msg.mid, msg.qos)
             return
+        except Exception as exc:  # a parser bug: reject this message, keep the service up
+            log.exception("ready_malformed", topic=msg.topic, reason="internal_error",
+                          detail=type(exc).__name__)
+            self.metrics.malformed.labels("internal_error").inc()
+            self.client.ack(msg.mid, msg.qos)
+            return
         job = Job(device=ev.device, batch=ev.batch, source="ready",
                   first_ms=ev.first_capture_ms, last_ms=ev.last_capture_ms)
         if self._run(job) is not Outcome.STOPPED:

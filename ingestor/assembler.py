@@ -213,7 +213,7 @@ class Assembler(Generic[T]):
         Returns:
             What happened; tokens to acknowledge at once are in ``release`` and ``drops``.
         """
-        if not DEVICE_ID_RE.match(device):
+        if not DEVICE_ID_RE.fullmatch(device):
             return FeedResult(Status.REJECTED, device, reason=RejectReason.BAD_DEVICE_ID,
                               detail=device[:64], release=[token])
         try:

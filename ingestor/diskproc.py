@@ -39,7 +39,7 @@ XATTR = "user.camstack"  # = ingestor.store.XATTR (the store imports this module
 
 def _write_synced(job: FileJob) -> None:
     tmp, _final, data, xattr = job
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     try:
         view = memoryview(data)
         while view:

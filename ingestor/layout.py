@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 FRAMES_DIR = "frames"
 BATCHES_DIR = "batches"
@@ -20,27 +21,52 @@ BATCH_FRAMES = "frames"
 TMP_PREFIX = "."
 """Temporary files and folders start with a dot; every scanner skips dot names."""
 
-FRAME_NAME_RE = re.compile(r"^(\d{13})_([0-9a-f]{8})_(\d{10})\.jpg$")
+FRAME_NAME_RE = re.compile(r"(\d{13})_([0-9a-f]{8})_(\d{10})\.jpg")
 BATCH_NAME_RE = re.compile(
-    r"^(?P<device>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{6}Z)-(?P<n>\d{4,})$"
+    r"(?P<device>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{6}Z)-(?P<n>\d{4,})"
 )
 
 FrameKey = tuple[str, int, int]
 """(device id, boot_id, frame_seq): the contract's identity of a frame."""
 
 
-def frame_ts_ms(capture_ms: int, clock_synced: bool, arrival_ms: int) -> int:
-    """The ``ts_ms`` a frame is filed under.
+CAPTURE_MIN_MS = 1_577_836_800_000
+"""2020-01-01T00:00:00Z: a synchronised clock never reads earlier than this."""
+CAPTURE_MAX_AHEAD_MS = 86_400_000
+"""A synchronised capture time may run at most one day ahead of the ingestor's clock."""
+CAPTURE_MAX_MS = 2**63 - 1
+"""The largest ``capture_ms`` a manifest may carry (a signed 64-bit integer)."""
+
+
+class FrameTime(NamedTuple):
+    """How one frame's time is recorded: see :func:`frame_time`."""
+
+    capture_ms: int
+    clock_synced: bool
+    ts_ms: int
+
+
+def frame_time(capture_ms: int, clock_synced: bool, arrival_ms: int) -> FrameTime:
+    """The times a frame is recorded and filed under, by the contract's plausibility rule.
+
+    A device's clock is trusted only when it says it is synchronised *and* its capture
+    time lies in ``[CAPTURE_MIN_MS, arrival_ms + CAPTURE_MAX_AHEAD_MS]``; such a frame is
+    filed under its capture time. Every other frame is filed under its arrival time and
+    recorded as unsynchronised. A ``capture_ms`` beyond what a manifest may hold is
+    recorded as 0 (unknown). The window also keeps file names at 13 digits
+    (``FRAME_NAME_RE``) and dates inside what ``datetime`` can format.
 
     Args:
-        capture_ms: Device capture time, 0 when unknown.
-        clock_synced: Whether ``capture_ms`` comes from a synchronised clock.
+        capture_ms: Device capture time from the chunk header (u64).
+        clock_synced: The header's clock flag.
         arrival_ms: When the ingestor completed the frame (Unix ms).
 
     Returns:
-        ``capture_ms`` when synced and non-zero, else ``arrival_ms``.
+        The recorded capture time, whether it is trusted, and the filing time.
     """
-    return capture_ms if clock_synced and capture_ms > 0 else arrival_ms
+    if clock_synced and CAPTURE_MIN_MS <= capture_ms <= arrival_ms + CAPTURE_MAX_AHEAD_MS:
+        return FrameTime(capture_ms, True, capture_ms)
+    return FrameTime(capture_ms if capture_ms <= CAPTURE_MAX_MS else 0, False, arrival_ms)
 
 
 def frame_file_name(ts_ms: int, boot_id: int, frame_seq: int) -> str:
@@ -57,7 +83,7 @@ def parse_frame_file_name(name: str) -> tuple[int, int, int] | None:
     Returns:
         ``(ts_ms, boot_id, frame_seq)`` or None when ``name`` is not a frame file.
     """
-    m = FRAME_NAME_RE.match(name)
+    m = FRAME_NAME_RE.fullmatch(name)
     if m is None:
         return None
     return int(m.group(1)), int(m.group(2), 16), int(m.group(3))
@@ -91,7 +117,7 @@ def batch_name(device: str, first_ts_ms: int, counter: int) -> str:
 
 def parse_batch_counter(name: str, device: str) -> int | None:
     """The per-device counter in a batch name, or None when it is not ``device``'s batch."""
-    m = BATCH_NAME_RE.match(name)
+    m = BATCH_NAME_RE.fullmatch(name)
     if m is None or m.group("device") != device:
         return None
     return int(m.group("n"))

@@ -52,6 +52,13 @@ class IngestMetrics:
         self.last_frame = Gauge("ingestor_last_frame_timestamp_seconds",
                                 "Unix time of the device's last stored frame.", ["device"],
                                 registry=r)
+        self.batches_reannounced = Counter(
+            "ingestor_batches_reannounced_total",
+            "Ready events sent again because the batch still had no video.", registry=r)
+        self.clock_untrusted = Counter(
+            "ingestor_capture_time_untrusted_total",
+            "Frames flagged clock-synced whose capture time was implausible (filed under "
+            "their arrival time).", ["device"], registry=r)
         self.storage_errors = Counter("ingestor_storage_errors_total",
                                       "Failed writes or seals (retried).", registry=r)
         self.storage_available = Gauge("ingestor_storage_available",

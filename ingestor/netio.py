@@ -35,8 +35,8 @@ _PUBACK = struct.Struct("!BBH")
 _PUBACK_TYPE = 0x40
 _PUBLISH = 3
 
-OnPublish = Callable[[str, bytes, int, int], None]
-"""Called with (topic, payload, qos, packet id) for every PUBLISH decoded here."""
+OnPublish = Callable[[str, bytes, int, int, bool], None]
+"""Called with (topic, payload, qos, packet id, retain flag) for every PUBLISH decoded here."""
 
 
 def supported(client: mqtt.Client) -> bool:
@@ -227,7 +227,7 @@ class FastReader:
             payload = buf[j:stop_at]
             self._pos = stop_at
             handled += 1
-            on_publish(topic, payload, qos, mid)
+            on_publish(topic, payload, qos, mid, bool(first & 1))
         if handled:
             # paho's keepalive looks at when bytes last came in.
             client._last_bytes_received = time.monotonic()

@@ -41,7 +41,7 @@ from config.settings import IngestorSettings
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
 from ingestor.batcher import Batcher, SealPlan, ready_event
-from ingestor.layout import FrameKey, FrameMeta, frame_ts_ms
+from ingestor.layout import FrameKey, FrameMeta, frame_time
 from ingestor.metrics import IngestMetrics
 from ingestor.netio import FastReader, queue_pubacks, supported
 from ingestor.store import PendingFrames, Store
@@ -65,6 +65,13 @@ class _Announce:
     payload: dict[str, Any]
     info: mqtt.MQTTMessageInfo | None = None
     sent_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Unfinished:
+    event: dict[str, Any]
+    due: float
+    interval: float
 
 
 @dataclass
@@ -122,6 +129,8 @@ class IngestorService:
         self._ready_logged = False
         self._subscribed = False
         self._announces: dict[str, _Announce] = {}
+        # Writer thread only: sealed batches whose folder is still there (no video yet).
+        self._unfinished: dict[str, _Unfinished] = {}
         self._status_at = 0.0
         self._received = 0
         self._client = make_client(settings.mqtt, manual_ack=True, will_topic=self.status_topic)
@@ -195,6 +204,7 @@ class IngestorService:
                                  res.counters.get(device, 0), now)
         for man in res.sealed:
             self._queue_announce(man)
+            self._track_unfinished(man, now)
         log.info("storage_scanned", root=str(self.store.root), frames_indexed=self.store.indexed,
                  unsealed=sum(len(v) for v in res.unsealed.values()),
                  sealed_batches=len(res.sealed), rolled_back=len(res.rolled_back),
@@ -215,10 +225,39 @@ class IngestorService:
             return key in self._pending or self.store.contains(key)
 
     def _queue_announce(self, man: dict[str, Any]) -> None:
-        event = ready_event(man)
+        self._queue_event(ready_event(man))
+
+    def _queue_event(self, event: dict[str, Any]) -> None:
         topic = f"{self.prefix}/{event['device']}/ready"
         # Runs on the network thread, or before it starts (startup scan).
         self._announces[str(event["batch"])] = _Announce(topic, event)
+
+    def _track_unfinished(self, man: dict[str, Any], now: float) -> None:
+        event = ready_event(man)
+        first = self.ing.reannounce_s
+        self._unfinished[str(event["batch"])] = _Unfinished(event, now + first, first)
+
+    def _reannounce_due(self, now: float) -> None:
+        """Announce again every sealed batch still waiting for its video (writer thread).
+
+        A ready event can be lost after the broker took it (a subscriber that drops it, a
+        shared subscription not restored after a broker restart); the batch folder, which
+        the encoder removes only once the video is durable, is the truth. Each batch backs
+        off on its own, so a long encode backlog costs few duplicate events.
+        """
+        for batch, u in list(self._unfinished.items()):
+            if now < u.due:
+                continue
+            device = str(u.event["device"])
+            if not self.store.batch_exists(device, batch):
+                del self._unfinished[batch]
+                continue
+            u.interval = min(u.interval * 2, self.ing.reannounce_max_s)
+            u.due = now + u.interval
+            self.metrics.batches_reannounced.inc()
+            log.info("batch_reannounced", device=device, batch=batch,
+                     next_in_s=round(u.interval, 1))
+            self._post("reannounce", u.event)
 
     # ================================================================= network thread
     def _net_main(self) -> None:
@@ -372,17 +411,33 @@ class IngestorService:
             log.info("subscribed", topic=topic)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._chunk(msg.topic, bytes(msg.payload), msg.qos, msg.mid)
+        self._chunk(msg.topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain))
 
-    def _chunk(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+    def _chunk(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
         # Every chunk comes here: from FastReader.pump, or paho's on_message.
         self._received += 1
         self.metrics.chunks.inc()
         token = self.ledger.hold(mid) if qos > 0 else _NO_TOKEN
         parts = topic.split("/")
         device = parts[1] if len(parts) == 3 else topic
-        res = self.assembler.feed(device, payload, token, time.monotonic())
-        self._handle(res, token)
+        if retain:
+            # A retained frame is a replay the broker keeps for every new subscriber,
+            # not a capture: it would come back after each restart (docs/security.md).
+            self._reject_chunk(device, "retained", "retained message on a frame topic", token)
+            return
+        try:
+            res = self.assembler.feed(device, payload, token, time.monotonic())
+            self._handle(res, token)
+        except Exception as exc:  # one message never stops the service
+            log.exception("chunk_failed", device=device)
+            self._reject_chunk(device, "internal_error", type(exc).__name__, token)
+
+    def _reject_chunk(self, device: str, reason: str, detail: str, token: AckToken) -> None:
+        # Acknowledged at once: a message that can never be stored must not come back.
+        self.counters.rejected += 1
+        self.metrics.rejections.labels(reason).inc()
+        log.warning("frame_rejected", device=device, reason=reason, detail=detail)
+        self._release([token])
 
     def _handle(self, res: FeedResult[AckToken], token: AckToken) -> None:
         st = res.status
@@ -429,11 +484,13 @@ class IngestorService:
                     self._client.ack(t.mid, 1)
 
     def _submit(self, frame: CompleteFrame[AckToken]) -> None:
-        arrival_ms = int(time.time() * 1000)
-        meta = FrameMeta(frame.device, frame.boot_id, frame.frame_seq, frame.capture_ms,
-                         frame.clock_synced,
-                         frame_ts_ms(frame.capture_ms, frame.clock_synced, arrival_ms),
-                         len(frame.data), frame.crc32)
+        t = frame_time(frame.capture_ms, frame.clock_synced, int(time.time() * 1000))
+        if frame.clock_synced and not t.clock_synced:
+            self.metrics.clock_untrusted.labels(frame.device).inc()
+            log.warning("capture_time_untrusted", device=frame.device, boot_id=frame.boot_id,
+                        seq=frame.frame_seq, capture_ms=frame.capture_ms)
+        meta = FrameMeta(frame.device, frame.boot_id, frame.frame_seq, t.capture_ms,
+                         t.clock_synced, t.ts_ms, len(frame.data), frame.crc32)
         with self._jobs_cv:
             self._pending[frame.key] = []
             self._jobs.append(_Job(frame, meta, time.monotonic()))
@@ -446,6 +503,9 @@ class IngestorService:
                 self._release(arg)
             elif kind == "announce":
                 self._queue_announce(arg)
+                self._announce_due(time.monotonic())
+            elif kind == "reannounce":
+                self._queue_event(arg)
                 self._announce_due(time.monotonic())
             elif kind == "status":
                 self._publish_status()
@@ -566,11 +626,16 @@ class IngestorService:
             retry = []
             failed: OSError | None = None
             started: PendingFrames | None = None
+            isolate: list[_Job] = []
             if group:
                 try:
                     started = self.store.begin_frames([(j.meta, j.frame.data) for j in group])
                 except OSError as exc:
                     failed, retry = exc, group
+                except Exception:
+                    # Not the disk: something in one frame. Find it, frame by frame.
+                    log.exception("write_group_failed", frames=len(group))
+                    isolate = group
             if inflight is not None:
                 jobs, pending = inflight
                 inflight = None
@@ -580,11 +645,14 @@ class IngestorService:
                     if started is not None:
                         self.store.abort_frames(started)
                         started = None
-                    failed, retry = exc, jobs + group
+                    failed, retry, isolate = exc, jobs + group, []
                 else:
                     self._stored(jobs)
             if started is not None:
                 inflight = (group, started)
+            if isolate:
+                failed, retry = self._write_one_by_one(isolate)
+            self._reannounce_due(time.monotonic())
             if failed is not None:
                 self._storage_failed("write", failed, len(retry))
                 if self._draining.is_set() and self._stop_deadline_passed():
@@ -600,6 +668,36 @@ class IngestorService:
                 with self._lock:
                     if not self._jobs:
                         return
+
+    def _write_one_by_one(self, jobs: list[_Job]) -> tuple[OSError | None, list[_Job]]:
+        """Write ``jobs`` one at a time; reject any frame whose write fails but the disk's.
+
+        Returns:
+            The disk error that stopped the run (None when all were handled) and the jobs
+            still to write.
+        """
+        for i, j in enumerate(jobs):
+            try:
+                self.store.finish_frames(self.store.begin_frames([(j.meta, j.frame.data)]))
+            except OSError as exc:
+                return exc, jobs[i:]
+            except Exception as exc:
+                self._reject_job(j, exc)
+            else:
+                self._stored([j])
+        return None, []
+
+    def _reject_job(self, job: _Job, exc: Exception) -> None:
+        # The frame can never be stored: acknowledge it so it does not come back forever.
+        m = job.meta
+        log.error("frame_rejected", device=m.device, boot_id=m.boot_id, seq=m.frame_seq,
+                  reason="internal_error", detail=f"{type(exc).__name__}: {exc}")
+        self.counters.rejected += 1
+        self.metrics.rejections.labels("internal_error").inc()
+        tokens = list(job.frame.tokens)
+        with self._lock:
+            tokens.extend(self._pending.pop(job.frame.key, ()))
+        self._post("ack", tokens)
 
     _drain_deadline: float | None = None
 
@@ -682,6 +780,10 @@ class IngestorService:
             except OSError as exc:
                 self._storage_failed("seal", exc, 0)
                 return False
+            except Exception as exc:  # a bug, not the disk: retried like a disk error
+                log.exception("seal_failed", device=plan.device, batch=plan.batch)
+                self._storage_failed("seal", OSError(0, f"{type(exc).__name__}: {exc}"), 0)
+                return False
             self.batcher.commit(plan)
             if man is None:
                 continue
@@ -692,6 +794,7 @@ class IngestorService:
                      frames=len(frames) if isinstance(frames, list) else 0,
                      reason=plan.reason, location=plan.location)
             self._post("announce", man)
+            self._track_unfinished(man, time.monotonic())
         return True
 
 

@@ -102,7 +102,7 @@ def _write_tmp(tmp: Path, data: bytes, xattr: bytes | None, *, sync: bool = True
 
 def _write_unsynced(tmp: Path, data: bytes, xattr: bytes | None) -> tuple[bool, int]:
     """Write ``tmp`` and return (xattr stored, open fd); the caller fsyncs and closes."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     stored = False
     try:
         view = memoryview(data)
@@ -218,7 +218,7 @@ class Store:
             p = p.parent
         for d in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                d.mkdir()
+                d.mkdir(mode=0o750)
             fsync_dir(d.parent)
         self._durable_dirs.add(path)
 
@@ -450,6 +450,10 @@ class Store:
         self._durable_dirs.discard(folder)
         with contextlib.suppress(OSError):
             fsync_dir(folder.parent)
+
+    def batch_exists(self, device: str, batch: str) -> bool:
+        """Whether a sealed batch is still waiting for the encoder (its folder is there)."""
+        return (self.batches_dir / device / batch).is_dir()
 
     def prune_purged(self, device: str) -> int:
         """Forget the keys of ``device``'s batches the encoder has purged.

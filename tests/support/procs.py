@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def service_config(broker: BrokerHandle, account: str, storage_root: Path, path: Path,
-                   **sections: dict[str, Any]) -> Path:
+                   *, with_metrics: bool = True, **sections: dict[str, Any]) -> Path:
     """Write a TOML config for a service account against ``broker``.
 
     Args:
@@ -30,6 +30,7 @@ def service_config(broker: BrokerHandle, account: str, storage_root: Path, path:
         account: Service account (``ingestor``, ``encoder``, ``encoder-2`` …).
         storage_root: Storage root folder.
         path: Where to write the TOML file.
+        with_metrics: Write a ``[metrics]`` section (the monitor has none).
         **sections: More sections, merged (e.g. ``ingest={"frames_per_video": 10}``).
 
     Returns:
@@ -43,8 +44,9 @@ def service_config(broker: BrokerHandle, account: str, storage_root: Path, path:
         "mqtt": mqtt,
         "storage": {"root": str(storage_root)},
         "log": {"level": "info", "format": "json"},
-        "metrics": {"enabled": True, "port": 0},
     }
+    if with_metrics:
+        data["metrics"] = {"enabled": True, "port": 0}
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     path.write_text(to_toml(data), encoding="utf-8")
@@ -59,11 +61,12 @@ class ServiceProcess:
     """A service subprocess with its JSON log lines collected in a file."""
 
     def __init__(self, module: str, config: Path, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.module = module
         self.config = config
         self.log_path = log_path
         self.env = env or {}
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
@@ -71,8 +74,8 @@ class ServiceProcess:
         env = {**os.environ, "CAM_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1",
                **self.env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=REPO, env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=REPO,
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
 
@@ -105,6 +108,10 @@ class ServiceProcess:
             time.sleep(0.05)
         raise AssertionError(f"no matching event from {self.module} in {timeout}s:\n"
                              + self.log_path.read_text(errors="replace")[-3000:])
+
+    def close(self) -> None:
+        """Stop it (a test's cleanup list calls this)."""
+        self.stop(10)
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""

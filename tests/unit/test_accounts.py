@@ -45,7 +45,8 @@ def test_add_list_revoke(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "passwd").stat().st_mode) & 0o007 == 0
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "x" * 33, "ca m"])
+# "cam03\n": a pattern ending in $ matched it and wrote a broken passwd line.
+@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "x" * 33, "ca m", "cam03\n", "\ncam03"])
 def test_bad_device_ids_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(AccountError, match="invalid id"):
         AccountStore(tmp_path).add(bad, "device")
@@ -78,7 +79,11 @@ def test_pki_chain_verifies(tmp_path: Path) -> None:
     paths = PkiPaths(tmp_path)
     assert ensure_pki(paths, ["broker.local", "10.0.0.5"])
     assert not ensure_pki(paths, ["ignored"])
-    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o640
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o600  # the broker never reads it
+    assert stat.S_IMODE(paths.server_key.stat().st_mode) == 0o640
+    paths.ca_key.chmod(0o640)  # a folder from before: tightened by the next ensure_pki
+    assert not ensure_pki(paths, ["ignored"])
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o600
     ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
     assert ctx.cert_store_stats()["x509_ca"] == 1
     text = subprocess.run(["openssl", "x509", "-in", str(paths.server_cert), "-noout", "-text"],

@@ -107,7 +107,7 @@ def test_ready_events_are_parsed_safely_or_refused(payload: bytes, topic: str) -
         return
     # Taken: it names one batch folder of its own device, and nothing else.
     assert topic == f"cam/{ev.device}/ready"
-    assert DEVICE_ID_RE.match(ev.device) and BATCH_NAME_RE.match(ev.batch)
+    assert DEVICE_ID_RE.fullmatch(ev.device) and BATCH_NAME_RE.fullmatch(ev.batch)
     assert ev.location == f"batches/{ev.device}/{ev.batch}"
     assert 0 <= ev.first_capture_ms <= ev.last_capture_ms
 

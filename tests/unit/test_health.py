@@ -8,11 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.health import (
+    RULE_BROKER_DROPPING,
     RULE_DEVICE_OFFLINE,
+    RULE_DEVICE_THROTTLED,
     RULE_DISK_FULL,
     RULE_NO_FRAME,
     RULE_REJECTION_RATE,
     RULE_SERVICE_OFFLINE,
+    SYS_DROPPED_TOPIC,
+    SYS_GUARD_KICKED_PREFIX,
     Alert,
     AlertBook,
     DiskUsage,
@@ -21,6 +25,7 @@ from broker.health import (
     evaluate,
     format_duration,
     format_status,
+    safe_text,
     service_counters,
 )
 from config.settings import AlertSettings
@@ -237,3 +242,74 @@ def test_empty_status_says_so() -> None:
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0, 89, 120, 7200, 3 * 86400)] == [
         "0s", "89s", "2m", "2h", "3d"]
+
+
+JSON_ANY = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**80), 2**80),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+              st.sampled_from([10**400, -(10**300)])),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from(["state", "interval_ms", "heap_free", "rssi", "queue",
+                                        "fw", "frames_stored", "rejected", "x\x1b"]),
+                       JSON_ANY, max_size=8),
+       st.sampled_from(["cam", "svc"]))
+def test_any_status_is_survived_by_rules_and_table(status: dict[str, object], kind: str) -> None:
+    # Found in the security review: a 400-digit interval_ms raised OverflowError in the
+    # no-frame rule on every start (it is retained); escape codes reached the terminal.
+    m = HealthModel(started_ms=T0)
+    m.frames_observable = True
+    raw = json.dumps(status, allow_nan=True).encode()
+    assert m.apply(f"{kind}/dev1/status", raw, T0)
+    for later in (0, 10**6, 10**9):
+        evaluate(m, RULES, T0 + later)
+    text = format_status(m, T0 + 10**6, evaluate(m, RULES, T0 + 10**6))
+    assert "\x1b" not in text and "\r" not in text
+    assert all(line.isprintable() for line in text.splitlines())
+
+
+def test_huge_numbers_are_dropped_where_they_enter() -> None:
+    m = HealthModel(started_ms=T0)
+    m.frames_observable = True
+    m.apply("cam/c1/status", b'{"state":"online","interval_ms":1' + b"0" * 400 + b"}", T0)
+    assert m.devices["c1"].status == {"state": "online"}
+    # The default limit applies: no crash, and the device is judged like any other.
+    assert _rules(evaluate(m, RULES, T0 + 600_000)) == {(RULE_NO_FRAME, "c1")}
+
+
+def test_ids_outside_the_account_rules_are_nobodys_status() -> None:
+    m = HealthModel(started_ms=T0)
+    assert not m.apply("cam/a\x1bb/status", b'{"state":"online"}', T0)
+    assert not m.apply("svc/" + "x" * 40 + "/status", b'{"state":"online"}', T0)
+    assert m.devices == {} and m.services == {}
+
+
+def test_safe_text() -> None:
+    assert safe_text("ok text") == "ok text"
+    assert safe_text("a\x1b[2Jb\r\nc\u202ed") == "a?[2Jb??c?d"
+    assert safe_text("x" * 500, 10) == "x" * 9 + "\u2026"
+
+
+def test_broker_drops_and_guard_kicks_raise_alerts_and_clear() -> None:
+    m = HealthModel(started_ms=T0, rate_window_ms=60_000)
+    assert m.apply(SYS_DROPPED_TOPIC, b"7", T0)
+    assert evaluate(m, RULES, T0) == []  # one reading: nothing known to have grown
+    m.apply(SYS_DROPPED_TOPIC, b"9", T0 + 10_000)
+    m.apply(SYS_GUARD_KICKED_PREFIX + "cam9", b"1", T0 + 10_000)
+    m.apply(SYS_GUARD_KICKED_PREFIX + "cam9", b"3", T0 + 20_000)
+    alerts = evaluate(m, RULES, T0 + 20_000)
+    assert _rules(alerts) == {(RULE_BROKER_DROPPING, "broker"), (RULE_DEVICE_THROTTLED, "cam9")}
+    dropping = next(a for a in alerts if a.rule == RULE_BROKER_DROPPING)
+    assert dropping.value == 2 and dropping.severity == "critical"
+    # Quiet for a whole window: both clear.
+    m.apply(SYS_DROPPED_TOPIC, b"9", T0 + 100_000)
+    m.apply(SYS_GUARD_KICKED_PREFIX + "cam9", b"3", T0 + 100_000)
+    assert evaluate(m, RULES, T0 + 100_000) == []
+    # A broker restart starts its counters again: no negative increase, no alert.
+    m.apply(SYS_DROPPED_TOPIC, b"0", T0 + 110_000)
+    assert evaluate(m, RULES, T0 + 110_000) == []
+    assert not m.apply(SYS_DROPPED_TOPIC + "x", b"1", T0)
+    assert not m.apply(SYS_GUARD_KICKED_PREFIX + "cam9", b"1" * 400, T0)
