@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import stat
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.monitor import status_report
+from config.loader import to_toml
 from config.settings import MonitorSettings, StorageSettings
 from ingestor.layout import CAPTURE_MIN_MS
 from ingestor.protocol import FLAG_CLOCK_SYNCED, HEADER, MAGIC, VERSION, split_frame
@@ -112,10 +114,13 @@ def test_absurd_capture_times_never_stop_ingestion_and_seal_after_restart(
 def _monitor(broker: BrokerHandle, tmp_path: Path, root: Path, account: str) -> ServiceProcess:
     broker.add_service(account)
     cfg = tmp_path / "monitor.toml"
-    service_config(broker, account, root, cfg, with_metrics=False,
-                   alerts={"device_offline_s": 0.5, "no_frame_s": 0.5,
-                           "service_offline_s": 3600, "disk_percent": 100})
-    cfg.write_text("interval_s = 0.3\n" + cfg.read_text())
+    service_config(broker, account, root, cfg)
+    data = tomllib.loads(cfg.read_text())
+    del data["metrics"]  # the monitor serves none
+    data["interval_s"] = 0.3
+    data["alerts"] = {"device_offline_s": 0.5, "no_frame_s": 0.5, "service_offline_s": 3600,
+                      "disk_percent": 100}
+    cfg.write_text(to_toml(data))
     # $CAM_CONFIG is the tool's own (BrokerSettings); the monitor's comes as an option.
     tool_cfg = tmp_path / "tool.toml"
     tool_cfg.write_text(f'data_dir = "{broker.data_dir}"\n')

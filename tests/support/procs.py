@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def service_config(broker: BrokerHandle, account: str, storage_root: Path, path: Path,
-                   *, with_metrics: bool = True, **sections: dict[str, Any]) -> Path:
+                   **sections: dict[str, Any]) -> Path:
     """Write a TOML config for a service account against ``broker``.
 
     Args:
@@ -30,7 +30,6 @@ def service_config(broker: BrokerHandle, account: str, storage_root: Path, path:
         account: Service account (``ingestor``, ``encoder``, ``encoder-2`` …).
         storage_root: Storage root folder.
         path: Where to write the TOML file.
-        with_metrics: Write a ``[metrics]`` section (the monitor has none).
         **sections: More sections, merged (e.g. ``ingest={"frames_per_video": 10}``).
 
     Returns:
@@ -44,9 +43,8 @@ def service_config(broker: BrokerHandle, account: str, storage_root: Path, path:
         "mqtt": mqtt,
         "storage": {"root": str(storage_root)},
         "log": {"level": "info", "format": "json"},
+        "metrics": {"enabled": True, "port": 0},
     }
-    if with_metrics:
-        data["metrics"] = {"enabled": True, "port": 0}
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     path.write_text(to_toml(data), encoding="utf-8")
