@@ -52,14 +52,14 @@ pytest: deps venv
 test: deps venv lint typecheck firmware-test pytest
 
 demo: deps venv
-	$(PY) -m broker --data-dir $(DATA) demo
+	$(VENV)/bin/camstack --data-dir $(DATA) demo
 
 up: deps venv
-	$(PY) -m broker --data-dir $(DATA) init
+	$(VENV)/bin/camstack --data-dir $(DATA) init
 	CAM_DATA=$(DATA) CAM_PYTHON=$(abspath $(PY)) $(VENV)/bin/honcho -f Procfile start
 
 broker: deps venv
-	$(PY) -m broker --data-dir $(DATA) run
+	$(VENV)/bin/camstack --data-dir $(DATA) run
 
 clean:
 	rm -rf $(VENV) firmware/build .mypy_cache .ruff_cache

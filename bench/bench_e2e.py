@@ -44,7 +44,7 @@ from bench.common import (
     storage_root,
     svga_jpegs,
 )
-from tests.support.procs import ServiceProcess, service_config
+from camstack.procs import ServiceProcess, service_config
 
 
 def main() -> int:

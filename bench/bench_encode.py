@@ -185,9 +185,9 @@ def ready_to_video(jpegs: list[bytes], args: argparse.Namespace) -> None:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
 
     from bench.common import bench_broker, load, machine, pct  # noqa: PLC0415
-    from tests.support.jpegs import write_batch  # noqa: PLC0415
-    from tests.support.mqttwait import Collector  # noqa: PLC0415
-    from tests.support.procs import ServiceProcess, service_config  # noqa: PLC0415
+    from camstack.jpegs import write_batch  # noqa: PLC0415
+    from camstack.mqttwait import Collector  # noqa: PLC0415
+    from camstack.procs import ServiceProcess, service_config  # noqa: PLC0415
 
     print(f"\nencoder service, ready -> video event: {machine()}")
     with bench_broker() as (broker, tmp):

@@ -52,7 +52,7 @@ from bench.common import (
     svga_jpegs,
     tree_kib,
 )
-from tests.support.procs import ServiceProcess, service_config
+from camstack.procs import ServiceProcess, service_config
 
 ING = "ingestor-fleet"
 

@@ -59,12 +59,12 @@ from bench.common import (
     svga_jpegs,
     tree_kib,
 )
-from broker.mqtt import connect_blocking, connect_properties, make_client
+from camstack.brokerproc import BrokerHandle
+from camstack.procs import ServiceProcess, service_config
 from config.settings import MqttSettings
-from ingestor.layout import parse_frame_file_name
+from contract.layout import parse_frame_file_name
 from ingestor.netio import FastReader, queue_pubacks
-from tests.support.brokerproc import BrokerHandle
-from tests.support.procs import ServiceProcess, service_config
+from mqttclient import connect_blocking, connect_properties, make_client
 
 BARE = "operator-bench"
 BARE_FAST = "operator-benchfast"

@@ -46,10 +46,10 @@ import paho.mqtt.client as mqtt
 from PIL import Image
 
 from broker.accounts import Account, hash_password, new_password
-from broker.mqtt import make_client
+from camstack.brokerproc import BrokerHandle, start_broker
 from config.settings import MqttSettings, TlsSettings
-from ingestor.protocol import DEFAULT_CHUNK_DATA, split_frame
-from tests.support.brokerproc import BrokerHandle, start_broker
+from contract.codec import DEFAULT_CHUNK_DATA, split_frame
+from mqttclient import make_client
 
 T0_MS = 1_795_515_300_000
 """Capture time of frame 0 in backlog mode (a fixed date, so runs are comparable)."""

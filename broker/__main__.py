@@ -6,77 +6,19 @@ Examples:
     python -m broker device list
     python -m broker device revoke cam01
     python -m broker run                       # foreground Mosquitto on ./data
-    python -m broker demo | status | monitor | simulate | service-config  (broker/stack_cli.py)
+
+The whole stack's tools (demo, simulate, status, service-config) are ``camstack``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from broker import stack_cli
-from broker.accounts import AccountStore
+from broker.cli import add_commands, add_global_options, run_command
 from broker.errors import BrokerToolError
-from broker.layout import Layout
-from broker.pki import create_server_cert
-from broker.run import exec_broker, prepare, render_config
-from broker.secrets import render_secrets_header, write_secret_file
-from broker.stack import render_local
 from config.loader import ConfigError, load_settings
 from config.settings import BrokerSettings
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m broker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, help="TOML file (default: $CAM_CONFIG)")
-    p.add_argument("--data-dir", type=Path, help="data folder (default: ./data)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("init", help="create PKI, service accounts and mosquitto.conf (idempotent)")
-    cert = sub.add_parser("server-cert", help="re-issue the server certificate")
-    cert.add_argument("names", nargs="+", help="DNS names / IPs for the certificate")
-    sub.add_parser("render", help="print the rendered mosquitto.conf")
-    sub.add_parser("run", help="prepare and run Mosquitto in the foreground")
-
-    dev = sub.add_parser("device", help="device accounts").add_subparsers(dest="dcmd",
-                                                                          required=True)
-    add = dev.add_parser("add", help="add a device; prints its credentials once")
-    add.add_argument("device_id")
-    add.add_argument("--json", action="store_true", help="machine-readable output")
-    add.add_argument("--broker-host", help="host the device connects to (default: first SAN)")
-    add.add_argument("--secrets-dir", type=Path, default=Path("firmware/secrets"),
-                     help="where the firmware secrets header goes")
-    add.add_argument("--wifi-ssid", default="")
-    add.add_argument("--wifi-password", default="")
-    add.add_argument("--no-reload", action="store_true", help="do not SIGHUP the broker")
-    svc = sub.add_parser("service", help="service accounts").add_subparsers(dest="scmd",
-                                                                             required=True)
-    sadd = svc.add_parser("add", help="another worker or person: encoder-2, operator-alice")
-    sadd.add_argument("name")
-    sadd.add_argument("--no-reload", action="store_true")
-    svc.add_parser("list", help="list service accounts")
-    srv = svc.add_parser("revoke", help="revoke a service account")
-    srv.add_argument("name")
-    srv.add_argument("--no-reload", action="store_true")
-    ls = dev.add_parser("list", help="list devices")
-    ls.add_argument("--json", action="store_true")
-    ls.add_argument("--all", action="store_true", help="include revoked devices")
-    rv = dev.add_parser("revoke", help="revoke a device; it is disconnected at once")
-    rv.add_argument("device_id")
-    rv.add_argument("--no-reload", action="store_true")
-    stack_cli.add_commands(sub)
-    return p
-
-
-def _reload_note(store: AccountStore, skip: bool) -> str:
-    if skip:
-        return "broker not signalled (--no-reload)"
-    if store.reload_broker():
-        return "broker reloaded (SIGHUP)"
-    return ("no local broker running; a running one needs SIGHUP "
-            "(docker compose kill -s SIGHUP broker)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit status.
     """
-    args = _parser().parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m broker",
+                                description=(__doc__ or "").replace("``", ""),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_global_options(p)
+    add_commands(p.add_subparsers(dest="cmd", required=True))
+    args = p.parse_args(argv)
     overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
     try:
         settings = load_settings(BrokerSettings, args.config, **overrides)
@@ -98,91 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     try:
-        return _dispatch(args, settings)
+        return run_command(args, settings)
     except BrokerToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
-def _dispatch(args: argparse.Namespace, settings: BrokerSettings) -> int:
-    layout = Layout(settings.data_dir.resolve())
-    store = AccountStore(layout.broker_dir, settings.topic_prefix)
-    if args.cmd == "init":
-        prepare(settings)
-        print(f"prepared {layout.data_dir}: config {layout.conf_file}, CA {layout.pki.ca_cert}")
-        for path in render_local(settings):
-            print(f"wrote {path}")
-    elif args.cmd == "server-cert":
-        create_server_cert(layout.pki, list(args.names))
-        print(f"issued {layout.pki.server_cert} for {', '.join(args.names)}; restart the broker")
-    elif args.cmd == "render":
-        sys.stdout.write(render_config(settings, layout))
-    elif args.cmd == "run":
-        prepare(settings)
-        exec_broker(layout)
-    elif args.cmd == "device":
-        return _device(args, settings, layout, store)
-    elif args.cmd == "service":
-        return _service(args, layout, store)
-    elif args.cmd in stack_cli.COMMANDS:
-        return stack_cli.run_command(args, settings)
-    return 0
-
-
-def _service(args: argparse.Namespace, layout: Layout, store: AccountStore) -> int:
-    if args.scmd == "add":
-        password = store.add(args.name, "service")
-        pw_file = layout.service_password_file(args.name)
-        write_secret_file(pw_file, password + "\n")
-        print(f"added {args.name}; password in {pw_file}; {_reload_note(store, args.no_reload)}")
-    elif args.scmd == "list":
-        for a in store.list():
-            if a.kind == "service":
-                print(f"{a.name:32} created {a.created}")
-    elif args.scmd == "revoke":
-        store.revoke(args.name)
-        layout.service_password_file(args.name).unlink(missing_ok=True)
-        print(f"revoked {args.name}; {_reload_note(store, args.no_reload)}")
-    return 0
-
-
-def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
-            store: AccountStore) -> int:
-    if args.dcmd == "add":
-        if not layout.pki.ca_cert.exists():
-            prepare(settings)
-        password = store.add(args.device_id, "device")
-        host = args.broker_host or settings.server_names[0]
-        header = render_secrets_header(
-            device_id=args.device_id, password=password, host=host, port=settings.tls_port,
-            prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
-            wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
-        )
-        secrets_file = args.secrets_dir / f"{args.device_id}.h"
-        write_secret_file(secrets_file, header)
-        note = _reload_note(store, args.no_reload)
-        info = {"device": args.device_id, "username": args.device_id, "password": password,
-                "host": host, "port": settings.tls_port, "ca_file": str(layout.pki.ca_cert),
-                "secrets_file": str(secrets_file), "reload": note}
-        if args.json:
-            print(json.dumps(info))
-        else:
-            for k, v in info.items():
-                print(f"{k:13} {v}")
-            print("The password is shown once; it is stored only as a hash.")
-    elif args.dcmd == "list":
-        devices = [a for a in store.list(include_revoked=args.all) if a.kind == "device"]
-        if args.json:
-            print(json.dumps([{"device": a.name, "created": a.created, "revoked": a.revoked}
-                              for a in devices]))
-        else:
-            for a in devices:
-                state = f"revoked {a.revoked}" if a.revoked else "active"
-                print(f"{a.name:32} created {a.created}  {state}")
-    elif args.dcmd == "revoke":
-        store.revoke(args.device_id)
-        print(f"revoked {args.device_id}; {_reload_note(store, args.no_reload)}")
-    return 0
 
 
 if __name__ == "__main__":

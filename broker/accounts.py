@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from broker.errors import AccountError
-from config.settings import DEVICE_ID_RE
+from contract.ids import DEVICE_ID_RE
+from contract.topics import device_acl_patterns, role_acl_lines
 
 SERVICES: dict[str, str] = {
     "ingestor": "reads every device's frames, announces batches",
@@ -110,19 +111,10 @@ def render_acl(accounts: list[Account], prefix: str) -> str:
     lines = [
         "# Rendered by camstack (broker/accounts.py). Do not edit: run `python -m broker`.",
         "# Devices: pattern lines bind every account to topics named after its username.",
-        f"pattern write {prefix}/%u/frame",
-        f"pattern write {prefix}/%u/status",
-        f"pattern read {prefix}/%u/cmd",
+        *device_acl_patterns(prefix),
         "",
     ]
-    rights = {
-        "ingestor": [f"topic read {prefix}/+/frame", f"topic write {prefix}/+/ready",
-                     "topic readwrite svc/{name}/#"],
-        "encoder": [f"topic read {prefix}/+/ready", f"topic write {prefix}/+/video",
-                    "topic readwrite svc/{name}/#"],
-        "operator": ["topic read #", "topic read $SYS/#", f"topic write {prefix}/+/cmd",
-                     "topic readwrite alerts/#", "topic readwrite svc/{name}/#"],
-    }
+    rights = role_acl_lines(prefix)
     for acc in sorted(accounts, key=lambda a: a.name):
         role = service_role(acc.name)
         if acc.active and acc.kind == "service" and role is not None:

@@ -32,8 +32,8 @@ TARGET = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 PROCESSES: list[tuple[type[BaseModel], str, str]] = [
     (IngestorSettings, "python -m ingestor", "data/config/ingestor.toml"),
     (EncoderSettings, "python -m encoder", "data/config/encoder.toml"),
-    (MonitorSettings, "python -m broker status | monitor", "data/config/monitor.toml"),
-    (BrokerSettings, "python -m broker (init, run, device, demo…)", "--config FILE"),
+    (MonitorSettings, "camstack status | monitor", "data/config/monitor.toml"),
+    (BrokerSettings, "camstack / python -m broker (init, run, device, demo…)", "--config FILE"),
 ]
 
 HEADER = """# Configuration reference
@@ -42,10 +42,10 @@ HEADER = """# Configuration reference
      tests/unit/test_config_docs.py fails when this file is stale. -->
 
 Every process reads one TOML file and then `CAM_` environment variables, which win.
-The file is named by `$CAM_CONFIG` (the services) or `--config` (`python -m broker`);
+The file is named by `$CAM_CONFIG` (the services) or `--config` (`camstack`);
 nested keys become environment names joined with `__`: `[mqtt.tls] ca_file` is
 `CAM_MQTT__TLS__CA_FILE`. Unknown keys are errors, so a typo is reported, not ignored.
-`python -m broker init` renders working files for the local default under
+`camstack init` renders working files for the local default under
 `data/config/` (see docs/operations.md); `config/examples/` has commented examples.
 
 Secrets: prefer `mqtt.password_file` (a file readable by the service only, or a Docker

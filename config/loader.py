@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -70,6 +71,28 @@ def load_settings(model: type[S], path: Path | str | None = None, **overrides: A
             loc = ".".join(str(p) for p in err["loc"]) or "(root)"
             problems.append(f"{loc}: {err['msg']}")
         raise ConfigError(problems) from None
+
+
+def service_arguments(prog: str, description: str, argv: list[str] | None = None) -> Path | None:
+    """The command line every service shares: ``--config FILE`` and ``--help``.
+
+    ``--help`` prints the usage and exits 0 before anything starts.
+
+    Args:
+        prog: Program name for the usage line (``python -m ingestor``).
+        description: Shown by ``--help``.
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The ``--config`` path, or None for ``$CAM_CONFIG`` / the built-in defaults.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description.replace("``", ""),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="settings TOML (default: $CAM_CONFIG, else the built-in defaults; "
+                        "CAM_<SECTION>__<KEY> variables override either)")
+    config: Path | None = p.parse_args(argv).config
+    return config
 
 
 def load_or_exit(model: type[S], path: Path | str | None = None) -> S:

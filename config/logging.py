@@ -2,7 +2,7 @@
 
 Events are snake_case names with key/values. Output is JSON when stderr is not a TTY
 (containers, CI, log shippers) and coloured console lines otherwise. Standard-library
-loggers (paho-mqtt, PyAV's ``libav`` logger) go through the same renderer.
+loggers (paho-mqtt) go through the same renderer; the encoder sets PyAV's own level.
 """
 
 from __future__ import annotations
@@ -65,12 +65,6 @@ def configure_logging(
     root.setLevel(_LEVELS[level])
     # paho logs every packet at DEBUG; keep it quiet unless asked for.
     logging.getLogger("paho").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
-    try:
-        import av.logging  # noqa: PLC0415  (PyAV is optional for non-encoder processes)
-
-        av.logging.set_level(av.logging.WARNING)
-    except ImportError:  # pragma: no cover - av is a hard dependency today
-        pass
     structlog.contextvars.clear_contextvars()
     if service is not None:
         structlog.contextvars.bind_contextvars(service=service)

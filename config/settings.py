@@ -8,17 +8,13 @@ environment variables (nested with ``__``, e.g. ``CAM_MQTT__HOST``), and passed 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-"""A device id, as fixed by the wire contract. It is also the MQTT username and client id."""
-
-TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+from contract.ids import TOPIC_PREFIX_RE
 
 
 def _one_topic_level(v: str) -> str:
@@ -283,7 +279,7 @@ class EncoderSettings(_ServiceSettings):
 
 
 class BrokerSettings(_ServiceSettings):
-    """How the local broker is rendered and run (``python -m broker``)."""
+    """How the local broker is rendered and run (``camstack``, ``python -m broker``)."""
 
     data_dir: Path = Field(default=Path("data"), description="Broker state, PKI and accounts.")
     tls_port: int = Field(default=8883, ge=1, le=65535)
@@ -314,7 +310,7 @@ class BrokerSettings(_ServiceSettings):
 
 
 class AlertSettings(_Section):
-    """Thresholds of the alert rules evaluated by ``python -m broker monitor``."""
+    """Thresholds of the alert rules evaluated by ``python -m monitor``."""
 
     device_offline_s: float = Field(
         default=300.0, gt=0, description="Alert when a device has been offline this long."
@@ -337,7 +333,7 @@ class AlertSettings(_Section):
 
 
 class MonitorSettings(_ServiceSettings):
-    """Everything ``python -m broker status`` and ``python -m broker monitor`` read."""
+    """Everything ``camstack status`` and ``python -m monitor`` read."""
 
     mqtt: MqttSettings = MqttSettings(username="operator-monitor")
     storage: StorageSettings = StorageSettings()

@@ -1,4 +1,8 @@
-"""``python -m encoder``: encode sealed batches until SIGTERM (settings: $CAM_CONFIG)."""
+"""``python -m encoder``: turn sealed batches into H.264 MP4s, then purge their frames.
+
+Runs until SIGTERM or SIGINT. Settings: ``--config FILE`` or ``$CAM_CONFIG`` (an
+EncoderSettings TOML, e.g. ``data/config/encoder.toml``); docs/configuration.md.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from types import FrameType
 import av.logging
 import structlog
 
-from config.loader import load_or_exit
+from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import EncoderSettings
 from encoder.service import EncoderService
@@ -17,13 +21,17 @@ from encoder.service import EncoderService
 log = structlog.get_logger("encoder")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the encoder until SIGTERM or SIGINT.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
 
     Returns:
         The exit code.
     """
-    settings = load_or_exit(EncoderSettings)
+    config = service_arguments("python -m encoder", __doc__ or "", argv)
+    settings = load_or_exit(EncoderSettings, config)
     configure_logging(settings.log.level, settings.log.format,
                       service=settings.mqtt.username or "encoder")
     # FFmpeg's log callback into Python takes the GIL from every decoder and x264

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.settings import DEVICE_ID_RE
-from encoder.contract import BATCH_NAME_RE, Manifest, parse_manifest, video_dir, video_stems
+from contract.events import Manifest
+from contract.ids import DEVICE_ID_RE
+from contract.ids import SAFE_NAME_RE as BATCH_NAME_RE
+from contract.layout import video_dir, video_stems
 from encoder.muxer import FrameInput
 
 MANIFEST = "manifest.json"
@@ -191,7 +193,7 @@ class Storage:
             FileNotFoundError: The batch is not sealed.
             BadManifestError: Invalid.
         """
-        return parse_manifest((batch_dir / MANIFEST).read_bytes(), device, batch)
+        return Manifest.parse((batch_dir / MANIFEST).read_bytes(), device, batch)
 
     @staticmethod
     def frame_inputs(batch_dir: Path, manifest: Manifest) -> list[FrameInput]:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import structlog
 
 from config.settings import EncoderSettings
+from contract.events import BadManifestError, Manifest, VideoEvent
 from encoder.batch import (
     FoundVideo,
     Storage,
@@ -43,7 +44,6 @@ from encoder.batch import (
     fsync_file,
     make_dirs,
 )
-from encoder.contract import BadManifestError, Manifest, video_event
 from encoder.metrics import EncoderMetrics
 from encoder.muxer import EncodeCancelledError, EncodeOptions, encode_video, probe_video
 
@@ -264,12 +264,12 @@ class BatchProcessor:
                     f"file has {info.frames} {info.codec} {info.width}x{info.height}")
             size = partial.stat().st_size
             location = final.relative_to(storage.root).as_posix()
-            event = video_event(
+            event = VideoEvent(
                 device=job.device, batch=job.batch, location=location,
                 frames=result.frames_written, frames_skipped=result.frames_skipped,
                 duration_s=info.duration_s, size=size,
                 first_capture_ms=manifest.first_capture_ms,
-                last_capture_ms=manifest.last_capture_ms)
+                last_capture_ms=manifest.last_capture_ms).to_obj()
             if result.thumbnail_jpeg is not None:
                 atomic_write(final.with_suffix(".jpg"), result.thumbnail_jpeg)
             atomic_write(final.with_suffix(".json"),

@@ -40,7 +40,7 @@ from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
 from config.settings import EncodeSettings
 from encoder import jpeg
-from encoder.contract import Timeline
+from encoder.timeline import Timeline
 
 HEADER_PROBE_BYTES = 64 * 1024
 """Bytes read per file to find its SOF before decoding (EXIF blocks come first)."""

@@ -22,20 +22,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, start_http_server
 
-from broker.mqtt import (
+from config.settings import EncoderSettings
+from contract.events import MalformedEventError, ReadyEvent
+from contract.topics import all_devices, service_status_topic, shared, video_topic
+from encoder import retention
+from encoder.batch import Storage
+from encoder.jobs import BatchProcessor, Job, Outcome
+from encoder.metrics import EncoderMetrics
+from mqttclient import (
     MqttConnectError,
     connect_blocking,
     make_client,
     publish_json,
-    status_topic,
     wait_published,
 )
-from config.settings import EncoderSettings
-from encoder import retention
-from encoder.batch import Storage
-from encoder.contract import MalformedEventError, parse_ready, ready_topic_filter, video_topic
-from encoder.jobs import BatchProcessor, Job, Outcome
-from encoder.metrics import EncoderMetrics
 
 log = structlog.get_logger("encoder")
 
@@ -48,6 +48,7 @@ class EncoderService:
         self.settings = settings
         self.account = settings.mqtt.username or "encoder"
         self.prefix = settings.mqtt.topic_prefix
+        self.ready_filter = shared(settings.share_group, all_devices(self.prefix, "ready"))
         self.metrics = EncoderMetrics(registry)
         self.storage = Storage(settings.storage.root)
         self.stop_event = threading.Event()
@@ -65,7 +66,7 @@ class EncoderService:
                                         self._publish_video, account=self.account,
                                         cancel=self.stop_event)
         self.client = make_client(settings.mqtt, client_id=self.account, manual_ack=True,
-                                  will_topic=status_topic(self.account))
+                                  will_topic=service_status_topic(self.account))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -114,7 +115,7 @@ class EncoderService:
         for t in self._threads:
             t.join(timeout=30)
         if self.client.is_connected():
-            info = publish_json(self.client, status_topic(self.account),
+            info = publish_json(self.client, service_status_topic(self.account),
                                 {"state": "offline"}, retain=True)
             wait_published(info, 5.0)
             self.client.disconnect()
@@ -132,10 +133,10 @@ class EncoderService:
             log.warning("mqtt_refused", reason=str(rc))
             return
         log.info("mqtt_connected", session_present=flags.session_present)
-        publish_json(client, status_topic(self.account),
+        publish_json(client, service_status_topic(self.account),
                      {"state": "online", "pid": os.getpid(), "role": "encoder",
                       "share_group": self.settings.share_group}, retain=True)
-        client.subscribe(ready_topic_filter(self.settings.share_group, self.prefix), qos=1)
+        client.subscribe(self.ready_filter, qos=1)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
                       _p: Properties | None) -> None:
@@ -144,8 +145,7 @@ class EncoderService:
             return
         if not self.ready.is_set():
             self.ready.set()
-            log.info("encoder_ready", topic=ready_topic_filter(self.settings.share_group,
-                                                                self.prefix),
+            log.info("encoder_ready", topic=self.ready_filter,
                      account=self.account)
         else:
             # Mosquitto 2.0 does not restore a shared subscription after a broker
@@ -234,7 +234,7 @@ class EncoderService:
 
     def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
         try:
-            ev = parse_ready(msg.topic, bytes(msg.payload), self.prefix)
+            ev = ReadyEvent.parse(msg.topic, bytes(msg.payload), self.prefix)
         except MalformedEventError as exc:
             log.warning("ready_malformed", topic=msg.topic, reason=exc.reason.value,
                         detail=exc.detail)

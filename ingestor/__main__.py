@@ -1,4 +1,8 @@
-"""``python -m ingestor``: run the ingestor until SIGTERM or SIGINT."""
+"""``python -m ingestor``: store every frame durably, seal batches, announce them.
+
+Runs until SIGTERM or SIGINT. Settings: ``--config FILE`` or ``$CAM_CONFIG`` (an
+IngestorSettings TOML, e.g. ``data/config/ingestor.toml``); docs/configuration.md.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,23 @@ import signal
 import sys
 from types import FrameType
 
-from config.loader import load_or_exit
+from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import IngestorSettings
 from ingestor.service import IngestorService
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Load settings, run the service, exit 0 after a graceful stop.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
 
     Returns:
         The exit code.
     """
-    settings = load_or_exit(IngestorSettings)
+    config = service_arguments("python -m ingestor", __doc__ or "", argv)
+    settings = load_or_exit(IngestorSettings, config)
     configure_logging(settings.log.level, settings.log.format, service="ingestor")
     service = IngestorService(settings)
 

@@ -20,9 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from config.settings import DEVICE_ID_RE
-from ingestor.layout import FrameKey
-from ingestor.protocol import (
+from contract.codec import (
     HEADER,
     HEADER_LEN,
     MAGIC,
@@ -35,6 +33,8 @@ from ingestor.protocol import (
     looks_like_jpeg,
     unpack_chunk,
 )
+from contract.ids import DEVICE_ID_RE
+from contract.layout import FrameKey
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from ingestor.layout import FrameMeta, batch_location, batch_name
+from contract.layout import FrameMeta, batch_location, batch_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,15 +36,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import start_http_server
 
-from broker.mqtt import connect_properties, make_client, publish_json, status_topic
 from config.settings import IngestorSettings
+from contract.layout import FrameKey, FrameMeta, frame_time
+from contract.topics import service_status_topic
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
 from ingestor.batcher import Batcher, SealPlan, ready_event
-from ingestor.layout import FrameKey, FrameMeta, frame_time
 from ingestor.metrics import IngestMetrics
 from ingestor.netio import FastReader, queue_pubacks, supported
 from ingestor.store import PendingFrames, Store
+from mqttclient import connect_properties, make_client, publish_json
 
 log = structlog.get_logger("ingestor")
 
@@ -96,7 +97,7 @@ class IngestorService:
         self.ing = settings.ingest
         self.prefix = settings.mqtt.topic_prefix
         self.name = settings.mqtt.username or "ingestor"
-        self.status_topic = status_topic(self.name)
+        self.status_topic = service_status_topic(self.name)
         self.metrics = metrics or IngestMetrics()
         self.store = Store(settings.storage.root, disk_process=True)
         self.batcher = Batcher(self.ing.frames_per_video, self.ing.idle_seal_s)

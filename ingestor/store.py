@@ -34,9 +34,7 @@ from typing import Any
 
 import structlog
 
-from ingestor.batcher import SealPlan, manifest
-from ingestor.diskproc import DiskProcess, FileJob
-from ingestor.layout import (
+from contract.layout import (
     BATCH_FRAMES,
     BATCHES_DIR,
     FRAMES_DIR,
@@ -49,6 +47,8 @@ from ingestor.layout import (
     parse_frame_file_name,
     utc_date,
 )
+from ingestor.batcher import SealPlan, manifest
+from ingestor.diskproc import DiskProcess, FileJob
 
 log = structlog.get_logger("ingestor.store")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.brokerproc import BrokerHandle, start_broker
+from camstack.brokerproc import BrokerHandle, start_broker
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.mqtt import MqttConnectError, make_client
 from broker.pki import PkiPaths, create_ca
-from tests.support.brokerproc import BrokerHandle
-from tests.support.mqttwait import Collector, disconnected_event
+from camstack.brokerproc import BrokerHandle
+from camstack.mqttwait import Collector, disconnected_event
+from mqttclient import MqttConnectError, make_client
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_device_with_right_password_connects_over_tls(broker: BrokerHandle) -> N
 def test_anonymous_refused(broker: BrokerHandle) -> None:
     s = broker.mqtt_settings("", "")
     c = make_client(s, client_id="anon")
-    from broker.mqtt import connect_blocking  # noqa: PLC0415
+    from mqttclient.client import connect_blocking  # noqa: PLC0415
 
     with pytest.raises(MqttConnectError, match="refused"):
         connect_blocking(c, s)

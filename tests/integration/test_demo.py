@@ -1,6 +1,6 @@
 """`make demo`'s code path end to end: real broker, ingestor, encoder, simulated cameras.
 
-Runs ``python -m broker --data-dir <tmp> demo`` (what the Makefile runs) on free ports,
+Runs ``camstack --data-dir <tmp> demo`` (what the Makefile runs) on free ports,
 twice in the same data folder, and checks the MP4s it reports with PyAV.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import av
 import pytest
 
-from broker.demo import DemoPaths, check_running_broker, reap_leftovers
 from broker.errors import BrokerToolError
 from broker.layout import Layout
-from tests.support.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle
+from camstack.demo import DemoPaths, check_running_broker, reap_leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ VIDEO_RE = re.compile(r"^  (demo-cam\d\d): (\S+\.mp4)\n      (\d+) frames, ([\d.
 
 def _demo(data: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "broker", "--data-dir", str(data), "demo", "--cameras", "2",
+        [sys.executable, "-m", "camstack", "--data-dir", str(data), "demo", "--cameras", "2",
          "--frames-per-video", "20", "--fps", "10", "--tls-port", "0", "--local-port", "0",
          "--timeout", "120"],
         cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
@@ -88,7 +88,7 @@ def test_demo_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         res = subprocess.run(
-            [sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"), "demo",
+            [sys.executable, "-m", "camstack", "--data-dir", str(tmp_path / "d"), "demo",
              "--tls-port", str(port), "--local-port", "0"],
             cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 1

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from camstack.brokerproc import BrokerHandle
+from camstack.jpegs import make_jpeg
+from camstack.mqttwait import Collector
+from camstack.procs import ServiceProcess, service_config
+from contract.codec import split_frame
 from encoder.muxer import probe_video
-from ingestor.protocol import split_frame
-from tests.support.brokerproc import BrokerHandle
-from tests.support.jpegs import make_jpeg
-from tests.support.mqttwait import Collector
-from tests.support.procs import ServiceProcess, service_config
 
 pytestmark = pytest.mark.integration
 

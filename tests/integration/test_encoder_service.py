@@ -17,12 +17,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from encoder.contract import video_event
+from camstack.brokerproc import BrokerHandle
+from camstack.jpegs import make_jpeg, write_batch
+from camstack.mqttwait import Collector
+from camstack.procs import ServiceProcess, scrape, service_config
+from contract.events import VideoEvent
 from encoder.muxer import EncodeOptions, FrameInput, encode_video, probe_video
-from tests.support.brokerproc import BrokerHandle
-from tests.support.jpegs import make_jpeg, write_batch
-from tests.support.mqttwait import Collector
-from tests.support.procs import ServiceProcess, scrape, service_config
 
 pytestmark = pytest.mark.integration
 
@@ -315,9 +315,10 @@ def test_startup_picks_up_sealed_batches_and_crash_leftovers(
     mp4_6 = vdir6 / f"{d6}_20261124T101500Z_20261124T101501Z.mp4"
     res = encode_video([FrameInput(ts_ms=i, data=make_jpeg(64, 48, i)) for i in range(2)],
                        mp4_6, EncodeOptions(preset="ultrafast"))
-    ev6 = video_event(device=d6, batch=b6, location=mp4_6.relative_to(root).as_posix(),
-                      frames=res.frames_written, frames_skipped=0, duration_s=2 / 30,
-                      size=mp4_6.stat().st_size, first_capture_ms=T0, last_capture_ms=T0 + 1000)
+    ev6 = VideoEvent(device=d6, batch=b6, location=mp4_6.relative_to(root).as_posix(),
+                     frames=res.frames_written, frames_skipped=0, duration_s=2 / 30,
+                     size=mp4_6.stat().st_size, first_capture_ms=T0,
+                     last_capture_ms=T0 + 1000).to_obj()
     mp4_6.with_suffix(".json").write_text(json.dumps(ev6))
     notes = root / "state" / "encoder" / "unannounced"
     notes.mkdir(parents=True)

@@ -28,12 +28,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.monitor import status_report
+from camstack.brokerproc import BrokerHandle
+from camstack.procs import ServiceProcess, scrape, service_config
 from config.loader import to_toml
 from config.settings import MonitorSettings, StorageSettings
-from ingestor.layout import CAPTURE_MIN_MS
-from ingestor.protocol import FLAG_CLOCK_SYNCED, HEADER, MAGIC, VERSION, split_frame
-from tests.support.brokerproc import BrokerHandle
+from contract.codec import FLAG_CLOCK_SYNCED, HEADER, MAGIC, VERSION, split_frame
+from contract.layout import CAPTURE_MIN_MS
+from monitor.service import status_report
 from tests.support.faults import (
     audit,
     frame_files,
@@ -43,7 +44,6 @@ from tests.support.faults import (
     wait_until,
 )
 from tests.support.fleet import marker_jpeg
-from tests.support.procs import ServiceProcess, scrape, service_config
 
 pytestmark = pytest.mark.integration
 
@@ -121,12 +121,7 @@ def _monitor(broker: BrokerHandle, tmp_path: Path, root: Path, account: str) -> 
     data["alerts"] = {"device_offline_s": 0.5, "no_frame_s": 0.5, "service_offline_s": 3600,
                       "disk_percent": 100}
     cfg.write_text(to_toml(data))
-    # $CAM_CONFIG is the tool's own (BrokerSettings); the monitor's comes as an option.
-    tool_cfg = tmp_path / "tool.toml"
-    tool_cfg.write_text(f'data_dir = "{broker.data_dir}"\n')
-    proc = ServiceProcess("broker", tool_cfg, tmp_path / "monitor.log",
-                          args=["monitor", "--service-config", str(cfg)])
-    return proc.start()
+    return ServiceProcess("monitor", cfg, tmp_path / "monitor.log").start()
 
 
 POISON_STATUSES = [

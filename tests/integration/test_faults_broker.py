@@ -23,8 +23,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.mqtt import connect_blocking, make_client, wait_published
-from tests.support.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle
+from camstack.jpegs import make_jpeg, write_batch
+from mqttclient import connect_blocking, make_client, wait_published
 from tests.support.faults import (
     ServiceStack,
     audit,
@@ -35,7 +36,6 @@ from tests.support.faults import (
     video_locations,
     wait_until,
 )
-from tests.support.jpegs import make_jpeg, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,7 @@ def test_encoder_finds_batches_announced_while_its_shared_subscription_was_gone(
 
 def test_video_event_published_while_the_broker_is_down_is_sent_after_reconnect(
         fresh_broker: BrokerHandle) -> None:
-    # broker.mqtt.wait_published raised RuntimeError for a QoS 1 message published while
+    # mqttclient.client.wait_published raised RuntimeError for a QoS 1 message published while
     # disconnected (paho's is_published() checks rc first), so the encoder's job crashed
     # and its ready event was acked with the video event unpublished.
     name = f"encoder-{uuid.uuid4().hex[:6]}"

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle
+from camstack.procs import scrape
 from tests.support.faults import (
     LogTail,
     audit,
@@ -35,7 +36,6 @@ from tests.support.faults import (
     video_locations,
     wait_until,
 )
-from tests.support.procs import scrape
 
 pytestmark = pytest.mark.integration
 

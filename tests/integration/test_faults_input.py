@@ -8,7 +8,7 @@ cameras stream.
 * ``cam/<id>/ready`` (encoder): an account with the right to announce batches
   publishes hundreds of malformed events (deep JSON, wrong types, huge numbers,
   paths out of the storage root, batches that do not exist, not UTF-8).
-* ``cam/<id>/status`` (monitor, ``python -m broker status``): the device leaves
+* ``cam/<id>/status`` (monitor, ``camstack status``): the device leaves
   retained garbage statuses; the status report still works.
 * A payload over the broker's ``max_packet_size``: refused, sender disconnected.
 
@@ -32,10 +32,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.monitor import status_report
+from camstack.brokerproc import BrokerHandle
+from camstack.mqttwait import disconnected_event
+from camstack.procs import scrape
 from config.settings import MonitorSettings, StorageSettings
-from ingestor.protocol import HEADER_LEN, split_frame
-from tests.support.brokerproc import BrokerHandle
+from contract.codec import HEADER_LEN, split_frame
+from monitor.service import status_report
 from tests.support.faults import (
     ServiceStack,
     VideoWatcher,
@@ -48,8 +50,6 @@ from tests.support.faults import (
     wait_until,
 )
 from tests.support.fleet import Fleet, MarkedCamera, marker_jpeg
-from tests.support.mqttwait import disconnected_event
-from tests.support.procs import scrape
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle
 from tests.support.faults import (
     LogTail,
     ServiceStack,

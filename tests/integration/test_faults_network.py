@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle
 from tests.support.faults import ServiceStack, TcpProxy, wait_until
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker.accounts import SERVICES
-from broker.mqtt import MqttConnectError
 from broker.run import prepare
-from tests.support.brokerproc import BrokerHandle
-from tests.support.mqttwait import Collector
+from camstack.brokerproc import BrokerHandle
+from camstack.mqttwait import Collector
+from mqttclient import MqttConnectError
 
 pytestmark = pytest.mark.integration
 

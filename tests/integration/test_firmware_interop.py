@@ -4,7 +4,7 @@
 ESP32 build over libmosquitto with TLS: per-device password, client id = device id,
 QoS 1, retained status and last will. The real ingestor process (``python -m
 ingestor``) must store every frame byte-identical on disk; a plain subscriber also
-reassembles the chunks with the Python codec (``ingestor.protocol``) to check the
+reassembles the chunks with the Python codec (``contract.codec``) to check the
 headers and the status messages.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingestor.protocol import ProtocolError, looks_like_jpeg, unpack_chunk
-from tests.support.brokerproc import BrokerHandle
-from tests.support.jpegs import make_jpegs
-from tests.support.procs import ServiceProcess, service_config
+from camstack.brokerproc import BrokerHandle
+from camstack.jpegs import make_jpegs
+from camstack.procs import ServiceProcess, service_config
+from contract.codec import ProtocolError, looks_like_jpeg, unpack_chunk
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingestor.protocol import ChunkHeader, crc32, pack_chunk, split_frame
-from tests.support.brokerproc import BrokerHandle
-from tests.support.jpegs import make_jpeg
-from tests.support.mqttwait import Collector
-from tests.support.procs import ServiceProcess, scrape, service_config
+from camstack.brokerproc import BrokerHandle
+from camstack.jpegs import make_jpeg
+from camstack.mqttwait import Collector
+from camstack.procs import ServiceProcess, scrape, service_config
+from contract.codec import ChunkHeader, crc32, pack_chunk, split_frame
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image, ImageChops
 
-from broker.sim import Faults, FrameRenderer, SimCamera, SimConfig
-from ingestor.protocol import looks_like_jpeg, unpack_chunk
-from tests.support.brokerproc import BrokerHandle
-from tests.support.mqttwait import Collector
+from camstack.brokerproc import BrokerHandle
+from camstack.mqttwait import Collector
+from camstack.sim import Faults, FrameRenderer, SimCamera, SimConfig
+from contract.codec import looks_like_jpeg, unpack_chunk
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +144,7 @@ def test_rendered_frames_show_motion_and_time() -> None:
 
 def test_simulate_command_provisions_and_reports(broker: BrokerHandle) -> None:
     repo = Path(__file__).resolve().parents[2]
-    cmd = [sys.executable, "-m", "broker", "--data-dir", str(broker.data_dir), "simulate",
+    cmd = [sys.executable, "-m", "camstack", "--data-dir", str(broker.data_dir), "simulate",
            "--port", str(broker.tls_port), "--devices", "2", "--device-prefix", "simcli-",
            "--fps", "20", "--frames", "4", "--cache", "2", "--duplicate-rate", "0.5"]
     runs = [subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60,

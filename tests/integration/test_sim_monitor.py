@@ -9,12 +9,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.monitor import Monitor, status_report
-from broker.sim import SimCamera, SimConfig
-from broker.stack import STATUS_ACCOUNT
+from camstack.brokerproc import BrokerHandle
+from camstack.mqttwait import Collector
+from camstack.sim import SimCamera, SimConfig
 from config.settings import AlertSettings, MonitorSettings, StorageSettings
-from tests.support.brokerproc import BrokerHandle
-from tests.support.mqttwait import Collector
+from monitor.service import STATUS_ACCOUNT, Monitor, status_report
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,9 @@ from typing import Any
 import av
 import pytest
 
-from tests.support.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle
+from camstack.procs import Metrics, ServiceProcess, service_config
 from tests.support.fleet import Fleet, FrameKey, MarkedCamera, read_marker
-from tests.support.procs import Metrics, ServiceProcess, service_config
 
 
 def env_int(name: str, default: int) -> int:

@@ -29,9 +29,9 @@ import numpy.typing as npt
 import paho.mqtt.client as mqtt
 from PIL import Image
 
-from broker.mqtt import connect_blocking, make_client, wait_published
 from config.settings import MqttSettings
-from ingestor.protocol import split_frame
+from contract.codec import split_frame
+from mqttclient import connect_blocking, make_client, wait_published
 
 FrameKey = tuple[str, int, int]
 """(device, boot_id, frame_seq): a frame's identity in the wire contract."""

@@ -7,10 +7,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.codec import ChunkHeader, RejectReason, crc32, pack_chunk, split_frame
+from contract.layout import FrameKey
 from ingestor.acks import AckLedger
 from ingestor.assembler import Assembler, DropReason, Status
-from ingestor.layout import FrameKey
-from ingestor.protocol import ChunkHeader, RejectReason, crc32, pack_chunk, split_frame
 
 MiB = 1024 * 1024
 

@@ -7,8 +7,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contract.layout import FrameMeta, batch_name, frame_file_name, parse_frame_file_name
 from ingestor.batcher import Batcher, manifest, ready_event
-from ingestor.layout import FrameMeta, batch_name, frame_file_name, parse_frame_file_name
 
 T0 = 1795515300000  # 2026-11-24T10:15:00Z
 

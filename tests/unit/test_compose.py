@@ -37,7 +37,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("composeproj")
     env = {k: v for k, v in os.environ.items() if k != "CAM_CONFIG"}
     for args in (["init"], ["service-config", "--compose"]):
-        res = subprocess.run([sys.executable, "-m", "broker", "--data-dir", "data", *args],
+        res = subprocess.run([sys.executable, "-m", "camstack", "--data-dir", "data", *args],
                              cwd=root, env={**env, "PYTHONPATH": str(REPO)},
                              capture_output=True, text=True, check=False, timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr
@@ -134,7 +134,7 @@ def test_every_mounted_and_opened_file_exists(compose: dict[str, Any], prepared:
         assert _host_path(str(settings.storage.root), svc, prepared, compose).is_dir()
 
     mon = services["monitor"]
-    mcfg = mon["command"][mon["command"].index("--service-config") + 1]
+    mcfg = mon["command"][mon["command"].index("--config") + 1]
     msettings = load_settings(MonitorSettings, _host_path(mcfg, mon, prepared, compose))
     assert msettings.mqtt.password_file is not None
     assert _host_path(str(msettings.mqtt.password_file), mon, prepared, compose).is_file()
@@ -142,7 +142,7 @@ def test_every_mounted_and_opened_file_exists(compose: dict[str, Any], prepared:
 
 def test_server_certificate_names_the_compose_broker(prepared: Path) -> None:
     from broker.layout import Layout  # noqa: PLC0415
-    from broker.stack import server_cert_names  # noqa: PLC0415
+    from camstack.stack import server_cert_names  # noqa: PLC0415
 
     assert "broker" in server_cert_names(Layout(prepared / "data"))
 

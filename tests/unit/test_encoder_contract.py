@@ -1,4 +1,4 @@
-"""Ready events, manifests, names and the timeline: the encoder's pure contract code."""
+"""Ready events, manifests, names and the timeline as the encoder reads them (pure)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from encoder.contract import (
+from contract.events import (
     BadManifestError,
     Malformed,
     MalformedEventError,
-    Timeline,
-    parse_manifest,
-    parse_ready,
-    ready_topic_filter,
-    utc_date,
-    utc_stamp,
-    video_dir,
-    video_event,
-    video_stems,
+    Manifest,
+    ReadyEvent,
+    VideoEvent,
 )
+from contract.layout import utc_date, utc_stamp, video_dir, video_stems
+from contract.topics import all_devices, shared
+from encoder.timeline import Timeline
+
+parse_ready = ReadyEvent.parse
+parse_manifest = Manifest.parse
+
+
+def ready_topic_filter(group: str, prefix: str) -> str:
+    return shared(group, all_devices(prefix, "ready"))
+
+
+def video_event(**fields: Any) -> dict[str, Any]:
+    return VideoEvent(**fields).to_obj()
 
 EVENT: dict[str, Any] = {
     "v": 1, "device": "cam01", "batch": "cam01-20261124T101500Z-0001", "frames": 300,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from camstack.jpegs import make_jpeg, make_jpeg_variant
 from encoder.jpeg import JpegDefect, even_size, frame_size, most_common_size, structure_defect
-from tests.support.jpegs import make_jpeg, make_jpeg_variant
 
 
 def test_structure_of_good_and_damaged_frames() -> None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from config.settings import RetentionSettings
-from encoder.contract import video_dir, video_stems
+from contract.layout import video_dir, video_stems
 from encoder.metrics import EncoderMetrics
 from encoder.retention import DAY_MS, DiskUsage, VideoEntry, plan, sweep
 

@@ -25,9 +25,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contract.codec import HEADER_LEN, split_frame
+from contract.layout import FrameKey
 from ingestor.assembler import Assembler, Status
-from ingestor.layout import FrameKey
-from ingestor.protocol import HEADER_LEN, split_frame
 
 KiB = 1024
 GOOD = ("good1", "good2", "good3")

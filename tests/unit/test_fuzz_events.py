@@ -1,14 +1,14 @@
 """Fuzzed events on every JSON topic the services read: refused or taken, never a crash.
 
-* ``cam/<id>/ready`` (encoder): :func:`encoder.contract.parse_ready` either returns an
+* ``cam/<id>/ready`` (encoder): :meth:`contract.events.ReadyEvent.parse` either returns an
   event whose batch folder is inside ``batches/<device>/`` or raises
   :class:`MalformedEventError`, for near-valid events with any field replaced by any
   JSON value, for byte-level damage and for pathological JSON (deep nesting, huge
   numbers).
-* ``manifest.json`` (encoder, written by the ingestor): :func:`parse_manifest` raises
-  only :class:`BadManifestError`.
+* ``manifest.json`` (encoder, written by the ingestor):
+  :meth:`contract.events.Manifest.parse` raises only :class:`BadManifestError`.
 * ``cam/<id>/status`` (written by devices, retained), ``cam/<id>/video``,
-  ``svc/<name>/status`` and ``alerts/...`` (monitor and ``python -m broker status``):
+  ``svc/<name>/status`` and ``alerts/...`` (monitor and ``camstack status``):
   the health model, the alert rules and the status table never raise.
 
 About 3,000 cases per run (the ``fuzz(n)`` decorators).
@@ -23,15 +23,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.health import AlertBook, HealthModel, evaluate, format_status
-from config.settings import DEVICE_ID_RE, AlertSettings
-from encoder.contract import (
-    BATCH_NAME_RE,
-    BadManifestError,
-    MalformedEventError,
-    parse_manifest,
-    parse_ready,
-)
+from config.settings import AlertSettings
+from contract.events import BadManifestError, MalformedEventError, Manifest, ReadyEvent
+from contract.ids import DEVICE_ID_RE
+from contract.ids import SAFE_NAME_RE as BATCH_NAME_RE
+from monitor.health import AlertBook, HealthModel, evaluate, format_status
 
 T0 = 1_795_515_300_000
 DEVICE = "cam01"
@@ -175,3 +171,7 @@ def test_retained_alerts_of_any_shape_are_adopted_or_ignored(rule: str, subject:
     book.adopt(rule, subject, payload)
     changes = book.update([], T0)
     assert len(changes.cleared) <= 1
+
+
+parse_ready = ReadyEvent.parse
+parse_manifest = Manifest.parse

@@ -7,7 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.health import (
+from config.settings import AlertSettings
+from monitor.health import (
     RULE_BROKER_DROPPING,
     RULE_DEVICE_OFFLINE,
     RULE_DEVICE_THROTTLED,
@@ -28,7 +29,6 @@ from broker.health import (
     safe_text,
     service_counters,
 )
-from config.settings import AlertSettings
 
 T0 = 1_795_515_300_000
 RULES = AlertSettings(device_offline_s=300, no_frame_s=600, rejection_rate=0.05,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingestor.layout import (
+from contract.layout import (
     CAPTURE_MAX_AHEAD_MS,
     CAPTURE_MAX_MS,
     CAPTURE_MIN_MS,

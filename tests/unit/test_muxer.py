@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camstack.jpegs import make_jpeg, make_jpeg_variant
 from encoder.muxer import (
     EncodeCancelledError,
     EncodeOptions,
@@ -21,7 +22,6 @@ from encoder.muxer import (
     encode_video,
     probe_video,
 )
-from tests.support.jpegs import make_jpeg, make_jpeg_variant
 
 FAST = EncodeOptions(preset="ultrafast", decode_threads=2)
 

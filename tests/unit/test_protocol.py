@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingestor.protocol import (
+from contract.codec import (
     HEADER_LEN,
     ChunkHeader,
     ProtocolError,

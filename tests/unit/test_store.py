@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.codec import crc32
+from contract.layout import FrameMeta
 from ingestor.batcher import Batcher
-from ingestor.layout import FrameMeta
-from ingestor.protocol import crc32
 from ingestor.store import XATTR, Store
 
 T0 = 1795515300000

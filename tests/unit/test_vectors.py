@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ingestor.protocol import HEADER_LEN, crc32, split_frame, unpack_chunk
+from contract.codec import HEADER_LEN, crc32, split_frame, unpack_chunk
 from tests.vectors import make_py_vectors
 
 REPO = Path(__file__).resolve().parents[2]

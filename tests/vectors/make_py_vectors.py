@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ingestor.protocol import DEFAULT_CHUNK_DATA, crc32, split_frame  # noqa: E402
+from contract.codec import DEFAULT_CHUNK_DATA, crc32, split_frame  # noqa: E402
 
 OUT = Path(__file__).with_name("py_chunks_v1.json")
 
@@ -59,7 +59,7 @@ def build() -> dict[str, Any]:
     return {
         "format": "camstack-chunk-vectors",
         "version": 1,
-        "generator": "tests/vectors/make_py_vectors.py (ingestor.protocol)",
+        "generator": "tests/vectors/make_py_vectors.py (contract.codec)",
         "crc32": [{"data_hex": d.hex(), "crc32": crc32(d)} for d in CRC_INPUTS],
         "cases": cases,
     }

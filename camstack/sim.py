@@ -2,7 +2,7 @@
 
 Each :class:`SimCamera` connects with its own device account (TLS, client id = user
 name), sets the retained ``{"state":"offline"}`` last will, publishes a retained status
-like the firmware, and streams JPEGs split with :func:`ingestor.protocol.split_frame` at
+like the firmware, and streams JPEGs split with :func:`contract.codec.split_frame` at
 QoS 1. A frame counts as *acked* once the broker has PUBACKed every one of its chunks.
 
 Frames are drawn with Pillow: a gradient, a ball that moves from frame to frame and the
@@ -35,15 +35,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from PIL import Image, ImageDraw, ImageFont
 
-from broker.mqtt import (
+from config.settings import MqttSettings
+from contract.codec import DEFAULT_CHUNK_DATA, HEADER_LEN, split_frame
+from mqttclient import (
     MqttConnectError,
     connect_blocking,
     make_client,
     publish_json,
     wait_published,
 )
-from config.settings import MqttSettings
-from ingestor.protocol import DEFAULT_CHUNK_DATA, HEADER_LEN, split_frame
 
 SIM_FW = "sim-1.0"
 

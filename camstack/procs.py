@@ -15,8 +15,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from camstack.brokerproc import BrokerHandle
 from config.loader import to_toml
-from tests.support.brokerproc import BrokerHandle
 
 REPO = Path(__file__).resolve().parents[2]
 

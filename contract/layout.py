@@ -1,6 +1,6 @@
 """Names of the shared storage layout (docs/storage.md). Pure: no I/O.
 
-The encoder relies on these names; only this module spells them out.
+The ingestor writes and the encoder reads these names; only this module spells them out.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ TMP_PREFIX = "."
 """Temporary files and folders start with a dot; every scanner skips dot names."""
 
 FRAME_NAME_RE = re.compile(r"(\d{13})_([0-9a-f]{8})_(\d{10})\.jpg")
+FRAME_FILE_RE = re.compile(r"frames/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}\.jpg")
+"""A frame's path inside its batch folder as a manifest names it: one level, no ``..``."""
 BATCH_NAME_RE = re.compile(
     r"(?P<device>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{6}Z)-(?P<n>\d{4,})"
 )
@@ -168,3 +170,30 @@ class FrameMeta:
             "bytes": self.size,
             "crc32": self.crc32,
         }
+
+
+def video_stems(device: str, batch: str, first_ms: int, last_ms: int) -> tuple[str, str]:
+    """A video's file stem per the storage layout, and the fallback for a name clash.
+
+    Two batches of one device can share first and last second (tiny batches sealed by
+    idle time); the second one then gets the batch's counter appended.
+
+    Args:
+        device: Device id.
+        batch: Batch name.
+        first_ms: ts_ms of the batch's first frame.
+        last_ms: ts_ms of its last frame.
+
+    Returns:
+        ``(<id>_<first>_<last>, <id>_<first>_<last>_<counter>)``.
+    """
+    stem = f"{device}_{utc_stamp(first_ms)}_{utc_stamp(last_ms)}"
+    counter = batch.rsplit("-", 1)[-1]
+    if counter == batch or not counter:
+        counter = batch
+    return stem, f"{stem}_{counter}"
+
+
+def video_dir(device: str, first_ms: int) -> str:
+    """``videos/<id>/<YYYY-MM-DD>``: a video's folder relative to the root."""
+    return f"{VIDEOS_DIR}/{device}/{utc_date(first_ms)}"

@@ -1,8 +1,8 @@
 """Health of devices and services: what the retained topics say, alert rules, the table.
 
-Pure: no paho, no filesystem. ``broker/monitor.py`` feeds MQTT messages and storage
-facts in; ``python -m broker status`` prints :func:`format_status`; ``python -m broker
-monitor`` publishes what :class:`AlertBook` reports on ``alerts/<rule>/<subject>``.
+Pure: no paho, no filesystem. ``monitor/service.py`` feeds MQTT messages and storage
+facts in; ``camstack status`` prints :func:`format_status`; ``python -m monitor``
+publishes what :class:`AlertBook` reports on ``alerts/<rule>/<subject>``.
 
 Times are Unix epoch milliseconds. A state seen first as a *retained* message has no
 known start (the broker does not say when it was published): rules then count from
@@ -18,7 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.settings import DEVICE_ID_RE, AlertSettings
+from config.settings import AlertSettings
+from contract.ids import DEVICE_ID_RE
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -660,7 +661,7 @@ def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
 
 
 def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None) -> str:
-    """The ``python -m broker status`` report.
+    """The ``camstack status`` report.
 
     Args:
         model: Current knowledge.

@@ -1,11 +1,17 @@
-"""Stack subcommands of ``python -m broker``: service-config, simulate, status, monitor, demo.
+"""``camstack``: the one command for the whole stack (installed into the venv).
+
+It has the broker's own commands (``python -m broker``: init, run, device, service,
+server-cert, render) and the stack's tools on top of them:
 
 Examples:
-    python -m broker service-config [--force] [--compose]
-    python -m broker simulate --devices 3 --fps 2 --duration 60
-    python -m broker status
-    python -m broker monitor                  # until Ctrl-C / SIGTERM
-    python -m broker demo                     # what `make demo` runs
+    camstack init                             # broker init + data/config/*.toml
+    camstack device add cam01 --broker-host broker.lan --wifi-ssid farm ...
+    camstack service-config [--force] [--compose]
+    camstack simulate --devices 3 --fps 2 --duration 60
+    camstack status
+    camstack demo                             # what `make demo` runs
+
+The services run as ``python -m ingestor``, ``python -m encoder``, ``python -m monitor``.
 """
 
 from __future__ import annotations
@@ -20,24 +26,62 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from broker import cli as broker_cli
 from broker.accounts import AccountStore
-from broker.demo import DemoOptions, run_demo
 from broker.errors import BrokerToolError
-from broker.health import evaluate, format_status
 from broker.layout import Layout
-from broker.monitor import Monitor, collect_status, now_ms
 from broker.run import prepare
-from broker.sim import Faults, Fleet, SimCamera, SimConfig
-from broker.stack import config_dir, ensure_device_account, render_compose, render_local
-from config.loader import load_or_exit
-from config.logging import configure_logging
+from camstack.demo import DemoOptions, run_demo
+from camstack.sim import Faults, Fleet, SimCamera, SimConfig
+from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
+from config.loader import ConfigError, load_or_exit, load_settings
 from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
+from monitor.health import evaluate, format_status
+from monitor.service import collect_status, now_ms
 
-COMMANDS = ("service-config", "simulate", "status", "monitor", "demo")
+COMMANDS = ("service-config", "simulate", "status", "demo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``camstack``.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        Exit status.
+    """
+    p = argparse.ArgumentParser(prog="camstack", description=(__doc__ or "").replace("``", ""),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    broker_cli.add_global_options(p)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    broker_cli.add_commands(sub)
+    add_commands(sub)
+    args = p.parse_args(argv)
+    overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
+    try:
+        settings = load_settings(BrokerSettings, args.config, **overrides)
+    except ConfigError as exc:
+        print("invalid configuration for BrokerSettings:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    try:
+        if args.cmd in COMMANDS:
+            return run_command(args, settings)
+        code = broker_cli.run_command(args, settings)
+        if args.cmd == "init" and code == 0:
+            # The stack's init also writes the services' configs (kept when present).
+            for path in render_local(settings):
+                print(f"wrote {path}")
+        return code
+    except BrokerToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def add_commands(sub: Any) -> None:
-    """Add the stack subcommands to ``python -m broker``'s subparsers.
+    """Add the stack's tool subcommands.
 
     Args:
         sub: The object ``add_subparsers()`` returned.
@@ -66,13 +110,10 @@ def add_commands(sub: Any) -> None:
     sim.add_argument("--host", default="localhost", help="broker host (in the server cert)")
     sim.add_argument("--port", type=int, help="TLS port (default: the configured one)")
 
-    for name, text in (("status", "print devices, services, storage and alerts"),
-                       ("monitor", "evaluate alert rules until stopped, publish alerts/#")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--service-config", type=Path,
-                       help="MonitorSettings TOML (default: <data>/config/monitor.toml)")
-        if name == "status":
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+    st = sub.add_parser("status", help="print devices, services, storage and alerts")
+    st.add_argument("--service-config", type=Path,
+                    help="MonitorSettings TOML (default: <data>/config/monitor.toml)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser("demo", help="broker + ingestor + encoder + simulated cameras")
     defaults = DemoOptions()
@@ -106,15 +147,12 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         return 0
     if args.cmd == "simulate":
         return _simulate(args, settings)
-    if args.cmd in ("status", "monitor"):
+    if args.cmd == "status":
         layout = Layout(settings.data_dir.resolve())
         path = args.service_config
         if path is None and (config_dir(layout) / "monitor.toml").exists():
             path = config_dir(layout) / "monitor.toml"
-        mon = load_or_exit(MonitorSettings, path)
-        if args.cmd == "status":
-            return _status(mon, as_json=args.json)
-        return _monitor(mon)
+        return _status(load_or_exit(MonitorSettings, path), as_json=args.json)
     if args.cmd == "demo":
         opts = DemoOptions(cameras=args.cameras, fps=args.fps,
                            frames_per_video=args.frames_per_video, tls_port=args.tls_port,
@@ -154,18 +192,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _monitor(settings: MonitorSettings) -> int:
-    configure_logging(settings.log.level, settings.log.format,
-                      service=settings.mqtt.username or "operator-monitor")
-    mon = Monitor(settings)
-    _stop_on_signals(mon.stop_event)
-    return mon.run()
-
-
 def _simulate(args: argparse.Namespace, settings: BrokerSettings) -> int:
     layout = Layout(settings.data_dir.resolve())
     if not layout.pki.ca_cert.exists():
-        raise BrokerToolError(f"{layout.data_dir} is not prepared; run `python -m broker init`")
+        raise BrokerToolError(f"{layout.data_dir} is not prepared; run `camstack init`")
     try:
         width, height = (int(x) for x in args.size.lower().split("x"))
     except ValueError:

@@ -1,4 +1,4 @@
-"""``python -m broker demo`` (``make demo``): the whole stack with simulated cameras.
+"""``camstack demo`` (``make demo``): the whole stack with simulated cameras.
 
 Starts the local Mosquitto (TLS, the project's accounts and ACLs), ``python -m
 ingestor`` and ``python -m encoder`` on the local file system, provisions a few
@@ -33,19 +33,19 @@ import paho.mqtt.client as mqtt
 
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
-from broker.health import HealthModel, format_bytes, format_status
 from broker.layout import Layout
-from broker.monitor import apply_storage, now_ms
-from broker.mqtt import connect_blocking, make_client
 from broker.run import mosquitto_binary, prepare, render_config
-from broker.sim import Fleet, SimCamera, SimConfig
-from broker.stack import (
+from camstack.sim import Fleet, SimCamera, SimConfig
+from camstack.stack import (
     ensure_device_account,
     ensure_service_account,
     service_documents,
     write_documents,
 )
 from config.settings import BrokerSettings, MqttSettings, TlsSettings
+from monitor.health import HealthModel, format_bytes, format_status
+from monitor.service import apply_storage, now_ms
+from mqttclient import connect_blocking, make_client
 
 DEMO_ACCOUNT = "operator-demo"
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def check_running_broker(layout: Layout, say: Callable[[str], None]) -> None:
     if _alive(pid) and "mosquitto" in _cmdline(pid):
         raise BrokerToolError(
             f"a broker for {layout.data_dir} is already running (pid {pid}, from `make up` or "
-            "`python -m broker run`?); stop it first, or run the demo with another data "
+            "`camstack run`?); stop it first, or run the demo with another data "
             "folder (make demo DATA=/tmp/camdemo)")
     say(f"note: removing stale pid file {pid_file} (pid {pid} is not running)")
     pid_file.unlink(missing_ok=True)
@@ -474,7 +474,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
                   "monitor": {"alerts": {"no_frame_s": 30.0}}},
     )
     write_documents(docs, paths.config, force=True,
-                    header="# Rendered by `python -m broker demo` at every run.\n")
+                    header="# Rendered by `camstack demo` at every run.\n")
 
     children: dict[str, Child] = {}
     fleet: Fleet | None = None

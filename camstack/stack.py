@@ -1,11 +1,11 @@
 """Service configurations of the local default, rendered into the data folder.
 
-``python -m broker init`` writes, next to the broker's own config, one TOML file per
+``camstack init`` writes, next to the broker's own config, one TOML file per
 process of the stack, with the right CA, host, port and password file:
 
     data/config/ingestor.toml   CAM_CONFIG of ``python -m ingestor``
     data/config/encoder.toml    CAM_CONFIG of ``python -m encoder``
-    data/config/monitor.toml    read by ``python -m broker status`` / ``monitor``
+    data/config/monitor.toml    read by ``camstack status`` / ``python -m monitor``
 
 Existing files are kept (they are the operator's to edit) unless forced. The same
 documents, with the paths a container sees, are written for ``compose.yaml`` under
@@ -26,12 +26,7 @@ from broker.run import render_config
 from broker.secrets import write_secret_file
 from config.loader import to_toml
 from config.settings import BrokerSettings
-
-MONITOR_ACCOUNT = "operator-monitor"
-"""The long-running monitor's own account (the operator role, its own client id)."""
-
-STATUS_ACCOUNT = "operator-status"
-"""Account of the one-shot ``python -m broker status`` (it may run beside the monitor)."""
+from monitor.service import MONITOR_ACCOUNT, STATUS_ACCOUNT
 
 HEALTH_ACCOUNT = "operator-health"
 """The compose broker health check's account (reads ``$SYS/broker/uptime``)."""
@@ -185,7 +180,7 @@ def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool 
     """
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    header = header or ("# Rendered by `python -m broker service-config`; edit freely, "
+    header = header or ("# Rendered by `camstack service-config`; edit freely, "
                         "`--force` re-renders.\n")
     for name, doc in docs.items():
         path = dest / f"{name}.toml"
@@ -250,7 +245,7 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     """
     layout = Layout(settings.data_dir.resolve())
     if not layout.pki.server_cert.exists():
-        raise BrokerToolError(f"{layout.data_dir} is not prepared; run `python -m broker init`")
+        raise BrokerToolError(f"{layout.data_dir} is not prepared; run `camstack init`")
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
     ensure_service_account(layout, store, HEALTH_ACCOUNT)

@@ -1,4 +1,4 @@
-"""``python -m broker status`` and ``monitor``: MQTT and storage wiring around health.py.
+"""``camstack status`` and ``python -m monitor``: MQTT and storage wiring around health.py.
 
 ``status`` connects once (account ``operator-status``), reads every retained status and
 video event, scans the storage root when this machine can see it, and prints the table.
@@ -25,7 +25,9 @@ import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from broker.health import (
+from config.settings import MonitorSettings
+from contract.topics import service_status_topic as svc_status_topic
+from monitor.health import (
     SYS_TOPICS,
     Alert,
     AlertBook,
@@ -36,18 +38,21 @@ from broker.health import (
     format_status,
     safe_text,
 )
-from broker.mqtt import (
+from mqttclient import (
     MqttConnectError,
     connect_blocking,
     make_client,
     publish_json,
     wait_published,
 )
-from broker.mqtt import status_topic as svc_status_topic
-from broker.stack import STATUS_ACCOUNT
-from config.settings import MonitorSettings
 
 log = structlog.get_logger("monitor")
+
+MONITOR_ACCOUNT = "operator-monitor"
+"""The long-running monitor's own account (the operator role, its own client id)."""
+
+STATUS_ACCOUNT = "operator-status"
+"""Account of the one-shot ``camstack status`` (it may run beside the monitor)."""
 
 
 
@@ -247,7 +252,7 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
 
 
 def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -> str:
-    """The ``python -m broker status`` text (with the alerts that hold right now).
+    """The ``camstack status`` text (with the alerts that hold right now).
 
     Args:
         settings: Monitor settings.

@@ -19,24 +19,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from broker.errors import BrokerToolError
 from config.settings import MqttSettings
 
 
-class MqttConnectError(BrokerToolError):
+class MqttError(Exception):
+    """Base of every error the MQTT helpers raise."""
+
+
+class MqttConnectError(MqttError):
     """The broker refused or never answered our connection."""
-
-
-def status_topic(service: str) -> str:
-    """Retained status topic of a service.
-
-    Args:
-        service: Service name.
-
-    Returns:
-        ``svc/<service>/status``.
-    """
-    return f"svc/{service}/status"
 
 
 def offline_payload() -> bytes:

@@ -12,6 +12,8 @@ import struct
 import zlib
 from typing import NamedTuple
 
+from contract.errors import ContractError
+
 MAGIC = b"CF"
 VERSION = 1
 HEADER = struct.Struct("<2sBBIIHHIIIQ")
@@ -49,7 +51,7 @@ class RejectReason(enum.StrEnum):
     BAD_DEVICE_ID = "bad_device_id"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ContractError):
     """A payload breaks the wire contract.
 
     Attributes:

@@ -24,9 +24,9 @@ import paho.mqtt.client as mqtt
 
 from broker.accounts import AccountStore
 from broker.layout import Layout
-from broker.mqtt import connect_blocking, make_client
 from broker.run import mosquitto_binary, prepare
 from config.settings import BrokerSettings, MqttSettings, TlsSettings
+from mqttclient import connect_blocking, make_client
 
 MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.18"
 
@@ -210,12 +210,20 @@ class BrokerHandle:
         """A connected client with its network loop running; the caller disconnects it.
 
         Args:
+            username: Account.
+            password: Its password (default: the service password file).
+            client_id: Default: a unique one (the broker replaces it with the username).
+            tls: Over the TLS listener (else the loopback one).
+            port: Another port (a proxy in front of the broker).
+            clean_start: Start without the previous session.
+            manual_ack: Hold QoS 1 acks until ``client.ack()``.
+            timeout: Seconds to wait for CONNACK.
             before_connect: Called with the client before CONNECT, e.g. ``Collector``, so
                 messages queued in a persistent session are not delivered before the
                 callbacks exist.
 
         Raises:
-            broker.mqtt.MqttConnectError: When the broker refuses.
+            mqttclient.client.MqttConnectError: When the broker refuses.
         """
         s = self.mqtt_settings(username, password, tls=tls, client_id=client_id)
         if port is not None:
