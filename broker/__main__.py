@@ -20,9 +20,10 @@ from broker import stack_cli
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
+from broker.ota import run_ota
 from broker.pki import create_server_cert
 from broker.run import exec_broker, prepare, render_config
-from broker.secrets import render_secrets_header, write_secret_file
+from broker.secrets import render_secrets_header, tls_name_for, write_secret_file
 from broker.stack import render_local
 from config.loader import ConfigError, load_settings
 from config.settings import BrokerSettings
@@ -66,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     rv = dev.add_parser("revoke", help="revoke a device; it is disconnected at once")
     rv.add_argument("device_id")
     rv.add_argument("--no-reload", action="store_true")
+    ota = dev.add_parser("ota", help="send a device a firmware image (HTTPS, SHA-256)")
+    ota.add_argument("device_id")
+    ota.add_argument("image", type=Path, help="firmware.bin (.pio/build/esp32cam/)")
+    ota.add_argument("--url", help="the image is hosted here already (https://...)")
+    ota.add_argument("--host", help="host the device reaches this machine by (default: "
+                                    "first certificate name)")
+    ota.add_argument("--port", type=int, default=8443, help="HTTPS port to serve on")
+    ota.add_argument("--account", default="operator", help="service account that sends")
+    ota.add_argument("--mqtt-host", default="localhost")
+    ota.add_argument("--timeout", type=float, default=600.0,
+                     help="seconds to serve the image waiting for the download")
     stack_cli.add_commands(sub)
     return p
 
@@ -157,6 +169,7 @@ def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
             device_id=args.device_id, password=password, host=host, port=settings.tls_port,
             prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
             wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
+            tls_name=tls_name_for(host, settings.server_names),
         )
         secrets_file = args.secrets_dir / f"{args.device_id}.h"
         write_secret_file(secrets_file, header)
@@ -182,6 +195,8 @@ def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
     elif args.dcmd == "revoke":
         store.revoke(args.device_id)
         print(f"revoked {args.device_id}; {_reload_note(store, args.no_reload)}")
+    elif args.dcmd == "ota":
+        return run_ota(args, settings, layout)
     return 0
 
 

@@ -10,6 +10,7 @@ headers and the status messages.
 
 from __future__ import annotations
 
+import argparse
 import json
 import select
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from broker.ota import run_ota
 from ingestor.protocol import ProtocolError, looks_like_jpeg, unpack_chunk
 from tests.support.brokerproc import BrokerHandle
 from tests.support.faults import TcpProxy
@@ -437,3 +439,47 @@ def test_vcam_resends_whole_frame_after_outage_longer_than_partial_timeout(
     for (_boot, seq), (_name, data) in stored.items():
         assert f"vcam {device} frame {seq}".encode() in data
         assert len(data) == pad
+
+
+def test_device_ota_command_is_understood_by_the_firmware_core(
+        broker: BrokerHandle, vcam_bin: Path, tmp_path: Path) -> None:
+    """``device ota`` (broker/ota.py) sends the ``ota`` command through the real broker;
+    the firmware core parses url, sha256 and size. vcam has no flash to write to, so it
+    answers "ota: not supported": any disagreement on the command format would be a
+    parse error instead (e.g. "sha256 must be 64 hex digits")."""
+    device = "vcam-ota"
+    password = broker.add_device(device)
+    account = f"operator-ota{uuid.uuid4().hex[:6]}"
+    broker.add_service(account)
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(bytes([0xE9]) + bytes(range(256)) * 100)
+    rx = Reassembler(device)
+    op = broker.client("operator", broker.service_password("operator"))
+    proc = subprocess.Popen(
+        vcam_cmd(vcam_bin, broker, device, password, "--generate", "100000",
+                 "--interval-ms", "500", "--status-period-ms", "60000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        subscribe(op, rx)
+        deadline = time.monotonic() + 10
+        while not any(s.get("state") == "online" for s in rx.statuses):
+            assert time.monotonic() < deadline, rx.statuses
+            time.sleep(0.05)
+        args = argparse.Namespace(
+            device_id=device, image=image, url="https://localhost:8443/fw/image.bin",
+            host=None, port=0, account=account, mqtt_host=broker.host, timeout=5.0)
+        assert run_ota(args, broker.settings, broker.layout) == 0
+        deadline = time.monotonic() + 10
+        answered: dict[str, Any] | None = None
+        while answered is None:
+            assert time.monotonic() < deadline, rx.statuses
+            with rx.lock:
+                answered = next((s for s in rx.statuses if s.get("cmd_errors") == 1), None)
+            time.sleep(0.05)
+        assert answered["last_cmd_error"] == "ota: not supported"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        op.disconnect()
+        op.loop_stop()
