@@ -245,7 +245,10 @@ void loop() {
       restart_after(0, g_node->reboot_requested() ? "reboot command" : "ota update");
     }
   }
-  if (deep_sleep_mode() && g_ota.state() == "idle") {
+  camlink::OtaState ota = g_ota.updater().state();
+  bool ota_busy = ota == camlink::OtaState::kDownloading || ota == camlink::OtaState::kReady ||
+                  ota == camlink::OtaState::kPendingVerify;
+  if (deep_sleep_mode() && !ota_busy && g_reboot_at_ms == 0) {
     if (g_node->done()) sleep_now("frames sent");
     // Unsent frames are lost with RAM; their frame_seq values are not reused.
     if (now >= CAM_SLEEP_AWAKE_MAX_MS) sleep_now("awake too long");
