@@ -23,7 +23,7 @@ from broker.accounts import AccountStore
 from broker.layout import Layout
 from broker.pki import create_server_cert
 from broker.run import exec_broker, prepare, render_config
-from broker.secrets import render_secrets_header, write_secret_file
+from broker.secrets import render_secrets_header, tls_name_for, write_secret_file
 from config.settings import BrokerSettings
 
 COMMANDS = ("init", "server-cert", "render", "run", "device", "service")
@@ -41,11 +41,14 @@ def add_global_options(p: argparse.ArgumentParser) -> None:
                    help="data folder: PKI, accounts, broker state (default: ./data)")
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Any) -> Any:
     """Add the broker's subcommands.
 
     Args:
         sub: The object ``add_subparsers()`` returned.
+
+    Returns:
+        The ``device`` command's subparsers, for tools that add device verbs.
     """
     sub.add_parser("init", help="create PKI, service accounts and mosquitto.conf (idempotent)")
     cert = sub.add_parser("server-cert", help="re-issue the server certificate")
@@ -79,6 +82,7 @@ def add_commands(sub: Any) -> None:
     rv = dev.add_parser("revoke", help="revoke a device; it is disconnected at once")
     rv.add_argument("device_id")
     rv.add_argument("--no-reload", action="store_true")
+    return dev
 
 
 def _reload_note(store: AccountStore, skip: bool) -> str:
@@ -151,6 +155,7 @@ def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
             device_id=args.device_id, password=password, host=host, port=settings.tls_port,
             prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
             wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
+            tls_name=tls_name_for(host, settings.server_names),
         )
         secrets_file = args.secrets_dir / f"{args.device_id}.h"
         write_secret_file(secrets_file, header)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -9,6 +10,32 @@ from pathlib import Path
 def _c_string(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def tls_name_for(host: str, server_names: list[str]) -> str:
+    """The DNS name the device verifies when it reaches the broker by IP address.
+
+    mbedTLS 2.28 (ESP-IDF 4.4) matches DNS names only, so an IP host needs a DNS name
+    from the server certificate (``CAMLINK_BROKER_TLS_NAME``).
+
+    Args:
+        host: Broker host as the device reaches it.
+        server_names: The server certificate's names.
+
+    Returns:
+        The first DNS name of the certificate when ``host`` is an IP address, else "".
+    """
+    if not _is_ip(host):
+        return ""
+    return next((n for n in server_names if not _is_ip(n)), "")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def render_secrets_header(
@@ -21,6 +48,7 @@ def render_secrets_header(
     ca_pem: str,
     wifi_ssid: str = "",
     wifi_password: str = "",
+    tls_name: str = "",
 ) -> str:
     """C header the firmware build includes (see docs/firmware.md).
 
@@ -33,6 +61,8 @@ def render_secrets_header(
         ca_pem: CA certificate, embedded so the device verifies the broker.
         wifi_ssid: Wi-Fi network, optional.
         wifi_password: Wi-Fi password, optional.
+        tls_name: DNS name from the server certificate the device verifies when ``host``
+            is an IP address (``CAMLINK_BROKER_TLS_NAME``), optional.
 
     Returns:
         The header text.
@@ -45,7 +75,8 @@ def render_secrets_header(
         f"#define CAM_DEVICE_ID {_c_string(device_id)}\n"
         f"#define CAM_MQTT_PASSWORD {_c_string(password)}\n"
         f"#define CAM_MQTT_HOST {_c_string(host)}\n"
-        f"#define CAM_MQTT_PORT {int(port)}\n"
+        + (f"#define CAMLINK_BROKER_TLS_NAME {_c_string(tls_name)}\n" if tls_name else "")
+        + f"#define CAM_MQTT_PORT {int(port)}\n"
         f"#define CAM_TOPIC_PREFIX {_c_string(prefix)}\n"
         f"#define CAM_WIFI_SSID {_c_string(wifi_ssid)}\n"
         f"#define CAM_WIFI_PASSWORD {_c_string(wifi_password)}\n"

@@ -32,6 +32,7 @@ from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
 from camstack.demo import DemoOptions, run_demo
+from camstack.ota import run_ota
 from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
 from config.loader import ConfigError, load_or_exit, load_settings
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     broker_cli.add_global_options(p)
     sub = p.add_subparsers(dest="cmd", required=True)
-    broker_cli.add_commands(sub)
+    add_device_commands(broker_cli.add_commands(sub))
     add_commands(sub)
     args = p.parse_args(argv)
     overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in COMMANDS:
             return run_command(args, settings)
+        if args.cmd == "device" and args.dcmd == "ota":
+            return run_ota(args, settings, Layout(settings.data_dir.resolve()))
         code = broker_cli.run_command(args, settings)
         if args.cmd == "init" and code == 0:
             # The stack's init also writes the services' configs (kept when present).
@@ -78,6 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokerToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def add_device_commands(dev: Any) -> None:
+    """Device verbs that need more than the broker: ``device ota``.
+
+    Args:
+        dev: The ``device`` command's subparsers.
+    """
+    ota = dev.add_parser("ota", help="send a device a firmware image (HTTPS, SHA-256)")
+    ota.add_argument("device_id")
+    ota.add_argument("image", type=Path, help="firmware.bin (.pio/build/esp32cam/)")
+    ota.add_argument("--url", help="the image is hosted here already (https://...)")
+    ota.add_argument("--host", help="host the device reaches this machine by (default: "
+                                    "first certificate name)")
+    ota.add_argument("--port", type=int, default=8443, help="HTTPS port to serve on")
+    ota.add_argument("--account", default="operator", help="service account that sends")
+    ota.add_argument("--mqtt-host", default="localhost")
+    ota.add_argument("--timeout", type=float, default=600.0,
+                     help="seconds to serve the image waiting for the download")
 
 
 def add_commands(sub: Any) -> None:

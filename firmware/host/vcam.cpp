@@ -60,6 +60,7 @@ struct Options {
   bool clock_sync = true;
   uint32_t status_period_ms = 30000;
   uint32_t ack_timeout_ms = 20000;
+  uint32_t partial_timeout_ms = camlink::kDefaultRestartAfterMs;
   uint32_t backoff_base_ms = 250;
   uint32_t backoff_max_ms = 5000;
   bool verbose = false;
@@ -72,7 +73,7 @@ void usage() {
       "  --prefix cam  --count N  --interval-ms 1000  --chunk 8192  --window 4\n"
       "  --boot-id U32  --queue-bytes 8388608  --queue-frames 256  --keepalive 10\n"
       "  --timeout-s 300  --size 320x240  --pad BYTES  --no-clock-sync\n"
-      "  --status-period-ms 30000  --ack-timeout-ms 20000\n"
+      "  --status-period-ms 30000  --ack-timeout-ms 20000  --partial-timeout-ms 50000\n"
       "  --backoff-base-ms 250  --backoff-max-ms 5000  --verbose\n");
 }
 
@@ -125,6 +126,7 @@ bool parse_args(int argc, char** argv, Options* o) {
     else if (a == "--pad") { if (!num(0, 64u << 20, &n)) return false; o->pad = n; }
     else if (a == "--status-period-ms") { if (!num(100, 86400000, &n)) return false; o->status_period_ms = static_cast<uint32_t>(n); }
     else if (a == "--ack-timeout-ms") { if (!num(100, 86400000, &n)) return false; o->ack_timeout_ms = static_cast<uint32_t>(n); }
+    else if (a == "--partial-timeout-ms") { if (!num(0, 86400000, &n)) return false; o->partial_timeout_ms = static_cast<uint32_t>(n); }
     else if (a == "--backoff-base-ms") { if (!num(1, 600000, &n)) return false; o->backoff_base_ms = static_cast<uint32_t>(n); }
     else if (a == "--backoff-max-ms") { if (!num(1, 3600000, &n)) return false; o->backoff_max_ms = static_cast<uint32_t>(n); }
     else if (a == "--size") {
@@ -348,6 +350,7 @@ int main(int argc, char** argv) {
   cfg.uplink.chunk_data = o.chunk;
   cfg.uplink.window = o.window;
   cfg.uplink.ack_timeout_ms = o.ack_timeout_ms;
+  cfg.uplink.restart_after_ms = o.partial_timeout_ms;
   cfg.queue_bytes = o.queue_bytes;
   cfg.queue_frames = o.queue_frames;
   cfg.status_period_ms = o.status_period_ms;
@@ -463,6 +466,7 @@ int main(int argc, char** argv) {
       "\"frames_sent\":%llu,\"frames_dropped\":%u,\"frames_invalid\":%llu,"
       "\"capture_errors\":%llu,\"frames_queued\":%zu,\"chunks_published\":%llu,"
       "\"chunks_acked\":%llu,\"chunks_resent\":%llu,\"ack_timeouts\":%llu,"
+      "\"frames_restarted\":%llu,\"stale_acks\":%llu,"
       "\"publish_failures\":%llu,\"connects\":%llu,\"connect_attempts\":%llu,"
       "\"reconnects\":%llu,\"cmd_ok\":%llu,\"cmd_errors\":%llu,\"elapsed_ms\":%llu}\n",
       o.id.c_str(), o.boot_id, exit_code == 0 ? "true" : "false", exit_code,
@@ -474,6 +478,8 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(us.chunks_acked),
       static_cast<unsigned long long>(us.chunks_resent),
       static_cast<unsigned long long>(us.ack_timeouts),
+      static_cast<unsigned long long>(us.frames_restarted),
+      static_cast<unsigned long long>(us.stale_acks),
       static_cast<unsigned long long>(us.publish_failures),
       static_cast<unsigned long long>(ctx.connects), static_cast<unsigned long long>(attempts),
       static_cast<unsigned long long>(ns.reconnects), static_cast<unsigned long long>(ns.cmd_ok),

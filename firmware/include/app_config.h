@@ -62,7 +62,41 @@
 #ifndef CAM_DISCARD_FRAMES
 #define CAM_DISCARD_FRAMES 3
 #endif
-// Consecutive capture failures before the device restarts itself.
+// Consecutive capture failures before the camera is power-cycled and re-initialised.
 #ifndef CAM_MAX_CAPTURE_FAILURES
 #define CAM_MAX_CAPTURE_FAILURES 20
+#endif
+// Resend a frame whole when it is not fully acknowledged this long after its first
+// chunk went out: under the ingestor's partial_timeout_s (60 s) with 10 s margin.
+#ifndef CAM_PARTIAL_TIMEOUT_MS
+#define CAM_PARTIAL_TIMEOUT_MS 50000
+#endif
+// esp-mqtt's own retransmission of unacknowledged messages; long, so the core's ack
+// timeout governs resends (esp-mqtt's default of 1 s doubled every resend).
+#ifndef CAM_MQTT_RETRANSMIT_MS
+#define CAM_MQTT_RETRANSMIT_MS 60000
+#endif
+// One Wi-Fi attempt (association, WPA, DHCP) gets at least this long.
+#ifndef CAM_WIFI_ATTEMPT_MS
+#define CAM_WIFI_ATTEMPT_MS 15000
+#endif
+// Camera power-cycle + re-inits (each after CAM_MAX_CAPTURE_FAILURES failures in a
+// row) before the device reboots.
+#ifndef CAM_MAX_CAMERA_REINITS
+#define CAM_MAX_CAMERA_REINITS 3
+#endif
+// A new OTA image must reach the broker within this time or it is rolled back.
+#ifndef CAM_OTA_CONFIRM_MS
+#define CAM_OTA_CONFIRM_MS 300000
+#endif
+// Deep-sleep timelapse: 0 = off (always on). Otherwise wake every CAM_DEEP_SLEEP_S,
+// capture CAM_SLEEP_FRAMES, send, sleep; give up sending after CAM_SLEEP_AWAKE_MAX_MS.
+#ifndef CAM_DEEP_SLEEP_S
+#define CAM_DEEP_SLEEP_S 0
+#endif
+#ifndef CAM_SLEEP_FRAMES
+#define CAM_SLEEP_FRAMES 1
+#endif
+#ifndef CAM_SLEEP_AWAKE_MAX_MS
+#define CAM_SLEEP_AWAKE_MAX_MS 60000
 #endif

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "camlink/netcfg.h"
 #include "camlink/status.h"
 #include "esp_idf_version.h"
 
@@ -16,7 +17,20 @@ bool EspMqtt::begin(const MqttSettings& s) {
   s_ = s;
   events_ = xQueueCreate(64, sizeof(Event));
   cmds_ = xQueueCreate(2, sizeof(CmdMsg));
-  if (events_ == nullptr || cmds_ == nullptr) return false;
+  rx_ = new CmdMsg();
+  if (events_ == nullptr || cmds_ == nullptr || rx_ == nullptr) return false;
+#if ESP_IDF_VERSION_MAJOR >= 5
+  const bool can_set_cn = true;
+#else
+  const bool can_set_cn = false;
+#endif
+  camlink::TlsNamePlan tls = camlink::tls_name_plan(s.host, s.tls_name, can_set_cn);
+  if (tls.error != nullptr) {
+    log_e("%s", tls.error);
+    return false;
+  }
+  if (tls.skip_cn_check)
+    log_w("broker host %s is an IP address: IDF 4.4 verifies the CA chain only", s.host);
   will_ = camlink::offline_status_json();
   uri_ = std::string("mqtts://") + s.host + ":" + std::to_string(s.port);
   // One MQTT packet per chunk: header + data + topic + fixed header must fit the
@@ -27,6 +41,8 @@ bool EspMqtt::begin(const MqttSettings& s) {
 #if ESP_IDF_VERSION_MAJOR >= 5
   c.broker.address.uri = uri_.c_str();
   c.broker.verification.certificate = s.ca_pem;  // PEM, NUL-terminated
+  c.broker.verification.common_name = tls.common_name;
+  c.broker.verification.skip_cert_common_name_check = tls.skip_cn_check;
   c.credentials.username = s.device_id;
   c.credentials.client_id = s.device_id;
   c.credentials.authentication.password = s.password;
@@ -37,13 +53,15 @@ bool EspMqtt::begin(const MqttSettings& s) {
   c.session.last_will.retain = 1;
   c.session.keepalive = s.keepalive_s;
   c.network.reconnect_timeout_ms = 60000;
-  c.network.timeout_ms = 10000;
+  c.network.timeout_ms = 5000;
+  c.session.message_retransmit_timeout = s.retransmit_ms;
   c.buffer.size = 2048;
   c.buffer.out_size = out_size;
   c.task.stack_size = 6144;
 #else
   c.uri = uri_.c_str();
   c.cert_pem = s.ca_pem;  // PEM, NUL-terminated
+  c.skip_cert_common_name_check = tls.skip_cn_check;
   c.username = s.device_id;
   c.client_id = s.device_id;
   c.password = s.password;
@@ -54,7 +72,8 @@ bool EspMqtt::begin(const MqttSettings& s) {
   c.lwt_retain = 1;
   c.keepalive = s.keepalive_s;
   c.reconnect_timeout_ms = 60000;
-  c.network_timeout_ms = 10000;
+  c.network_timeout_ms = 5000;
+  c.message_retransmit_timeout = s.retransmit_ms;
   c.buffer_size = 2048;
   c.out_buffer_size = out_size;
   c.task_stack = 6144;
@@ -99,7 +118,7 @@ void EspMqtt::handle(esp_mqtt_event_handle_t e) {
         log_w("command too large or fragmented, ignored");
         break;
       }
-      CmdMsg m;
+      CmdMsg& m = *rx_;  // only this (MQTT) task writes it; xQueueSend copies it
       std::memcpy(m.topic, e->topic, static_cast<size_t>(e->topic_len));
       m.topic[e->topic_len] = '\0';
       m.len = static_cast<uint16_t>(e->data_len);
@@ -152,8 +171,9 @@ void EspMqtt::loop(uint64_t now, bool wifi_up, camlink::CamNode& node) {
 int EspMqtt::publish(const char* topic, const uint8_t* payload, size_t len, int qos,
                      bool retain) {
   if (client_ == nullptr || !connected_) return -1;
-  return esp_mqtt_client_publish(client_, topic, reinterpret_cast<const char*>(payload),
-                                 static_cast<int>(len), qos, retain ? 1 : 0);
+  // Into the outbox; the MQTT task writes it. No TLS write on the caller's task.
+  return esp_mqtt_client_enqueue(client_, topic, reinterpret_cast<const char*>(payload),
+                                 static_cast<int>(len), qos, retain ? 1 : 0, true);
 }
 
 }  // namespace esp

@@ -6,6 +6,19 @@
 //
 // Reconnects: our jittered exponential backoff calls esp_mqtt_client_reconnect();
 // esp-mqtt's own fixed reconnect (reconnect_timeout_ms) stays on as a safety net.
+//
+// Publishing (review defects 3, 4, 5): chunks are handed over with
+// esp_mqtt_client_enqueue() (store = true): the MQTT task writes them, the caller never
+// waits for a TLS write, and every accepted message has an id (a failed write leaves
+// no id-less message in the outbox). esp-mqtt's own retransmission timer is set long
+// (message_retransmit_timeout) so the core's ack timeout governs resends; acks are
+// matched by id and generation in the core (uplink.h), so a late ack of an outbox
+// copy cannot mark another chunk delivered.
+//
+// TLS name (review defect 1): with an IP address as host, the certificate is checked
+// against CAMLINK_BROKER_TLS_NAME (camlink::tls_name_plan): IDF 5 verifies that DNS
+// name; IDF 4.4's esp-mqtt has no common_name field, so there only the chain (the
+// pinned camstack CA) is verified.
 #pragma once
 
 #include <cstddef>
@@ -27,10 +40,12 @@ struct MqttSettings {
   const char* device_id;
   const char* password;
   const char* ca_pem;
+  const char* tls_name;  // "" or a DNS name in the broker certificate (IP hosts)
   std::string status_topic;
   std::string cmd_topic;
   int keepalive_s;
   size_t chunk_data;
+  int retransmit_ms;
 };
 
 class EspMqtt : public camlink::MqttPublisher {
@@ -64,6 +79,7 @@ class EspMqtt : public camlink::MqttPublisher {
   void push(Ev t, int32_t msg_id);
 
   MqttSettings s_{};
+  CmdMsg* rx_ = nullptr;  // the MQTT task's copy buffer: heap, not its 6 KB stack (defect 8)
   esp_mqtt_client_handle_t client_ = nullptr;
   QueueHandle_t events_ = nullptr;
   QueueHandle_t cmds_ = nullptr;

@@ -95,4 +95,6 @@ void watchdog_begin(uint32_t timeout_s) {
 
 void watchdog_feed() { esp_task_wdt_reset(); }
 
+void watchdog_add_current_task() { esp_task_wdt_add(nullptr); }
+
 }  // namespace esp

@@ -40,5 +40,7 @@ bool use_psram_for_frames();
 /// Task watchdog on the calling (loop) task: panic + reboot if not fed in time.
 void watchdog_begin(uint32_t timeout_s);
 void watchdog_feed();
+/// Also watch the calling task (the capture task).
+void watchdog_add_current_task();
 
 }  // namespace esp

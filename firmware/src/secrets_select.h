@@ -22,3 +22,16 @@
     !defined(CAM_WIFI_PASSWORD)
 #error "secrets header is missing a macro: see firmware/secrets.example.h"
 #endif
+
+#ifndef CAMLINK_BROKER_TLS_NAME
+#define CAMLINK_BROKER_TLS_NAME ""  // needed when CAM_MQTT_HOST is an IP address
+#endif
+
+// Review defect 9: an empty SSID compiled and then failed forever at run time.
+// CAMLINK_WIRED_NETWORK: the board reaches the network some other way (Ethernet).
+#include "camlink/netcfg.h"
+#ifndef CAMLINK_WIRED_NETWORK
+static_assert(camlink::ssid_configured(CAM_WIFI_SSID),
+              "CAM_WIFI_SSID is empty: provision with --wifi-ssid (or define "
+              "CAMLINK_WIRED_NETWORK for a board without Wi-Fi)");
+#endif

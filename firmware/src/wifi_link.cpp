@@ -3,7 +3,13 @@
 #include <Arduino.h>
 #include <WiFi.h>
 
+#include "camlink/netcfg.h"
+
 namespace esp {
+
+uint32_t WifiLink::next_window_ms() {
+  return camlink::wifi_attempt_window_ms(backoff_.next_delay_ms(), min_attempt_ms_);
+}
 
 void WifiLink::begin(const char* ssid, const char* password, const char* hostname) {
   ssid_ = ssid;
@@ -14,7 +20,7 @@ void WifiLink::begin(const char* ssid, const char* password, const char* hostnam
   WiFi.setAutoReconnect(false);
   WiFi.setSleep(false);  // modem sleep costs throughput and adds latency
   WiFi.begin(ssid_, password_);
-  next_try_ms_ = millis() + backoff_.next_delay_ms();
+  next_try_ms_ = millis() + next_window_ms();
 }
 
 void WifiLink::loop(uint64_t now) {
@@ -34,7 +40,7 @@ void WifiLink::loop(uint64_t now) {
   if (now < next_try_ms_) return;  // the current attempt gets until then
   WiFi.disconnect();
   WiFi.begin(ssid_, password_);
-  next_try_ms_ = now + backoff_.next_delay_ms();
+  next_try_ms_ = now + next_window_ms();
 }
 
 }  // namespace esp

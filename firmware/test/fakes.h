@@ -129,6 +129,13 @@ class Receiver {
   int duplicates = 0;
   int errors = 0;
 
+  /// The ingestor's partial-frame timeout: forget every incomplete frame.
+  size_t expire() {
+    size_t n = partial.size();
+    partial.clear();
+    return n;
+  }
+
   void feed(const std::vector<uint8_t>& payload) {
     camlink::ChunkHeader h;
     const uint8_t* d = nullptr;

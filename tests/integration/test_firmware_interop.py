@@ -10,7 +10,9 @@ headers and the status messages.
 
 from __future__ import annotations
 
+import argparse
 import json
+import select
 import shutil
 import subprocess
 import threading
@@ -26,8 +28,10 @@ import pytest
 
 from camstack.brokerproc import BrokerHandle
 from camstack.jpegs import make_jpegs
+from camstack.ota import run_ota
 from camstack.procs import ServiceProcess, service_config
 from contract.codec import ProtocolError, looks_like_jpeg, unpack_chunk
+from tests.support.faults import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +46,12 @@ CONTRACT_STATUS_FIELDS = {
 }
 
 
-def start_ingestor(broker: BrokerHandle, tmp: Path) -> ServiceProcess:
+def start_ingestor(broker: BrokerHandle, tmp: Path, **ingest: Any) -> ServiceProcess:
     """The real ingestor under its own service account (no clash with other tests)."""
     account = f"ingestor-fw{uuid.uuid4().hex[:6]}"
     broker.add_service(account)
     cfg = service_config(broker, account, tmp / "store", tmp / f"{account}.toml",
-                         ingest={"frames_per_video": 1000})
+                         ingest={"frames_per_video": 1000, **ingest})
     svc = ServiceProcess("ingestor", cfg, tmp / f"{account}.log").start()
     svc.wait_event("ingestor_ready", 30)
     return svc
@@ -329,6 +333,150 @@ def test_vcam_obeys_commands_and_reports_bad_ones(
         assert proc.returncode == 3, err  # vcam exits 3 where the device would restart
         assert summary_of(out)["cmd_ok"] == 2
         assert rx.count() >= 1 and rx.errors == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        op.disconnect()
+        op.loop_stop()
+
+
+class BudgetProxy(TcpProxy):
+    """A :class:`TcpProxy` that cuts itself once ``budget`` bytes went from the device to
+    the broker: a reproducible cut in the middle of a frame, after the broker has taken
+    (and acknowledged) its first chunks and before it has the rest."""
+
+    def __init__(self, host: str, port: int, budget: int) -> None:
+        self.budget: int | None = budget
+        self.cut_done = threading.Event()
+        super().__init__(host, port)
+
+    def _pump(self, pair: Any) -> None:
+        ends = {pair.client: pair.upstream, pair.upstream: pair.client}
+        open_ends = [pair.client, pair.upstream]
+        while not pair.closed and open_ends:
+            try:
+                readable, _, _ = select.select(open_ends, [], [], 0.1)
+            except (OSError, ValueError):
+                break
+            for s in readable:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    if pair.blackholed:
+                        open_ends.remove(s)
+                        continue
+                    pair.close()
+                    return
+                if pair.blackholed:
+                    continue
+                cut_now = False
+                if s is pair.client and self.budget is not None:
+                    if len(data) >= self.budget:
+                        data, cut_now = data[:self.budget], True
+                        self.budget = None
+                    else:
+                        self.budget -= len(data)
+                try:
+                    if data:
+                        ends[s].sendall(data)
+                except OSError:
+                    pair.close()
+                    return
+                if cut_now:
+                    self.cut()
+                    self.cut_done.set()
+        pair.close()
+
+
+def test_vcam_resends_whole_frame_after_outage_longer_than_partial_timeout(
+        broker: BrokerHandle, vcam_bin: Path, tmp_path: Path) -> None:
+    """Review defect 2: the link goes down in the middle of a frame for longer than the
+    ingestor's partial-frame timeout. The ingestor has dropped the chunks it had; the
+    camera must send the whole frame again (not only the chunks the broker had not
+    acknowledged), and the frame must reach the ingestor's disk."""
+    device = "vcam-longcut"
+    password = broker.add_device(device)
+    total, pad, chunk = 3, 40000, 4096
+    per_frame = -(-pad // chunk)  # 10 chunks of ~4.1 KB on the wire
+    # CONNECT + SUBSCRIBE + the retained status are well under 2 KB; then frame 0 whole
+    # and 4.5 chunks of frame 1: the cut falls in the middle of frame 1.
+    budget = 2000 + per_frame * (chunk + 70) + (9 * (chunk + 70)) // 2
+    ingestor = start_ingestor(broker, tmp_path, partial_timeout_s=2.0)
+    proxy = BudgetProxy(broker.host, broker.tls_port, budget)
+    proc = subprocess.Popen(
+        [str(vcam_bin), "--host", "127.0.0.1", "--port", str(proxy.port),
+         "--cafile", str(broker.ca_file), "--id", device, "--password", password,
+         "--generate", str(total), "--interval-ms", "100", "--pad", str(pad),
+         "--chunk", str(chunk), "--window", "2", "--keepalive", "5",
+         "--backoff-base-ms", "100", "--backoff-max-ms", "500", "--boot-id", "4242",
+         "--partial-timeout-ms", "1500", "--timeout-s", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.cut_done.wait(20), "the camera never sent enough to be cut"
+        # The ingestor gives up on the partial frame 1 (its chunks 0..k) ...
+        dropped = ingestor.wait_event(
+            lambda e: e.get("event") == "frame_dropped" and e.get("device") == device
+            and e.get("reason") == "timeout", 20)
+        assert dropped["seq"] == 1 and 0 < dropped["chunks"] < per_frame, dropped
+        proxy.heal()  # ... and only then the camera gets through again.
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+        summary = summary_of(out)
+        stored = wait_stored(tmp_path / "store", device, total, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        proxy.close()
+        ingestor.stop()
+
+    assert summary["frames_sent"] == total
+    assert sorted(stored) == [(4242, i) for i in range(total)], sorted(stored)
+    assert summary["frames_restarted"] >= 1, summary
+    for (_boot, seq), (_name, data) in stored.items():
+        assert f"vcam {device} frame {seq}".encode() in data
+        assert len(data) == pad
+
+
+def test_device_ota_command_is_understood_by_the_firmware_core(
+        broker: BrokerHandle, vcam_bin: Path, tmp_path: Path) -> None:
+    """``device ota`` (camstack/ota.py) sends the ``ota`` command through the real broker;
+    the firmware core parses url, sha256 and size. vcam has no flash to write to, so it
+    answers "ota: not supported": any disagreement on the command format would be a
+    parse error instead (e.g. "sha256 must be 64 hex digits")."""
+    device = "vcam-ota"
+    password = broker.add_device(device)
+    account = f"operator-ota{uuid.uuid4().hex[:6]}"
+    broker.add_service(account)
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(bytes([0xE9]) + bytes(range(256)) * 100)
+    rx = Reassembler(device)
+    op = broker.client("operator", broker.service_password("operator"))
+    proc = subprocess.Popen(
+        vcam_cmd(vcam_bin, broker, device, password, "--generate", "100000",
+                 "--interval-ms", "500", "--status-period-ms", "60000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        subscribe(op, rx)
+        deadline = time.monotonic() + 10
+        while not any(s.get("state") == "online" for s in rx.statuses):
+            assert time.monotonic() < deadline, rx.statuses
+            time.sleep(0.05)
+        args = argparse.Namespace(
+            device_id=device, image=image, url="https://localhost:8443/fw/image.bin",
+            host=None, port=0, account=account, mqtt_host=broker.host, timeout=5.0)
+        assert run_ota(args, broker.settings, broker.layout) == 0
+        deadline = time.monotonic() + 10
+        answered: dict[str, Any] | None = None
+        while answered is None:
+            assert time.monotonic() < deadline, rx.statuses
+            with rx.lock:
+                answered = next((s for s in rx.statuses if s.get("cmd_errors") == 1), None)
+            time.sleep(0.05)
+        assert answered["last_cmd_error"] == "ota: not supported"
     finally:
         if proc.poll() is None:
             proc.kill()

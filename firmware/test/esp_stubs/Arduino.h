@@ -12,7 +12,7 @@ void delay(uint32_t ms);
 bool psramFound();
 struct HardwareSerial { void begin(unsigned long baud); };
 extern HardwareSerial Serial;
-struct EspClass { uint32_t getFreePsram(); };
+struct EspClass { uint32_t getFreePsram(); uint32_t getPsramSize(); };
 extern EspClass ESP;
 int configTime(long gmt_offset_sec, int daylight_offset_sec, const char* server1,
                const char* server2 = nullptr, const char* server3 = nullptr);

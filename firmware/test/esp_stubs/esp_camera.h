@@ -37,12 +37,29 @@ typedef struct {
   size_t width, height;
   pixformat_t format;
 } camera_fb_t;
+typedef struct {
+  uint8_t MIDH;
+  uint8_t MIDL;
+  uint16_t PID;
+  uint8_t VER;
+} sensor_id_t;
 typedef struct _sensor sensor_t;
 struct _sensor {
+  sensor_id_t id;
+  uint8_t slv_addr;
   int (*set_framesize)(sensor_t* sensor, framesize_t framesize);
   int (*set_quality)(sensor_t* sensor, int quality);
+  int (*set_whitebal)(sensor_t* sensor, int enable);
+  int (*set_gain_ctrl)(sensor_t* sensor, int enable);
+  int (*set_exposure_ctrl)(sensor_t* sensor, int enable);
+  int (*set_hmirror)(sensor_t* sensor, int enable);
+  int (*set_vflip)(sensor_t* sensor, int enable);
+  int (*set_agc_gain)(sensor_t* sensor, int gain);
+  int (*set_aec_value)(sensor_t* sensor, int gain);
+  int (*set_wb_mode)(sensor_t* sensor, int mode);
 };
 esp_err_t esp_camera_init(const camera_config_t* config);
+esp_err_t esp_camera_deinit(void);
 camera_fb_t* esp_camera_fb_get();
 void esp_camera_fb_return(camera_fb_t* fb);
 sensor_t* esp_camera_sensor_get();

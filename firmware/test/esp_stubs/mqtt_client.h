@@ -85,11 +85,14 @@ typedef struct {
   int network_timeout_ms;
   bool disable_keepalive;
   const char* path;
+  int message_retransmit_timeout;
 } esp_mqtt_client_config_t;
 esp_mqtt_client_handle_t esp_mqtt_client_init(const esp_mqtt_client_config_t* config);
 esp_err_t esp_mqtt_client_start(esp_mqtt_client_handle_t client);
 esp_err_t esp_mqtt_client_reconnect(esp_mqtt_client_handle_t client);
 int esp_mqtt_client_subscribe(esp_mqtt_client_handle_t client, const char* topic, int qos);
+int esp_mqtt_client_enqueue(esp_mqtt_client_handle_t client, const char* topic, const char* data,
+                            int len, int qos, int retain, bool store);
 int esp_mqtt_client_publish(esp_mqtt_client_handle_t client, const char* topic, const char* data,
                             int len, int qos, int retain);
 esp_err_t esp_mqtt_client_register_event(esp_mqtt_client_handle_t client,

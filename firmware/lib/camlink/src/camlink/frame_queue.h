@@ -27,6 +27,13 @@ struct QueuedFrame {
   uint16_t n_acked = 0;
   uint16_t next_send = 0;      // next chunk index to publish
   bool header_frozen = false;  // a chunk went on the wire: header fields may no longer change
+  // A generation is one attempt at delivering the whole frame. The receiver forgets a
+  // partial frame after its timeout; when this generation's first chunk went out longer
+  // ago than that, the frame is sent again whole in a new generation, and acks of the
+  // old generation's publishes no longer count.
+  uint32_t generation = 0;
+  bool gen_started = false;    // a chunk of this generation has been published
+  uint64_t first_sent_ms = 0;  // when (monotonic)
 
   bool acked(uint16_t i) const { return chunk_state[i] == kAcked; }
   bool complete() const { return chunk_count > 0 && n_acked == chunk_count; }

@@ -52,6 +52,20 @@ class SystemInfo {
   virtual int rssi() { return 0; }
   virtual uint32_t heap_free() { return 0; }
   virtual uint32_t psram_free() { return 0; }
+  /// Extras for the status (empty / 0 when unknown).
+  virtual const char* sensor() { return ""; }
+  virtual uint32_t camera_reinits() { return 0; }
+};
+
+/// Where an "ota" command goes (the ESP32 build: OtaUpdater + a download task).
+class OtaHandler {
+ public:
+  virtual ~OtaHandler() = default;
+  /// Start an update; false + err when refused (one already running, bad request).
+  virtual bool request(const std::string& url, const uint8_t sha256[32], uint32_t size,
+                       std::string* err) = 0;
+  /// Short state for the status: "idle", "downloading", "failed: ...", ...
+  virtual std::string state() = 0;
 };
 
 }  // namespace camlink

@@ -24,6 +24,7 @@ CamNode::CamNode(NodeConfig cfg, Clock& clock, MqttPublisher& mqtt, Camera& came
       queue_(cfg_.queue_bytes, cfg_.queue_frames),
       uplink_(mqtt, clock, queue_, frame_topic_, cfg_.boot_id, cfg_.uplink) {
   next_capture_ms_ = clock_.mono_ms();
+  next_seq_ = cfg_.first_seq;
 }
 
 void CamNode::on_connected() {
@@ -62,6 +63,18 @@ void CamNode::handle_command(const uint8_t* payload, size_t len) {
       reboot_requested_ = true;
       break;
     case CmdType::kStatus: ++stats_.cmd_ok; break;
+    case CmdType::kOta: {
+      std::string why;
+      if (ota_ == nullptr) {
+        why = "not supported";
+      } else if (ota_->request(c.ota_url, c.ota_sha256, c.ota_size, &why)) {
+        ++stats_.cmd_ok;
+        break;
+      }
+      ++stats_.cmd_errors;
+      stats_.last_cmd_error = "ota: " + why;
+      break;
+    }
     case CmdType::kNone: break;
   }
   status_due_ = true;
@@ -69,8 +82,14 @@ void CamNode::handle_command(const uint8_t* payload, size_t len) {
 
 void CamNode::apply_settings(const CameraSettings& s) {
   std::string err;
-  bool camera_changed =
-      s.frame_size != cfg_.camera.frame_size || s.jpeg_quality != cfg_.camera.jpeg_quality;
+  if (!check_settings(s, cfg_.max_frame_size, &err)) {
+    ++stats_.cmd_errors;
+    stats_.last_cmd_error = err;
+    return;
+  }
+  bool camera_changed = s.frame_size != cfg_.camera.frame_size ||
+                        s.jpeg_quality != cfg_.camera.jpeg_quality ||
+                        s.tuning != cfg_.camera.tuning;
   if (camera_changed && !camera_.apply(s, &err)) {
     ++stats_.cmd_errors;
     stats_.last_cmd_error = "camera: " + err;
@@ -128,6 +147,11 @@ bool CamNode::submit(Bytes&& jpeg, uint64_t mono_ms) {
   return r.accepted;
 }
 
+bool CamNode::submit_capture(Bytes&& jpeg, uint64_t mono_ms) {
+  ++stats_.frames_captured;
+  return submit(std::move(jpeg), mono_ms);
+}
+
 void CamNode::capture_now() {
   uint64_t now = clock_.mono_ms();
   Bytes jpeg;
@@ -161,6 +185,9 @@ std::string CamNode::status_json(const char* state) {
   uint64_t wall = 0;
   s.clock_synced = clock_.wall_ms(&wall);
   s.reconnects = stats_.reconnects;
+  s.sensor = sys_.sensor();
+  s.camera_reinits = sys_.camera_reinits();
+  if (ota_ != nullptr) s.ota = ota_->state();
   return build_status_json(s);
 }
 
@@ -179,7 +206,7 @@ int CamNode::publish_status() {
 
 void CamNode::tick() {
   uint64_t now = clock_.mono_ms();
-  if (!captures_finished() && now >= next_capture_ms_) {
+  if (cfg_.capture_in_tick && !captures_finished() && now >= next_capture_ms_) {
     capture_now();
     // Keep the cadence, but never try to catch up with a burst after a stall.
     next_capture_ms_ += cfg_.camera.interval_ms;

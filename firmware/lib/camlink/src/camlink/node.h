@@ -31,6 +31,14 @@ struct NodeConfig {
   size_t queue_frames = 64;
   uint32_t status_period_ms = 60000;
   uint32_t capture_limit = 0;  // 0 = capture forever (the device); >0 = stop after N (tools)
+  /// Largest frame size the frame buffers (PSRAM or not) and the sensor allow.
+  FrameSize max_frame_size = FrameSize::kUXGA;
+  /// First frame_seq of this boot: 0 after a power-on; after a deep-sleep wake the
+  /// boot_id is kept and numbering continues (RTC memory), so (boot_id, frame_seq)
+  /// stays unique.
+  uint32_t first_seq = 0;
+  /// false: tick() does not capture; a capture task calls submit_capture() (ESP32).
+  bool capture_in_tick = true;
 };
 
 struct NodeStats {
@@ -67,6 +75,13 @@ class CamNode {
   /// Enqueue an already captured JPEG (what capture_now() does after the camera).
   /// Returns false when the frame was refused (invalid JPEG, too large).
   bool submit(Bytes&& jpeg, uint64_t mono_ms);
+  /// A frame captured elsewhere (capture task): counted as captured, then submit().
+  bool submit_capture(Bytes&& jpeg, uint64_t mono_ms);
+  /// A capture that failed elsewhere (capture task).
+  void note_capture_error() { ++stats_.capture_errors; }
+  void set_ota_handler(OtaHandler* h) { ota_ = h; }
+  /// frame_seq the next frame will get (kept across deep sleep).
+  uint32_t next_seq() const { return next_seq_; }
 
   /// Publish the retained status now (if connected). Returns the message id or -1.
   int publish_status();
@@ -94,6 +109,7 @@ class CamNode {
   MqttPublisher& mqtt_;
   Camera& camera_;
   SystemInfo& sys_;
+  OtaHandler* ota_ = nullptr;
   std::string frame_topic_, status_topic_, cmd_topic_;
   FrameQueue queue_;
   Uplink uplink_;

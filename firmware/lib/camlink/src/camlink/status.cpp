@@ -30,6 +30,19 @@ std::string build_status_json(const StatusInfo& s) {
     w.str("last_cmd_error", s.last_cmd_error);
   }
   w.boolean("clock_synced", s.clock_synced).u64("reconnects", s.reconnects);
+  const Tuning& t = s.camera.tuning;
+  w.boolean("vflip", t.vflip)
+      .boolean("hmirror", t.hmirror)
+      .boolean("aec", t.aec)
+      .u64("aec_value", t.aec_value)
+      .boolean("agc", t.agc)
+      .u64("agc_gain", t.agc_gain)
+      .boolean("awb", t.awb)
+      .u64("wb_mode", t.wb_mode);
+  if (s.sensor != nullptr && s.sensor[0] != '\0') {
+    w.str("sensor", s.sensor).u64("camera_reinits", s.camera_reinits);
+  }
+  if (!s.ota.empty()) w.str("ota", s.ota.c_str());
   return w.finish();
 }
 

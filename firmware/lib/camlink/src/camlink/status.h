@@ -29,6 +29,9 @@ struct StatusInfo {
   std::string last_cmd_error;  // "" = none
   bool clock_synced = false;
   uint64_t reconnects = 0;
+  const char* sensor = "";     // "" = not reported
+  uint32_t camera_reinits = 0;
+  std::string ota;             // "" = not reported
 };
 
 std::string build_status_json(const StatusInfo& s);

@@ -6,6 +6,14 @@
 // - On (re)connect, and when no PUBACK arrived for ack_timeout_ms, everything
 //   unacknowledged is sent again from each frame's first unacknowledged chunk.
 //   Duplicates on the wire are fine: the receiver ignores them.
+// - A frame still not fully acknowledged restart_after_ms after its first chunk went
+//   out (e.g. across a long outage) is sent again whole, in a new generation: the
+//   receiver has dropped its partial copy by then (docs/protocol.md). frames_sent
+//   counts a frame once every chunk was acknowledged within one generation.
+// - Acks are matched by message id AND generation. Publishes given up by a resync are
+//   remembered ("retired") until their late ack arrives: a late ack is recognised as
+//   stale, and a new publish that reuses a retired id needs one ack per outstanding
+//   publish with that id before it counts as delivered.
 // - A frame's header fields are frozen when its first chunk goes on the wire.
 //   A frame captured before the clock was synchronised but sent after is
 //   back-dated from its monotonic capture time and flagged clock-synced.
@@ -22,11 +30,20 @@
 
 namespace camlink {
 
+/// The ingestor drops a partial frame 60 s after its first chunk (contract default,
+/// ingest.partial_timeout_s). A frame whose first chunk went out this long ago and that
+/// is still not fully acknowledged is sent again whole: 10 s of margin for the
+/// broker's and the receiver's queues.
+constexpr uint32_t kDefaultRestartAfterMs = 50000;
+
 struct UplinkConfig {
   size_t chunk_data = kDefaultChunkData;
   size_t window = 4;
   uint32_t ack_timeout_ms = 30000;
   uint32_t retry_after_fail_ms = 250;
+  /// Resend the whole frame when it is still not fully acknowledged this long after its
+  /// first chunk went out (0 = never): below the receiver's partial-frame timeout.
+  uint32_t restart_after_ms = kDefaultRestartAfterMs;
 };
 
 struct UplinkStats {
@@ -36,7 +53,9 @@ struct UplinkStats {
   uint64_t publish_failures = 0;
   uint64_t ack_timeouts = 0;
   uint64_t unmatched_acks = 0;   // acks of other messages (status) or of publishes forgotten by a resync
-  uint64_t frames_sent = 0;
+  uint64_t frames_sent = 0;       // frames whose every chunk was acked within one generation
+  uint64_t frames_restarted = 0;  // frames sent again whole (the receiver gave them up)
+  uint64_t stale_acks = 0;        // acks of publishes the core had already given up on
 };
 
 class Uplink {
@@ -47,6 +66,7 @@ class Uplink {
   void on_connected();
   void on_disconnected();
   void on_published(int msg_id);
+  size_t retired() const { return retired_.size(); }
   /// Publish as many chunks as the window allows.
   void poll();
 
@@ -63,12 +83,23 @@ class Uplink {
     int msg_id;
     uint32_t seq;
     uint16_t index;
+    uint32_t gen;
     uint64_t sent_ms;
+    uint32_t acks_needed;  // > 1 when the id was still outstanding for an older publish
   };
+  struct Retired {
+    int msg_id;
+    uint64_t at_ms;
+  };
+  static constexpr size_t kMaxRetired = 64;
 
-  QueuedFrame* next_frame();
+  QueuedFrame* next_frame(uint64_t now);
   void freeze_header(QueuedFrame& f, uint64_t now);
-  void resync();
+  void maybe_restart(QueuedFrame& f, uint64_t now);
+  void retire(const InFlight& e, uint64_t now);
+  void retire_all(uint64_t now);
+  uint32_t claim_retired(int msg_id);
+  void resync(uint64_t now);
 
   MqttPublisher& mqtt_;
   Clock& clock_;
@@ -79,6 +110,7 @@ class Uplink {
   bool connected_ = false;
   uint64_t retry_at_ = 0;
   std::vector<InFlight> inflight_;
+  std::vector<Retired> retired_;
   std::vector<uint8_t> scratch_;
   UplinkStats stats_;
 };
