@@ -188,7 +188,7 @@ def write_pack(out: BinaryIO, manifest: bytes, frames: Iterable[tuple[str, bytes
                       encoding="utf-8") as tar:
         for name, data in [(MANIFEST_NAME, manifest), *frames]:
             member = MANIFEST_NAME if name == MANIFEST_NAME else frame_member_name(name)
-            tar.addfile(_info(member, len(data), mtime), _BytesReader(data))  # type: ignore[call-overload]
+            tar.addfile(_info(member, len(data), mtime), _BytesReader(data))
             members.append(PackMember(member, w.pos - _padded(len(data)), len(data)))
     return PackIndex(tuple(members), w.pos, w.hash.hexdigest())
 
