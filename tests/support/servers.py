@@ -142,8 +142,11 @@ class SeaweedHandle:
         import boto3  # noqa: PLC0415
         from botocore.config import Config  # noqa: PLC0415
 
-        cfg = Config(s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=10,
-                     retries={"max_attempts": 2, "mode": "standard"}, **config)
+        values: dict[str, Any] = {"s3": {"addressing_style": "path"}, "connect_timeout": 2,
+                                  "read_timeout": 10,
+                                  "retries": {"max_attempts": 2, "mode": "standard"}}
+        values.update(config)
+        cfg = Config(**values)
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, config=cfg)
