@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
-APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl
+APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl postgresql
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
-                /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl
+                /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
+                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
 
 .PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
 

@@ -8,6 +8,7 @@ environment variables (nested with ``__``, e.g. ``CAM_MQTT__HOST``), and passed 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -344,3 +345,99 @@ class MonitorSettings(_ServiceSettings):
         default="alerts", pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Alerts go to <alert_prefix>/<rule>/<subject>, retained.",
     )
+
+
+# --- Object storage and metadata database (issue 12). New sections only, appended. ---
+
+S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""An S3 bucket name (3 to 63 lower-case letters, digits, dots and hyphens)."""
+
+
+class S3Settings(_Section):
+    """An S3-compatible object store (AWS S3, R2, B2, SeaweedFS, MinIO)."""
+
+    endpoint_url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s]+$",
+        description="http(s)://host[:port] of the S3 API; none: AWS S3 of `region`.",
+    )
+    bucket: str = Field(default="", max_length=63, description="Bucket (must exist).")
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
+    access_key_id: str = Field(
+        default="", max_length=256, description="Access key id; empty: credentials_file or "
+        "the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role).")
+    secret_access_key: SecretStr = Field(default=SecretStr(""), description="Secret key.")
+    credentials_file: Path | None = Field(
+        default=None, description="AWS-style INI credentials file (aws_access_key_id, "
+        "aws_secret_access_key), read instead of the two keys above.")
+    credentials_profile: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Section of credentials_file.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="path: http://host/bucket/key (SeaweedFS, MinIO).")
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries of one request (first try included).")
+    presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Settings:
+        if bool(self.access_key_id) != bool(self.secret_access_key.get_secret_value()):
+            raise ValueError("access_key_id and secret_access_key must be given together")
+        if self.access_key_id and self.credentials_file is not None:
+            raise ValueError("give either the keys or credentials_file, not both")
+        return self
+
+
+class ObjectStoreSettings(_Section):
+    """Where packs, videos and thumbnails are stored (docs/storage.md, backends)."""
+
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    root: Path = Field(
+        default=Path("data/objects"), description="Folder of the filesystem backend.")
+    s3: S3Settings = S3Settings()
+    pack_prefix: str = Field(
+        default="packs/", pattern=r"^[A-Za-z0-9_-]{1,64}/$",
+        description="Key prefix of batch packs (the lifecycle rule applies to it).")
+    pack_expire_days: int = Field(
+        default=14, ge=1, le=3650,
+        description="Lifecycle backstop: the store deletes packs older than this.")
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> ObjectStoreSettings:
+        if self.backend == "s3" and not S3_BUCKET_RE.fullmatch(self.s3.bucket):
+            raise ValueError("backend s3 needs s3.bucket (3-63 of a-z 0-9 . -)")
+        return self
+
+
+class CatalogSettings(_Section):
+    """The metadata database: batches and videos (docs/storage.md, catalog)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: Path = Field(default=Path("data/catalog.sqlite3"), description="SQLite file.")
+    dsn: SecretStr = Field(
+        default=SecretStr(""),
+        description="PostgreSQL connection string (libpq); prefer dsn_file.")
+    dsn_file: Path | None = Field(
+        default=None, description="Read the PostgreSQL connection string from this file.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    busy_timeout_ms: int = Field(
+        default=5000, ge=0, le=600_000, description="SQLite: wait this long for a lock.")
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> CatalogSettings:
+        if self.backend == "postgres" and not (self.dsn.get_secret_value() or self.dsn_file):
+            raise ValueError("backend postgres needs dsn or dsn_file")
+        if self.dsn.get_secret_value() and self.dsn_file is not None:
+            raise ValueError("give either dsn or dsn_file, not both")
+        return self
+
+    def resolved_dsn(self) -> str:
+        """The connection string, read from ``dsn_file`` when one is set.
+
+        Returns:
+            The DSN without a trailing newline.
+        """
+        if self.dsn_file is not None:
+            return self.dsn_file.read_text(encoding="utf-8").strip()
+        return self.dsn.get_secret_value()

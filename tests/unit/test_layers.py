@@ -18,6 +18,8 @@ LAYERS: dict[str, int] = {
     "contract": 0,
     "config": 1,
     "mqttclient": 2,
+    "objstore": 2,
+    "catalog": 2,
     "broker": 3,
     "ingestor": 4,
     "encoder": 4,

