@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
-APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl
+APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev mosquitto-dev gcc ffmpeg g++ make openssl
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
+                /usr/include/mosquitto_broker.h /usr/include/mosquitto_plugin.h /usr/bin/gcc \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl
 
 .PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
