@@ -65,7 +65,7 @@ def guard_lines(settings: BrokerSettings, plugin: Path) -> str:
         "frame_prefix": settings.topic_prefix,
         "max_clients": settings.guard_max_clients,
         "max_kicked": settings.guard_max_kicked,
-        "publish_interval_s": 10,
+        "publish_interval_s": f"{settings.guard_publish_interval_s:g}",
     }
     return (
         "\n# camstack guard (broker/plugin): per-device budgets, disconnect without PUBACK\n"

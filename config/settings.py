@@ -344,6 +344,10 @@ class BrokerSettings(_ServiceSettings):
         description="Payload bytes a device may publish at once above its rate; at least "
         "max_packet_bytes, or a large message could never pass.",
     )
+    guard_publish_interval_s: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="At most one update of $SYS/broker/camstack/guard/... per this period.",
+    )
     guard_max_clients: int = Field(
         default=4096, ge=2, le=10_000_000,
         description="Clients the guard remembers (idle ones are forgotten first).",
