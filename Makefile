@@ -4,13 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
-APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl postgresql
+APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev mosquitto-dev gcc ffmpeg g++ make \
+                openssl postgresql
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
+                /usr/include/mosquitto_broker.h /usr/include/mosquitto_plugin.h /usr/bin/gcc \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
                 /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
 
-.PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
+.PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test pytest test demo up broker clean
 
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
@@ -47,20 +49,27 @@ typecheck: venv
 firmware-test: deps
 	$(MAKE) -C firmware test
 
-pytest: deps venv
+# The broker guard plugin (broker/plugin): every broker run loads it, tests included.
+guard-plugin: deps
+	$(MAKE) -C broker/plugin
+
+guard-test: deps
+	$(MAKE) -C broker/plugin test
+
+pytest: deps venv guard-plugin
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test: deps venv lint typecheck firmware-test pytest
+test: deps venv lint typecheck firmware-test guard-test pytest
 
-demo: deps venv
+demo: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) demo
 
-up: deps venv
+up: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) init
 	CAM_DATA=$(DATA) CAM_PYTHON=$(abspath $(PY)) $(VENV)/bin/honcho -f Procfile start
 
-broker: deps venv
+broker: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) run
 
 clean:
-	rm -rf $(VENV) firmware/build .mypy_cache .ruff_cache
+	rm -rf $(VENV) firmware/build broker/plugin/build .mypy_cache .ruff_cache

@@ -78,6 +78,8 @@ class BrokerHandle:
     proc: subprocess.Popen[bytes] | None = None
     _container: Any = None
     _log: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """BrokerSettings fields to change (small budgets and queues for one test)."""
     settings: BrokerSettings = field(init=False)
     layout: Layout = field(init=False)
 
@@ -88,6 +90,9 @@ class BrokerHandle:
             data_dir=self.data_dir, tls_port=self.tls_port, local_port=self.local_port,
             topic_prefix=self.prefix, run_as_root=os.geteuid() == 0,
             server_names=["localhost", "127.0.0.1"],
+            # The guard plugin is built for this host (make -C broker/plugin), not for the
+            # eclipse-mosquitto image (musl): the container runs without it.
+            **{"guard_enabled": not self.use_docker, **self.overrides},
         )
         self.layout = prepare(self.settings)
         self.store = AccountStore(self.layout.broker_dir, self.prefix)
@@ -243,19 +248,21 @@ class BrokerHandle:
             self._container = None
 
 
-def start_broker(data_dir: Path, *, use_docker: bool | None = None) -> BrokerHandle:
+def start_broker(data_dir: Path, *, use_docker: bool | None = None,
+                 **overrides: Any) -> BrokerHandle:
     """Prepare ``data_dir`` and start a broker on free ports.
 
     Args:
         data_dir: Fresh folder for config, PKI, accounts and persistence.
         use_docker: Force the container or the local binary; default: container when a
             Docker engine answers.
+        overrides: BrokerSettings fields to change.
 
     Returns:
         The running broker.
     """
     if use_docker is None:
         use_docker = docker_engine_available()
-    handle = BrokerHandle(data_dir=data_dir, use_docker=use_docker)
+    handle = BrokerHandle(data_dir=data_dir, use_docker=use_docker, overrides=overrides)
     handle.start()
     return handle

@@ -22,7 +22,7 @@ from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.pki import create_server_cert
-from broker.run import render_config
+from broker.run import COMPOSE_SERVICE_PORT, INSTALLED_GUARD, render_config
 from broker.secrets import write_secret_file
 from config.loader import to_toml
 from config.settings import BrokerSettings
@@ -96,23 +96,24 @@ def ensure_device_account(store: AccountStore, device: str, password_dir: Path) 
 
 
 def mqtt_section(settings: BrokerSettings, account: str, *, host: str, port: int,
-                 ca_file: Path, password_file: Path) -> dict[str, Any]:
+                 ca_file: Path, password_file: Path, tls: bool = True) -> dict[str, Any]:
     """The ``[mqtt]`` table of a service config.
 
     Args:
         settings: Broker settings (topic prefix).
         account: Service account.
         host: Broker host as the service reaches it.
-        port: TLS port.
+        port: Broker port.
         ca_file: CA certificate as the service sees it.
         password_file: Password file as the service sees it.
+        tls: TLS on (off only for the loopback listener).
 
     Returns:
         The table.
     """
     return {"host": host, "port": port, "username": account, "client_id": account,
             "password_file": str(password_file), "topic_prefix": settings.topic_prefix,
-            "tls": {"enabled": True, "ca_file": str(ca_file)}}
+            "tls": {"enabled": True, "ca_file": str(ca_file)} if tls else {"enabled": False}}
 
 
 def service_documents(
@@ -127,6 +128,7 @@ def service_documents(
     metrics_ports: dict[str, int] | None = None,
     metrics_host: str = "127.0.0.1",
     sections: dict[str, dict[str, dict[str, Any]]] | None = None,
+    tls: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Config documents of the ingestor, encoder and monitor.
 
@@ -141,6 +143,7 @@ def service_documents(
         metrics_ports: Prometheus port per service (0: pick a free one).
         metrics_host: Interface of the metrics endpoints.
         sections: Extra tables per document, merged (``{"ingestor": {"ingest": {...}}}``).
+        tls: TLS towards the broker (off only for the loopback listener).
 
     Returns:
         ``{"ingestor": {...}, "encoder": {...}, "monitor": {...}}``.
@@ -153,7 +156,7 @@ def service_documents(
         pw = (secrets or {}).get(account) or layout.service_password_file(account)
         doc: dict[str, Any] = {
             "mqtt": mqtt_section(settings, account, host=host, port=port or settings.tls_port,
-                                 ca_file=layout.pki.ca_cert, password_file=pw),
+                                 ca_file=layout.pki.ca_cert, password_file=pw, tls=tls),
             "storage": {"root": str(root)},
             "log": {"level": "info", "format": log_format},
         }
@@ -208,7 +211,12 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
     ensure_service_account(layout, store, STATUS_ACCOUNT)
     layout.storage_root.mkdir(parents=True, exist_ok=True)
-    return write_documents(service_documents(settings, layout), config_dir(layout), force=force)
+    # The services use the loopback listener: the device listener's max_connections can
+    # be used up by devices (docs/security.md), this one cannot.
+    docs = (service_documents(settings, layout, host="127.0.0.1", port=settings.local_port,
+                              tls=False)
+            if settings.local_port is not None else service_documents(settings, layout))
+    return write_documents(docs, config_dir(layout), force=force)
 
 
 def server_cert_names(layout: Layout) -> list[str]:
@@ -259,7 +267,8 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     inside = Layout(CONTAINER_DATA)
     conf = layout.broker_dir / "mosquitto.compose.conf"
     # The container runs as the data folder's owner (CAM_UID), so no privilege drop.
-    text = render_config(settings, inside, as_root=os.geteuid() == 0)
+    text = render_config(settings, inside, as_root=os.geteuid() == 0,
+                         guard_plugin=INSTALLED_GUARD, service_port=COMPOSE_SERVICE_PORT)
     # The pid inside a container means nothing on the host, where `device add` would
     # SIGHUP whatever process has that number: keep it inside the container.
     text = text.replace(f"pid_file {inside.broker_dir / 'mosquitto.pid'}",
@@ -269,7 +278,7 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     secrets = {name: Path(f"/run/secrets/{name.replace('-', '_')}_password")
                for name in ("ingestor", "encoder", MONITOR_ACCOUNT)}
     docs = service_documents(
-        settings, inside, host=COMPOSE_BROKER_HOST, port=settings.tls_port, secrets=secrets,
+        settings, inside, host=COMPOSE_BROKER_HOST, port=COMPOSE_SERVICE_PORT, secrets=secrets,
         log_format="json", metrics_host="0.0.0.0",
     )
     written += write_documents(docs, config_dir(layout) / "compose", force=force)

@@ -298,15 +298,81 @@ class BrokerSettings(_ServiceSettings):
         default=False, description="Write 'user root' (local and test runs started as root)."
     )
     max_packet_bytes: int = Field(default=256 * 1024, ge=1024, le=268_435_455)
-    max_queued_messages: int = Field(default=200_000, ge=0)
-    max_queued_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    max_queued_messages: int = Field(
+        default=200_000, ge=0,
+        description="Messages queued per subscriber session beyond its in-flight window "
+        "(0: no limit). Sized from the device budget: one device at full budget needs over "
+        "10 minutes to fill it alone (docs/security.md).",
+    )
+    max_queued_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=0,
+        description="Payload bytes queued per subscriber session (0: no limit); see "
+        "max_queued_messages.",
+    )
     max_inflight_messages: int = Field(default=1000, ge=0, le=65535)
     autosave_interval_s: int = Field(default=30, ge=0)
+    sys_interval_s: int = Field(
+        default=10, ge=1, le=3600,
+        description="Period of the broker's $SYS topics, e.g. "
+        "$SYS/broker/publish/messages/dropped (the monitor alerts on it).",
+    )
+    tls_max_connections: int = Field(
+        default=2000, ge=1, le=1_000_000,
+        description="Most sockets the device (TLS) listener holds, logged in or not; past "
+        "it new connections are closed at once. The loopback listener, which local services "
+        "use, is not counted. Keep it below the broker's open-file limit (docs/security.md).",
+    )
+    guard_enabled: bool = Field(
+        default=True,
+        description="Load the camstack guard plugin (per-device budgets, no $share for "
+        "devices, no retained frames). Off only to show what it prevents.",
+    )
+    guard_plugin: Path | None = Field(
+        default=None,
+        description="Path of camstack_guard.so; default: broker/plugin/build/ in the source "
+        "tree (make -C broker/plugin), else /usr/lib/camstack/camstack_guard.so.",
+    )
+    device_msgs_per_s: float = Field(
+        default=300.0, gt=0, le=1_000_000,
+        description="Sustained messages per second a device may publish; over budget it is "
+        "disconnected without a PUBACK and resends later (docs/security.md).",
+    )
+    device_burst_msgs: int = Field(
+        default=600, ge=1, le=10_000_000,
+        description="Messages a device may publish at once above its rate (offline-queue "
+        "flush after an outage).",
+    )
+    device_bytes_per_s: int = Field(
+        default=1536 * 1024, ge=1024, le=10 * 1024**3,
+        description="Sustained payload bytes per second a device may publish.",
+    )
+    device_burst_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, le=100 * 1024**3,
+        description="Payload bytes a device may publish at once above its rate; at least "
+        "max_packet_bytes, or a large message could never pass.",
+    )
+    guard_publish_interval_s: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="At most one update of $SYS/broker/camstack/guard/... per this period.",
+    )
+    guard_max_clients: int = Field(
+        default=4096, ge=2, le=10_000_000,
+        description="Clients the guard remembers (idle ones are forgotten first).",
+    )
+    guard_max_kicked: int = Field(
+        default=256, ge=0, le=1_000_000,
+        description="Kicked clients whose own count is published under "
+        "$SYS/broker/camstack/guard/kicked/<id>; below guard_max_clients.",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> BrokerSettings:
         if self.local_port is not None and self.local_port == self.tls_port:
             raise ValueError("local_port and tls_port must differ")
+        if self.device_burst_bytes < self.max_packet_bytes:
+            raise ValueError("device_burst_bytes must be at least max_packet_bytes")
+        if self.guard_max_kicked >= self.guard_max_clients:
+            raise ValueError("guard_max_kicked must be below guard_max_clients")
         return self
 
 
