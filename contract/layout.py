@@ -158,19 +158,6 @@ class FrameMeta:
         """Path under the root while not yet sealed."""
         return frame_rel_path(self.device, self.ts_ms, self.boot_id, self.frame_seq)
 
-    def manifest_entry(self) -> dict[str, object]:
-        """This frame as one entry of ``manifest.json``."""
-        return {
-            "file": f"{BATCH_FRAMES}/{self.name}",
-            "boot_id": self.boot_id,
-            "frame_seq": self.frame_seq,
-            "capture_ms": self.capture_ms,
-            "clock_synced": self.clock_synced,
-            "ts_ms": self.ts_ms,
-            "bytes": self.size,
-            "crc32": self.crc32,
-        }
-
 
 def video_stems(device: str, batch: str, first_ms: int, last_ms: int) -> tuple[str, str]:
     """A video's file stem per the storage layout, and the fallback for a name clash.

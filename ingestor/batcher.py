@@ -12,7 +12,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from contract.layout import FrameMeta, batch_location, batch_name
+from contract.events import Manifest, ManifestFrame
+from contract.layout import BATCH_FRAMES, FrameMeta, batch_location, batch_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class SealPlan:
         return batch_location(self.device, self.batch)
 
 
-def manifest(plan: SealPlan, sealed_ms: int) -> dict[str, object]:
+def manifest(plan: SealPlan, sealed_ms: int) -> Manifest:
     """The ``manifest.json`` of a batch (docs/storage.md).
 
     Args:
@@ -49,40 +50,15 @@ def manifest(plan: SealPlan, sealed_ms: int) -> dict[str, object]:
         sealed_ms: When it was sealed (Unix ms).
 
     Returns:
-        The JSON object; ``frames`` in video order.
+        The manifest; ``frames`` in video order.
     """
-    return {
-        "v": 1,
-        "device": plan.device,
-        "batch": plan.batch,
-        "sealed_ms": sealed_ms,
-        "frames": [f.manifest_entry() for f in plan.frames],
-        "first_capture_ms": plan.first_ts_ms,
-        "last_capture_ms": plan.last_ts_ms,
-    }
-
-
-def ready_event(man: dict[str, object]) -> dict[str, object]:
-    """The contract's ``<prefix>/<id>/ready`` payload for a manifest.
-
-    Args:
-        man: A manifest as written by :func:`manifest` (or read back from disk).
-
-    Returns:
-        The event object.
-    """
-    frames = man["frames"]
-    assert isinstance(frames, list)
-    device, batch = str(man["device"]), str(man["batch"])
-    return {
-        "v": 1,
-        "device": device,
-        "batch": batch,
-        "frames": len(frames),
-        "first_capture_ms": man["first_capture_ms"],
-        "last_capture_ms": man["last_capture_ms"],
-        "location": batch_location(device, batch),
-    }
+    return Manifest(
+        device=plan.device, batch=plan.batch,
+        frames=tuple(ManifestFrame(file=f"{BATCH_FRAMES}/{f.name}", ts_ms=f.ts_ms, crc32=f.crc32,
+                                   size=f.size, boot_id=f.boot_id, frame_seq=f.frame_seq,
+                                   capture_ms=f.capture_ms, clock_synced=f.clock_synced)
+                     for f in plan.frames),
+        first_capture_ms=plan.first_ts_ms, last_capture_ms=plan.last_ts_ms, sealed_ms=sealed_ms)
 
 
 @dataclass(slots=True)

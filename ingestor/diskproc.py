@@ -7,7 +7,7 @@ after each TLS read; a frame's file calls cost several such waits. In a child pr
 the file system calls of a whole group run on their own interpreter: the writer thread
 sends the group (paths, bytes, metadata) down a pipe and later reads one reply.
 
-The child does for a group exactly what the store did in-process: every file written
+The child runs :func:`ingestor.durable.write_group` for each group: every file written
 under its dot-temp name with its xattr and fsynced (concurrently: the journal merges
 them), then renamed into place, then every touched folder fsynced; on any failure it
 removes the group's temp files and reports the ``OSError``. It ignores SIGINT/SIGTERM
@@ -31,73 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-FileJob = tuple[str, str, bytes, bytes]
-"""(temp path, final path, content, ``user.camstack`` xattr value)."""
-
-XATTR = "user.camstack"  # = ingestor.store.XATTR (the store imports this module)
-
-
-def _write_synced(job: FileJob) -> None:
-    tmp, _final, data, xattr = job
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        try:
-            os.setxattr(fd, XATTR, xattr)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_group(jobs: list[FileJob], pool: ThreadPoolExecutor | None) -> None:
-    """Write a group durably: temps written and fsynced, renamed, folders fsynced.
-
-    Args:
-        jobs: The files.
-        pool: Threads for the concurrent fsyncs (None: one after the other).
-
-    Raises:
-        OSError: The first failure; every temp file of the group is removed.
-    """
-    try:
-        if pool is None or len(jobs) <= 1:
-            for job in jobs:
-                _write_synced(job)
-        else:
-            errors = [f.exception() for f in [pool.submit(_write_synced, j) for j in jobs]]
-            for failure in errors:
-                if failure is not None:
-                    raise failure
-        for tmp, final, _, _ in jobs:
-            os.replace(tmp, final)
-        folders = sorted({os.path.dirname(final) for _, final, _, _ in jobs})
-        if pool is None or len(folders) <= 1:
-            for d in folders:
-                _fsync_dir(d)
-        else:
-            for failure in [f.exception() for f in [pool.submit(_fsync_dir, d)
-                                                    for d in folders]]:
-                if failure is not None:
-                    raise failure
-    except BaseException:
-        for tmp, _, _, _ in jobs:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
+from ingestor.durable import FileJob, write_group
 
 
 def _child_main(conn: mpc.Connection, sync_threads: int) -> None:

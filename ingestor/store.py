@@ -26,14 +26,12 @@ import json
 import os
 import shutil
 import zlib
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from contract.events import BadManifestError, Manifest
 from contract.layout import (
     BATCH_FRAMES,
     BATCHES_DIR,
@@ -48,88 +46,10 @@ from contract.layout import (
     utc_date,
 )
 from ingestor.batcher import SealPlan, manifest
-from ingestor.diskproc import DiskProcess, FileJob
+from ingestor.diskproc import DiskProcess
+from ingestor.durable import XATTR, FileJob, fsync_dir, write_durable
 
 log = structlog.get_logger("ingestor.store")
-
-XATTR = "user.camstack"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (creates, renames, deletes) durable.
-
-    Args:
-        path: The folder.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes, *, xattr: bytes | None = None) -> bool:
-    """Write ``path`` atomically: dot-temp, fsync, rename, folder fsync.
-
-    Args:
-        path: Final path; its folder must exist.
-        data: Content.
-        xattr: Value of ``user.camstack`` to attach, when given.
-
-    Returns:
-        Whether the xattr was stored (False where unsupported).
-    """
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.tmp")
-    stored = _write_tmp(tmp, data, xattr)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return stored
-
-
-def _write_tmp(tmp: Path, data: bytes, xattr: bytes | None, *, sync: bool = True) -> bool:
-    stored, fd = _write_unsynced(tmp, data, xattr)
-    try:
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    return stored
-
-
-def _write_unsynced(tmp: Path, data: bytes, xattr: bytes | None) -> tuple[bool, int]:
-    """Write ``tmp`` and return (xattr stored, open fd); the caller fsyncs and closes."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    stored = False
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if xattr is not None:
-            try:
-                os.setxattr(fd, XATTR, xattr)
-                stored = True
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-                    raise
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return stored, fd
-
-
-def _fsync_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _meta_xattr(meta: FrameMeta) -> bytes:
     return json.dumps({"capture_ms": meta.capture_ms, "clock_synced": meta.clock_synced,
@@ -142,10 +62,6 @@ class PendingFrames:
 
     temps: list[tuple[Path, Path]] = field(default_factory=list)
     keys: list[FrameKey] = field(default_factory=list)
-    futures: list[Future[None]] = field(default_factory=list)
-    """fsync-and-close of each temp file, running on the pool."""
-    fds: list[int] = field(default_factory=list)
-    """Open temp files still to fsync (no pool)."""
     in_child: bool = False
     """Sent to the disk process; its answer is still to be read."""
 
@@ -158,7 +74,7 @@ class ScanResult:
     """Stored frames waiting for a batch, per device."""
     counters: dict[str, int] = field(default_factory=dict)
     """Highest batch counter used, per device."""
-    sealed: list[dict[str, Any]] = field(default_factory=list)
+    sealed: list[Manifest] = field(default_factory=list)
     """Manifests of sealed batches still on disk (to announce again)."""
     rolled_back: list[str] = field(default_factory=list)
     """Interrupted seals undone (``batches/<id>/<batch>``)."""
@@ -175,7 +91,7 @@ class Store:
         sync_threads: Threads that fsync a group's files at the same time (1: in turn).
     """
 
-    def __init__(self, root: Path, sync_threads: int = 8, *, disk_process: bool = False) -> None:
+    def __init__(self, root: Path, sync_threads: int = 8) -> None:
         self.root = root
         self.frames_dir = root / FRAMES_DIR
         self.batches_dir = root / BATCHES_DIR
@@ -184,13 +100,10 @@ class Store:
         self._index: set[FrameKey] = set()
         self._batches: dict[str, dict[str, list[FrameKey]]] = {}
         self._durable_dirs: set[Path] = set()
-        self._pool: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=sync_threads, thread_name_prefix="fsync")
-            if sync_threads > 1 else None)
-        # Frame groups written by a child process (ingestor/diskproc.py), when asked.
-        self._disk: DiskProcess | None = DiskProcess(sync_threads) if disk_process else None
-        if self._disk is not None:
-            self._disk.start()
+        # Frame groups are written by a child process (ingestor/diskproc.py): the one
+        # durable write path, the same in tests as in production.
+        self._disk: DiskProcess | None = DiskProcess(sync_threads)
+        self._disk.start()
 
     # ----------------------------------------------------------------- index
     def contains(self, key: FrameKey) -> bool:
@@ -253,31 +166,6 @@ class Store:
             OSError: Nothing of the group was kept; retry the group.
         """
         pending = PendingFrames()
-        if self._disk is not None:
-            return self._begin_in_child(frames, pending)
-        try:
-            for meta, data in frames:
-                folder = self.frames_dir / meta.device / utc_date(meta.ts_ms)
-                self.ensure_dir(folder)
-                final = folder / meta.name
-                tmp = folder / f"{TMP_PREFIX}{meta.name}.tmp"
-                pending.temps.append((tmp, final))
-                fd = _write_unsynced(tmp, data, _meta_xattr(meta))[1]
-                pending.keys.append(meta.key)
-                # The file system's journal merges fsyncs that run at the same time into
-                # one commit: a group costs about one sync, not one per frame. Started
-                # at once, they also overlap with writing the rest of the group.
-                if self._pool is not None:
-                    pending.futures.append(self._pool.submit(_fsync_close, fd))
-                else:
-                    pending.fds.append(fd)
-        except OSError:
-            self.abort_frames(pending)
-            raise
-        return pending
-
-    def _begin_in_child(self, frames: list[tuple[FrameMeta, bytes]],
-                        pending: PendingFrames) -> PendingFrames:
         jobs: list[FileJob] = []
         try:
             for meta, data in frames:
@@ -288,7 +176,8 @@ class Store:
                 pending.temps.append((tmp, final))
                 pending.keys.append(meta.key)
                 jobs.append((str(tmp), str(final), data, _meta_xattr(meta)))
-            assert self._disk is not None
+            if self._disk is None:
+                raise OSError(errno.EIO, "store closed")
             self._disk.submit(jobs)
             pending.in_child = True
         except OSError:
@@ -302,37 +191,13 @@ class Store:
         Raises:
             OSError: Nothing of the group may be considered stored; retry the group.
         """
-        if pending.in_child:
-            pending.in_child = False
-            try:
-                assert self._disk is not None
-                self._disk.wait()  # the child renamed and synced everything
-            except OSError:
-                self.abort_frames(pending)
-                raise
-            for key in pending.keys:
-                self._index.add(key)
+        if not pending.in_child:
             return
+        pending.in_child = False
         try:
-            errors: list[OSError] = []
-            futures, pending.futures = pending.futures, []
-            for fut in futures:
-                failure = fut.exception()
-                if failure is not None:
-                    if not isinstance(failure, OSError):
-                        raise failure
-                    errors.append(failure)
-            fds, pending.fds = pending.fds, []
-            for fd in fds:
-                try:
-                    _fsync_close(fd)
-                except OSError as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
-            for tmp, final in pending.temps:
-                os.replace(tmp, final)
-            self._sync_all(fsync_dir, list({final.parent for _, final in pending.temps}))
+            if self._disk is None:
+                raise OSError(errno.EIO, "store closed")
+            self._disk.wait()  # the child renamed and synced everything
         except OSError:
             self.abort_frames(pending)
             raise
@@ -346,54 +211,24 @@ class Store:
             assert self._disk is not None
             with contextlib.suppress(OSError):
                 self._disk.wait()  # its answer comes in order; the group is given up anyway
-        for fut in pending.futures:
-            fut.exception()  # each closes its own fd
-        pending.futures = []
-        for fd in pending.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        pending.fds = []
         for tmp, _ in pending.temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         # A failing disk may have lost folders we believed in: check them again.
         self._durable_dirs.clear()
 
-    def _sync_all(self, fn: Callable[[Any], None], items: list[Any]) -> None:
-        # Every item runs even after a failure (fn may own an fd it must close); the
-        # first failure is raised at the end.
-        errors: list[OSError] = []
-        if len(items) <= 1 or self._pool is None:
-            for it in items:
-                try:
-                    fn(it)
-                except OSError as exc:
-                    errors.append(exc)
-        else:
-            for fut in [self._pool.submit(fn, it) for it in items]:
-                failure = fut.exception()
-                if failure is not None:
-                    if not isinstance(failure, OSError):
-                        raise failure
-                    errors.append(failure)
-        if errors:
-            raise errors[0]
-
     def close(self) -> None:
-        """Stop the sync threads and the disk process."""
+        """Stop the disk process."""
         if self._disk is not None:
             self._disk.close()
             self._disk = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     # ----------------------------------------------------------------- sealing
     def _save_counter(self, device: str, counter: int) -> None:
         self.ensure_dir(self.counters_dir)
         write_durable(self.counters_dir / device, f"{counter}\n".encode())
 
-    def seal(self, plan: SealPlan, sealed_ms: int) -> dict[str, Any] | None:
+    def seal(self, plan: SealPlan, sealed_ms: int) -> Manifest | None:
         """Move the plan's frames into a new batch and write its manifest last.
 
         Args:
@@ -435,7 +270,7 @@ class Store:
             return None
         real = SealPlan(plan.device, plan.batch, plan.counter, tuple(moved), plan.reason)
         man = manifest(real, sealed_ms)
-        write_durable(bdir / MANIFEST, json.dumps(man, separators=(",", ":")).encode())
+        write_durable(bdir / MANIFEST, man.to_json())
         self._batches.setdefault(plan.device, {})[plan.batch] = [f.key for f in moved]
         for d in src_dirs:
             self._remove_if_empty(d)
@@ -520,9 +355,12 @@ class Store:
             res.temp_removed += 1
         if man_path.is_file():
             try:
-                man = json.loads(man_path.read_text())
-                keys = [(device, int(e["boot_id"]), int(e["frame_seq"])) for e in man["frames"]]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                man = Manifest.parse(man_path.read_bytes(), device, bdir.name)
+                keys = [(device, f.boot_id, f.frame_seq) for f in man.frames
+                        if f.boot_id is not None and f.frame_seq is not None]
+                if len(keys) != len(man.frames):
+                    raise BadManifestError("a frame without boot_id/frame_seq")
+            except (OSError, BadManifestError) as exc:
                 log.error("manifest_unreadable", device=device, batch=bdir.name, error=str(exc))
                 return
             self._index.update(keys)

@@ -12,13 +12,12 @@ the moment the observer started, which errs on the late side, never the early on
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import AlertSettings
+from contract.events import MAX_JSON_INT, Status, safe_text
 from contract.ids import DEVICE_ID_RE
 
 ONLINE = "online"
@@ -46,11 +45,6 @@ SYS_GUARD_KICKED_PREFIX = "$SYS/broker/camstack/guard/kicked/"
 SYS_TOPICS = (SYS_DROPPED_TOPIC, SYS_GUARD_KICKED_PREFIX + "+")
 """``$SYS`` topics the monitor follows."""
 
-_MAX_FIELDS = 64
-_MAX_TEXT = 120
-_MAX_JSON_INT = 2**53
-"""Beyond this an integer is not a count any device or service could mean (and a float
-can no longer hold it): such a field is dropped where it enters."""
 _MAX_INTERVAL_S = 7 * 86_400.0
 """A device's own capture interval stretches its no-frame limit at most this far."""
 
@@ -135,82 +129,11 @@ def alert_topic(prefix: str, rule: str, subject: str) -> str:
     return f"{prefix}/{rule}/{subject}"
 
 
-def safe_text(value: object, limit: int = _MAX_TEXT) -> str:
-    """``value`` as one line of plain text a terminal or log shows as it is.
-
-    Control and format characters (escape sequences, carriage returns, bidirectional
-    overrides) become ``?``, so a device cannot clear the screen or fake a line of the
-    report; longer text is cut at ``limit`` with an ellipsis.
-
-    Args:
-        value: Anything; formatted with ``str``.
-        limit: Longest result in characters.
-
-    Returns:
-        The cleaned text.
-    """
-    text = str(value)
-    if len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
-    if text.isprintable():
-        return text
-    # isprintable() is False for Unicode's "Other" and "Separator" classes, space aside.
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _clean_scalar(value: object) -> object | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if -_MAX_JSON_INT <= value <= _MAX_JSON_INT else None
-    if isinstance(value, float):
-        return value if math.isfinite(value) and abs(value) <= _MAX_JSON_INT else None
-    if isinstance(value, str):
-        return safe_text(value)
-    return None
-
-
-def clean_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a status or event JSON object that are safe to keep.
-
-    Every value is checked where it enters: numbers must be finite and within +-2^53,
-    text is made printable and bounded, objects keep one level of such scalars, lists and
-    deeper nesting are dropped, keys must be short printable names, and at most 64
-    fields are kept. A status from any device therefore cannot make a rule, the table or
-    a metric overflow, nor smuggle terminal control sequences into a report.
-
-    Args:
-        obj: A parsed JSON object.
-
-    Returns:
-        The cleaned copy.
-    """
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if len(out) >= _MAX_FIELDS:
-            break
-        if not (0 < len(key) <= 64 and key.isprintable()):
-            continue
-        if isinstance(value, dict):
-            inner = {k: v for k, v in ((k, _clean_scalar(v)) for k, v in
-                                       list(value.items())[:_MAX_FIELDS])
-                     if v is not None and 0 < len(k) <= 64 and k.isprintable()}
-            out[key] = inner
-            continue
-        clean = _clean_scalar(value)
-        if clean is not None or value is None:
-            out[key] = clean
-    return out
-
-
 def _parse_json(payload: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: a device's deeply nested status ("[[[[…") exhausts the parser.
-        # ValueError covers integers past Python's digit limit, too.
-        return None
-    return clean_fields(obj) if isinstance(obj, dict) else None
+    # Every field is checked where it enters (contract.events.clean_fields): numbers
+    # within 2^53, printable bounded text, one level of nesting at most.
+    status = Status.parse(payload)
+    return status.to_obj() if status is not None else None
 
 
 def _parse_count(payload: bytes) -> int | None:
@@ -218,7 +141,7 @@ def _parse_count(payload: bytes) -> int | None:
     if not text.isdigit() or len(payload) > 24:
         return None
     value = int(text)
-    return value if value <= _MAX_JSON_INT else None
+    return value if value <= MAX_JSON_INT else None
 
 
 class CounterWindow:

@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from config.settings import MonitorSettings
+from contract.events import safe_text
 from contract.topics import service_status_topic as svc_status_topic
 from monitor.health import (
     SYS_TOPICS,
@@ -36,7 +37,6 @@ from monitor.health import (
     alert_topic,
     evaluate,
     format_status,
-    safe_text,
 )
 from mqttclient import (
     MqttConnectError,

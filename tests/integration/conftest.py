@@ -1,10 +1,11 @@
-"""Fixtures for the object store and catalog tests: a real SeaweedFS and PostgreSQL."""
+"""Fixtures of the integration tests: cleanup, and a real SeaweedFS and PostgreSQL."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,15 @@ from camstack.servers import PostgresHandle, SeaweedHandle, start_postgres, star
 from catalog import SqlCatalog, open_catalog
 from config.settings import CatalogSettings
 from objstore import S3Store
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Any]]:
+    """Things a test started (anything with ``close()``), closed last-first afterwards."""
+    things: list[Any] = []
+    yield things
+    for t in reversed(things):
+        t.close()
 
 
 @pytest.fixture(scope="session")

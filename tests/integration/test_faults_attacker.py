@@ -20,7 +20,6 @@ import json
 import stat
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +45,6 @@ from tests.support.faults import (
 from tests.support.fleet import marker_jpeg
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        t.close()
 
 
 def _publish_frame(client: Any, topic: str, jpeg: bytes, **fields: Any) -> None:

@@ -16,7 +16,6 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,6 @@ pytestmark = pytest.mark.integration
 RUNS = env_int("CAM_FAULT_RUNS", 1)
 RESTARTS = env_int("CAM_FAULT_RESTARTS", 2)
 BASE_SEED = env_int("CAM_FAULT_SEED", int.from_bytes(os.urandom(3), "big"))
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        t.close()
 
 
 def reconnected(stack: ServiceStack, times: int) -> bool:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,6 @@ pytestmark = pytest.mark.integration
 
 BASE_SEED = env_int("CAM_FAULT_SEED", int.from_bytes(os.urandom(3), "big"))
 RUNS = env_int("CAM_FAULT_RUNS", 1)
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        t.close()
 
 
 @pytest.mark.parametrize("run", range(RUNS))

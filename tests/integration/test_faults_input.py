@@ -32,7 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from camstack.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle, start_broker
 from camstack.mqttwait import disconnected_event
 from camstack.procs import scrape
 from config.settings import MonitorSettings, StorageSettings
@@ -62,14 +62,6 @@ FIELDS = [(0, "<2s"), (2, "<B"), (3, "<B"), (4, "<I"), (8, "<I"), (12, "<H"), (1
 NASTY: list[Any] = [None, True, -1, 0, 2**64, 10**400, 1.5, float("inf"), "", "..",
                     "../../etc/passwd", "/etc", "batches/x/../../..", "x" * 5000,
                     "cam01\u0000", [], {}, [[[[]]]], {"a": {"b": {}}}]
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        t.close()
 
 
 def mutated_chunks(rng: random.Random, n: int) -> list[bytes]:
@@ -140,8 +132,23 @@ def publish_all(client: mqtt.Client, topic: str, payloads: list[bytes], *,
         i.wait_for_publish(60)
 
 
+@pytest.fixture
+def unmetered_broker(tmp_path: Path) -> Iterator[BrokerHandle]:
+    """A broker whose guard lets a device send as fast as it likes.
+
+    The guard would disconnect this test's attacker long before its thousands of chunks
+    reach the ingestor (tests/integration/test_broker_guard.py proves that); here the
+    ingestor's own defences are under test, so every chunk must get through.
+    """
+    handle = start_broker(tmp_path / "broker", device_msgs_per_s=1e6, device_burst_msgs=10**6,
+                          device_bytes_per_s=8 * 1024**3, device_burst_bytes=10**10)
+    yield handle
+    handle.close()
+
+
 def test_bad_input_on_every_topic_crashes_nothing_and_loses_no_good_frame(
-        broker: BrokerHandle, tmp_path: Path, cleanup: list[Any]) -> None:
+        unmetered_broker: BrokerHandle, tmp_path: Path, cleanup: list[Any]) -> None:
+    broker = unmetered_broker
     seed = BASE_SEED
     rng = random.Random(seed)
     print(f"fault seed {seed}")

@@ -23,7 +23,6 @@ import subprocess
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,6 @@ TRIGGERS: dict[str, list[str | None]] = {
     "ingestor": [None, "frame_stored", "batch_sealed", "batch_announced"],
     "encoder": [None, "encode_started", "video_written", "batch_purged"],
 }
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    """Things with a ``close()`` to run even when the test fails."""
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        t.close()
 
 
 def kill_once(stack: ServiceStack, target: str, rng: random.Random) -> str:

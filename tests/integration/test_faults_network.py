@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,6 @@ def vcam() -> Path:
                          timeout=300, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     return FIRMWARE / "build" / "vcam"
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        t.close()
 
 
 class Vcam:

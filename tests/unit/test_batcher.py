@@ -7,8 +7,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contract.events import ReadyEvent
 from contract.layout import FrameMeta, batch_name, frame_file_name, parse_frame_file_name
-from ingestor.batcher import Batcher, manifest, ready_event
+from ingestor.batcher import Batcher, manifest
 
 T0 = 1795515300000  # 2026-11-24T10:15:00Z
 
@@ -71,7 +72,7 @@ def test_manifest_and_ready_event_match_contract() -> None:
     b.add(meta(1, T0 + 5000), 0.0)
     b.add(meta(0, T0), 0.0)
     (plan,) = b.due(0.0)
-    man = manifest(plan, 1795515600123)
+    man = manifest(plan, 1795515600123).to_obj()
     assert man["v"] == 1 and man["device"] == "cam01" and man["sealed_ms"] == 1795515600123
     assert man["first_capture_ms"] == T0 and man["last_capture_ms"] == T0 + 5000
     assert man["frames"] == [
@@ -82,7 +83,7 @@ def test_manifest_and_ready_event_match_contract() -> None:
          "frame_seq": 1, "capture_ms": T0 + 5000, "clock_synced": True, "ts_ms": T0 + 5000,
          "bytes": 1001, "crc32": 1},
     ]
-    assert ready_event(man) == {
+    assert ReadyEvent.of(manifest(plan, 1795515600123)).to_obj() == {
         "v": 1, "device": "cam01", "batch": "cam01-20261124T101500Z-0001", "frames": 2,
         "first_capture_ms": T0, "last_capture_ms": T0 + 5000,
         "location": "batches/cam01/cam01-20261124T101500Z-0001"}

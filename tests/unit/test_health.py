@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import AlertSettings
+from contract.events import safe_text
 from monitor.health import (
     RULE_BROKER_DROPPING,
     RULE_DEVICE_OFFLINE,
@@ -26,7 +27,6 @@ from monitor.health import (
     evaluate,
     format_duration,
     format_status,
-    safe_text,
     service_counters,
 )
 

@@ -12,7 +12,8 @@ import pytest
 from contract.codec import crc32
 from contract.layout import FrameMeta
 from ingestor.batcher import Batcher
-from ingestor.store import XATTR, Store
+from ingestor.durable import XATTR
+from ingestor.store import Store
 
 T0 = 1795515300000
 
@@ -72,7 +73,7 @@ def test_seal_scan_and_counters(tmp_path: Path) -> None:
     assert man is not None
     b.commit(plan)
     bdir = tmp_path / "batches/cam01/cam01-20261124T101500Z-0001"
-    assert json.loads((bdir / "manifest.json").read_text()) == man
+    assert json.loads((bdir / "manifest.json").read_text()) == man.to_obj()
     assert sorted(p.name for p in (bdir / "frames").iterdir()) == [m.name for m, _ in group[:3]]
     for m, data in group[:3]:
         assert (bdir / "frames" / m.name).read_bytes() == data
@@ -82,7 +83,7 @@ def test_seal_scan_and_counters(tmp_path: Path) -> None:
     assert res.counters == {"cam01": 1}
     assert [m.key for m in res.unsealed["cam01"]] == [m.key for m, _ in group[3:]]
     assert res.unsealed["cam01"] == [m for m, _ in group[3:]]  # metadata from the xattr
-    assert [x["batch"] for x in res.sealed] == ["cam01-20261124T101500Z-0001"]
+    assert [x.batch for x in res.sealed] == ["cam01-20261124T101500Z-0001"]
     assert all(st2.contains(m.key) for m, _ in group)
 
 

@@ -1,0 +1,436 @@
+"""The ingestor's network thread: the only code that calls paho.
+
+It reads the socket (``FastReader`` or paho's own reads), feeds the assembler, holds
+ack tokens in the :class:`AckLedger`, hands complete frames to the writer through the
+:class:`WriteQueue` and acts on the writer's :class:`Mailbox` messages: release acks,
+publish ready events (retried until the broker acks them), refresh the retained
+status. paho runs without ``loop_start()``: this ``select`` loop can stop *reading* while
+too many frames wait for the disk, and still write acks and pings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from config.settings import IngestorSettings
+from contract.events import ReadyEvent
+from contract.layout import FrameKey, FrameMeta, frame_time
+from contract.topics import all_devices, ready_topic, service_status_topic
+from ingestor.acks import AckLedger, AckToken
+from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
+from ingestor.messages import AckTokens, Announce, Job, Mailbox, Sealed, StorageState, WriteQueue
+from ingestor.metrics import IngestMetrics
+from ingestor.netio import FastReader, queue_pubacks, supported
+from ingestor.writer import Counters
+from mqttclient import connect_properties, make_client, publish_json
+
+log = structlog.get_logger("ingestor")
+
+NO_TOKEN = AckToken(generation=-1, serial=0, mid=0)
+"""Token of a QoS 0 message: nothing to acknowledge (the ledger ignores other generations)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: ReadyEvent
+    info: mqtt.MQTTMessageInfo | None = None
+    sent_at: float = 0.0
+
+
+class NetworkLoop:
+    """The network thread's work.
+
+    Args:
+        settings: The ingestor's settings.
+        queue: Complete frames to the writer.
+        mailbox: Messages from the writer.
+        metrics: Metrics.
+        counters: Status totals.
+        stored: Whether a frame is durable already (the store's index).
+        draining: Set when the service stops: read no more, ack what becomes durable.
+        writer_done: Set once the writer has finished: say goodbye and return.
+    """
+
+    def __init__(self, settings: IngestorSettings, *, queue: WriteQueue, mailbox: Mailbox,
+                 metrics: IngestMetrics, counters: Counters, stored: Callable[[FrameKey], bool],
+                 draining: threading.Event, writer_done: threading.Event) -> None:
+        self.settings = settings
+        self.ing = settings.ingest
+        self.prefix = settings.mqtt.topic_prefix
+        self.name = settings.mqtt.username or "ingestor"
+        self.status_topic = service_status_topic(self.name)
+        self.frame_filter = all_devices(self.prefix, "frame")
+        self.queue = queue
+        self.mailbox = mailbox
+        self.metrics = metrics
+        self.counters = counters
+        self.draining = draining
+        self.writer_done = writer_done
+        self._stored = stored
+        self.ledger = AckLedger()
+        self.assembler: Assembler[AckToken] = Assembler(
+            max_frame_bytes=self.ing.max_frame_bytes,
+            partial_timeout_s=self.ing.partial_timeout_s,
+            max_inflight_bytes=self.ing.max_inflight_bytes,
+            max_device_inflight_bytes=self.ing.max_device_inflight_bytes,
+            max_partial_chunks=self.ing.max_partial_chunks,
+            done=self._is_done,
+        )
+        self.ready_info: dict[str, Any] = {}
+        """Logged with ``ingestor_ready`` (storage root, metrics port)."""
+        self._storage_ok = True
+        self._connected = False
+        self._ready_logged = False
+        self._announces: dict[str, _Pending] = {}
+        self._status_at = 0.0
+        self._received = 0
+        self._client = make_client(settings.mqtt, manual_ack=True, will_topic=self.status_topic)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        # Fewer socket calls per chunk (ingestor/netio.py); paho's own calls otherwise.
+        self._reader: FastReader | None = None
+        self._ack_mids: list[int] | None = None
+        if self.ing.fast_receive and supported(self._client):
+            self._reader = FastReader(self._client)
+            self._ack_mids = []
+        self._ever_connected = False
+
+    # ----------------------------------------------------------------- shared state
+    def _is_done(self, key: FrameKey) -> bool:
+        with self.queue.lock:
+            return self.queue.is_pending(key) or self._stored(key)
+
+    def announce(self, event: ReadyEvent) -> None:
+        """Publish ``event`` until the broker acks it (this thread, or before it starts)."""
+        self._announces[event.batch] = _Pending(event)
+
+    @property
+    def partial_frames(self) -> int:
+        """Frames being reassembled."""
+        return self.assembler.partial_frames
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> None:
+        """Connect, read and ack until the writer is done (the thread's target)."""
+        mq = self.settings.mqtt
+        delay = mq.reconnect_min_s
+        next_house = 0.0
+        waker = self.mailbox.waker
+        while True:
+            if self.writer_done.is_set():
+                self._run_messages()
+                self._say_goodbye()
+                return
+            sock = self._client.socket()
+            if sock is None:
+                if self.draining.is_set():
+                    # Nothing can be acked without a connection; just wait for the writer.
+                    self.mailbox.wait(0.2)
+                    self._run_messages()
+                    continue
+                if self._connect_once():
+                    delay = mq.reconnect_min_s
+                else:
+                    log.warning("mqtt_reconnect_wait", seconds=round(delay, 2))
+                    self.mailbox.wait(delay)
+                    delay = min(delay * 2, mq.reconnect_max_s)
+                continue
+            self._run_messages()
+            paused = self._reading_paused()
+            self.metrics.paused.set(1 if paused else 0)
+            pending_tls = 0 if paused else self._buffered(sock)
+            rlist: list[Any] = [waker] if paused else [waker, sock]
+            wlist: list[Any] = [sock] if self._client.want_write() else []
+            timeout = 0.0 if pending_tls else 0.2
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            except (OSError, ValueError):
+                readable, writable = [], []
+            if waker in readable:
+                self.mailbox.clear_wake()
+            rc = mqtt.MQTT_ERR_SUCCESS
+            if not paused and self._reader is not None and (sock in readable or pending_tls):
+                rc = MQTTErrorCode(self._reader.pump(self._chunk, 256,
+                                                     self._reading_paused)[1])
+            elif not paused and (sock in readable or pending_tls):
+                # Read packets while they keep coming (a burst), without asking the TLS
+                # layer between packets: every such call drops and retakes the GIL,
+                # which the writer thread then holds for a while.
+                rc = self._client.loop_read()
+                n = 0
+                while (rc == mqtt.MQTT_ERR_SUCCESS and n < 256 and self._client.socket()
+                       and not self._reading_paused()):
+                    before = self._received
+                    rc = self._client.loop_read()
+                    n += 1
+                    if self._received == before:
+                        break
+            self._run_messages()
+            if rc == mqtt.MQTT_ERR_SUCCESS and self._client.socket() is not None and (
+                    writable or self._client.want_write()):
+                rc = self._client.loop_write()
+            if self._client.socket() is not None:
+                self._client.loop_misc()
+            now = time.monotonic()
+            if now >= next_house:
+                next_house = now + 0.25
+                self._housekeeping(now)
+
+    def _buffered(self, sock: Any) -> int:
+        # Bytes already read (by us or the TLS layer) that select() cannot see.
+        return int(self._reader is not None and self._reader.ready) + _ssl_pending(sock)
+
+    def _flush_acks(self) -> None:
+        if self._ack_mids:
+            if self._client.socket() is not None:
+                queue_pubacks(self._client, self._ack_mids)
+            self._ack_mids.clear()
+
+    def _reading_paused(self) -> bool:
+        return self.draining.is_set() or len(self.queue) >= self.ing.max_pending_frames
+
+    def _connect_once(self) -> bool:
+        mq = self.settings.mqtt
+        props = connect_properties(mq, receive_maximum=self.ing.receive_maximum)
+        if self._reader is not None:
+            self._reader.reset()
+        if self._ack_mids is not None:
+            self._ack_mids.clear()  # packet ids of the old connection mean nothing now
+        try:
+            if not self._ever_connected:
+                self._client.connect(mq.host, mq.port, keepalive=mq.keepalive_s,
+                                     clean_start=False, properties=props)
+                self._ever_connected = True
+            else:
+                self._client.reconnect()
+        except (OSError, ValueError) as exc:
+            log.warning("mqtt_connect_failed", host=mq.host, port=mq.port, error=str(exc))
+            return False
+        return True
+
+    # ----------------------------------------------------------------- paho callbacks
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags,
+                    rc: ReasonCode, _p: Properties | None) -> None:
+        if rc.is_failure:
+            log.error("mqtt_connect_refused", reason=str(rc))
+            client.disconnect()
+            return
+        voided = self.ledger.new_connection()
+        self._connected = True
+        self.metrics.connected.set(1)
+        log.info("mqtt_connected", session_present=bool(flags.session_present),
+                 voided_acks=voided, receive_maximum=self.ing.receive_maximum)
+        client.subscribe(self.frame_filter, qos=1)
+        self._publish_status()
+        for a in self._announces.values():
+            a.info = None  # publish again on this connection
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags,
+                       rc: ReasonCode, _p: Properties | None) -> None:
+        self._connected = False
+        self.metrics.connected.set(0)
+        log.warning("mqtt_disconnected", reason=str(rc), unacked=self.ledger.held)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
+                      _p: Properties | None) -> None:
+        if any(r.is_failure for r in rcs):
+            log.error("subscribe_refused", reasons=[str(r) for r in rcs])
+            return
+        if not self._ready_logged:
+            self._ready_logged = True
+            log.info("ingestor_ready", topic=self.frame_filter, **self.ready_info)
+        else:
+            log.info("subscribed", topic=self.frame_filter)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._chunk(msg.topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain))
+
+    # ----------------------------------------------------------------- chunks
+    def _chunk(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+        # Every chunk comes here: from FastReader.pump, or paho's on_message.
+        self._received += 1
+        self.metrics.chunks.inc()
+        token = self.ledger.hold(mid) if qos > 0 else NO_TOKEN
+        parts = topic.split("/")
+        device = parts[1] if len(parts) == 3 else topic
+        if retain:
+            # A retained frame is a replay the broker keeps for every new subscriber,
+            # not a capture: it would come back after each restart (docs/security.md).
+            self._reject_chunk(device, "retained", "retained message on a frame topic", token)
+            return
+        try:
+            res = self.assembler.feed(device, payload, token, time.monotonic())
+            self._handle(res, token)
+        except Exception as exc:  # one message never stops the service
+            log.exception("chunk_failed", device=device)
+            self._reject_chunk(device, "internal_error", type(exc).__name__, token)
+
+    def _reject_chunk(self, device: str, reason: str, detail: str, token: AckToken) -> None:
+        # Acknowledged at once: a message that can never be stored must not come back.
+        self.counters.rejected += 1
+        self.metrics.rejections.labels(reason).inc()
+        log.warning("frame_rejected", device=device, reason=reason, detail=detail)
+        self._release([token])
+
+    def _handle(self, res: FeedResult[AckToken], token: AckToken) -> None:
+        st = res.status
+        if st is Status.COMPLETE and res.frame is not None:
+            self._submit(res.frame)
+        elif st is Status.DUPLICATE:
+            self.metrics.duplicates.inc()
+        elif st is Status.DONE and res.key is not None:
+            self.metrics.duplicates.inc()
+            if not self.queue.wait_with(res.key, token):
+                self._release([token])  # that frame is durable already
+        elif st is Status.REJECTED and res.reason is not None:
+            self.counters.rejected += 1
+            self.metrics.rejections.labels(res.reason.value).inc()
+            log.warning("frame_rejected", device=res.device, reason=res.reason.value,
+                        detail=res.detail, boot_id=res.key[1] if res.key else None,
+                        seq=res.key[2] if res.key else None)
+        elif st is Status.DISCARDED:
+            self.metrics.discarded.inc()
+        self._release(res.release)
+        self._dropped(res.drops)
+
+    def _dropped(self, drops: list[Drop[AckToken]]) -> None:
+        for d in drops:
+            self.counters.dropped += 1
+            self.metrics.drops.labels(d.reason.value).inc()
+            log.warning("frame_dropped", device=d.key[0], boot_id=d.key[1], seq=d.key[2],
+                        reason=d.reason.value, chunks=d.chunks, chunk_count=d.chunk_count,
+                        held_bytes=d.held_bytes)
+            self._release(list(d.tokens))
+
+    def _release(self, tokens: list[AckToken] | tuple[AckToken, ...]) -> None:
+        out = self._ack_mids
+        for t in tokens:
+            for _ in range(self.ledger.release(t)):
+                if out is not None:
+                    out.append(t.mid)  # sent together by _flush_acks
+                else:
+                    self._client.ack(t.mid, 1)
+
+    def _submit(self, frame: CompleteFrame[AckToken]) -> None:
+        t = frame_time(frame.capture_ms, frame.clock_synced, int(time.time() * 1000))
+        if frame.clock_synced and not t.clock_synced:
+            self.metrics.clock_untrusted.labels(frame.device).inc()
+            log.warning("capture_time_untrusted", device=frame.device, boot_id=frame.boot_id,
+                        seq=frame.frame_seq, capture_ms=frame.capture_ms)
+        meta = FrameMeta(frame.device, frame.boot_id, frame.frame_seq, t.capture_ms,
+                         t.clock_synced, t.ts_ms, len(frame.data), frame.crc32)
+        self.queue.submit(Job(frame, meta, time.monotonic()))
+
+    # ----------------------------------------------------------------- the writer's news
+    def _run_messages(self) -> None:
+        while (msg := self.mailbox.take()) is not None:
+            if isinstance(msg, AckTokens):
+                self._release(msg.tokens)
+            elif isinstance(msg, Announce):
+                self.announce(msg.event)
+                self._announce_due(time.monotonic())
+            elif isinstance(msg, StorageState):
+                self._storage_ok = msg.ok
+                self._publish_status()
+            elif isinstance(msg, Sealed):
+                self._publish_status()
+        self._flush_acks()
+
+    def _housekeeping(self, now: float) -> None:
+        if not self.draining.is_set():
+            self._dropped(self.assembler.expire(now))
+        self.metrics.partial_frames.set(self.assembler.partial_frames)
+        self.metrics.inflight_bytes.set(self.assembler.inflight_bytes)
+        self.metrics.unacked.set(self.ledger.held)
+        self.metrics.pending_frames.set(len(self.queue))
+        self._announce_due(now)
+        if self._connected and now - self._status_at >= self.ing.status_interval_s:
+            self._publish_status()
+
+    def _announce_due(self, now: float) -> None:
+        if not self._connected:
+            return
+        for batch, a in list(self._announces.items()):
+            ev = a.event
+            if a.info is not None and a.info.is_published():
+                del self._announces[batch]
+                self.metrics.batches_announced.inc()
+                log.info("batch_announced", device=ev.device, batch=batch, frames=ev.frames,
+                         topic=ready_topic(self.prefix, ev.device))
+                continue
+            if a.info is None or now - a.sent_at >= self.ing.announce_retry_s:
+                if a.info is not None:
+                    log.warning("announce_retry", device=ev.device, batch=batch)
+                a.info = self._client.publish(ready_topic(self.prefix, ev.device),
+                                              ev.to_json(), qos=1)
+                a.sent_at = now
+
+    def _status_payload(self, state: str) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "state": state, "frames_stored": c.frames_stored, "bytes_stored": c.bytes_stored,
+            "rejected": c.rejected, "dropped": c.dropped, "batches_sealed": c.batches_sealed,
+            "partial_frames": self.assembler.partial_frames,
+            "pending_frames": len(self.queue), "unacked_chunks": self.ledger.held,
+            "storage_ok": self._storage_ok, "ts_ms": int(time.time() * 1000),
+        }
+
+    def _publish_status(self, state: str | None = None) -> mqtt.MQTTMessageInfo | None:
+        if not self._connected:
+            return None
+        if state is None:
+            state = "online" if self._storage_ok else "degraded"
+        self._status_at = time.monotonic()
+        return publish_json(self._client, self.status_topic, self._status_payload(state),
+                            retain=True, qos=1)
+
+    def _say_goodbye(self) -> None:
+        if self._client.socket() is None:
+            return
+        info = self._publish_status("offline")
+        deadline = time.monotonic() + 5.0
+        # Flush every queued PUBACK and the offline status before DISCONNECT.
+        while time.monotonic() < deadline and self._client.socket() is not None:
+            if info is not None and info.is_published() and not self._client.want_write():
+                break
+            rlist: list[Any] = [self._client.socket()]
+            wlist: list[Any] = [self._client.socket()] if self._client.want_write() else []
+            try:
+                r, w, _ = select.select(rlist, wlist, [], 0.1)
+            except (OSError, ValueError):
+                break
+            if w:
+                self._client.loop_write()
+            if r:
+                # Only PUBACKs for our own publishes matter now; frames read here are
+                # not acknowledged and come again next session.
+                self._client.on_message = None
+                self._client.loop_read()
+        self._client.disconnect()
+        with contextlib.suppress(Exception):
+            self._client.loop_write()
+        log.info("mqtt_goodbye", unacked_left=self.ledger.held)
+
+
+def _ssl_pending(sock: Any) -> int:
+    pending = getattr(sock, "pending", None)
+    if pending is None:
+        return 0
+    try:
+        return int(pending())
+    except (OSError, ValueError):
+        return 0
