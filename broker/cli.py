@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from broker.accounts import AccountStore
+from broker.errors import ProvisionError
 from broker.layout import Layout
-from broker.pki import create_server_cert
+from broker.pki import certificate_names, create_server_cert
 from broker.run import exec_broker, prepare, render_config
-from broker.secrets import render_secrets_header, tls_name_for, write_secret_file
+from broker.secrets import choose_broker_host, render_secrets_header, write_secret_file
 from config.settings import BrokerSettings
 
 COMMANDS = ("init", "server-cert", "render", "run", "device", "service")
@@ -61,12 +62,20 @@ def add_commands(sub: Any) -> Any:
     add = dev.add_parser("add", help="add a device; prints its credentials once")
     add.add_argument("device_id")
     add.add_argument("--json", action="store_true", help="machine-readable output")
-    add.add_argument("--broker-host", help="host the device connects to (default: first SAN)")
+    add.add_argument("--broker-host",
+                     help="name or address the camera reaches the broker by; must be in the "
+                          "server certificate (default: its first name that is not localhost)")
     add.add_argument("--secrets-dir", type=Path, default=Path("firmware/secrets"),
                      help="where the firmware secrets header goes")
-    add.add_argument("--wifi-ssid", default="")
-    add.add_argument("--wifi-password", default="")
-    add.add_argument("--no-reload", action="store_true", help="do not SIGHUP the broker")
+    add.add_argument("--wifi-ssid", default="", help="Wi-Fi network the camera joins")
+    add.add_argument("--wifi-password", default="", help="its password")
+    add.add_argument("--wired", action="store_true",
+                     help="the board reaches the network without Wi-Fi (no SSID needed)")
+    add.add_argument("--force", action="store_true",
+                     help="re-add a revoked device (new password) or overwrite an existing "
+                          "secrets header")
+    add.add_argument("--no-reload", action="store_true",
+                     help="do not ask the running broker to reload its accounts")
     svc = sub.add_parser("service", help="service accounts").add_subparsers(dest="scmd",
                                                                              required=True)
     sadd = svc.add_parser("add", help="another worker or person: encoder-2, operator-alice")
@@ -147,28 +156,7 @@ def _service(args: argparse.Namespace, layout: Layout, store: AccountStore) -> i
 def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
             store: AccountStore) -> int:
     if args.dcmd == "add":
-        if not layout.pki.ca_cert.exists():
-            prepare(settings)
-        password = store.add(args.device_id, "device")
-        host = args.broker_host or settings.server_names[0]
-        header = render_secrets_header(
-            device_id=args.device_id, password=password, host=host, port=settings.tls_port,
-            prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
-            wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
-            tls_name=tls_name_for(host, settings.server_names),
-        )
-        secrets_file = args.secrets_dir / f"{args.device_id}.h"
-        write_secret_file(secrets_file, header)
-        note = _reload_note(store, args.no_reload)
-        info = {"device": args.device_id, "username": args.device_id, "password": password,
-                "host": host, "port": settings.tls_port, "ca_file": str(layout.pki.ca_cert),
-                "secrets_file": str(secrets_file), "reload": note}
-        if args.json:
-            print(json.dumps(info))
-        else:
-            for k, v in info.items():
-                print(f"{k:13} {v}")
-            print("The password is shown once; it is stored only as a hash.")
+        _device_add(args, settings, layout, store)
     elif args.dcmd == "list":
         devices = [a for a in store.list(include_revoked=args.all) if a.kind == "device"]
         if args.json:
@@ -183,3 +171,51 @@ def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
         print(f"revoked {args.device_id}; {_reload_note(store, args.no_reload)}")
     return 0
 
+
+
+def _device_add(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
+                store: AccountStore) -> None:
+    """``device add``: every check first, then the account, then the secrets header."""
+    if not layout.pki.ca_cert.exists():
+        prepare(settings)
+    host, tls_name = choose_broker_host(args.broker_host,
+                                        certificate_names(layout.pki.server_cert))
+    if not args.wifi_ssid and not args.wired:
+        raise ProvisionError("--wifi-ssid is empty: the camera would never join a network. "
+                             "Give the Wi-Fi name (and --wifi-password), or --wired for a "
+                             "board that reaches the network without Wi-Fi")
+    secrets_file = args.secrets_dir / f"{args.device_id}.h"
+    old = next((a for a in store.list(include_revoked=True) if a.name == args.device_id), None)
+    if not args.force:
+        if old is not None and not old.active:
+            raise ProvisionError(
+                f"{args.device_id} was revoked on {old.revoked}. --force re-enables the id "
+                f"with a new password and rewrites {secrets_file} with the settings given "
+                "now (the camera must be flashed again); or choose a new id")
+        if secrets_file.exists() and (old is None or not old.active):
+            raise ProvisionError(
+                f"{secrets_file} exists already (another data folder's {args.device_id}?); "
+                "--force overwrites it, or use --secrets-dir / another id")
+    password = store.add(args.device_id, "device")
+    header = render_secrets_header(
+        device_id=args.device_id, password=password, host=host, port=settings.tls_port,
+        prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
+        wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, tls_name=tls_name,
+        wired=args.wired,
+    )
+    write_secret_file(secrets_file, header)
+    note = _reload_note(store, args.no_reload)
+    info: dict[str, object] = {
+        "device": args.device_id, "username": args.device_id, "password": password,
+        "host": host, "port": settings.tls_port, "ca_file": str(layout.pki.ca_cert),
+        "secrets_file": str(secrets_file), "reload": note}
+    if tls_name:
+        info["tls_name"] = tls_name
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:13} {v}")
+        if tls_name:
+            print(f"The camera reaches {host} and verifies the certificate name {tls_name}.")
+        print("The password is shown once; it is stored only as a hash.")
