@@ -15,7 +15,7 @@ APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitt
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
 	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
-	@echo "make up     - the stack in the foreground for real cameras (Ctrl-C stops it)"
+	@echo "make up     - the stack in the foreground for real cameras, restarting what dies (Ctrl-C stops it)"
 	@echo "make broker - only the local broker in the foreground"
 
 # Debian packages, only when something is missing (needs root or sudo).
@@ -55,9 +55,10 @@ test: deps venv lint typecheck firmware-test pytest
 demo: deps venv
 	$(VENV)/bin/camstack --data-dir $(DATA) demo
 
+# `camstack up` prepares the data folder, then becomes supervisord (foreground): a
+# process that dies is restarted, the others keep running; Ctrl-C stops all, exit 0.
 up: deps venv
-	$(VENV)/bin/camstack --data-dir $(DATA) init
-	CAM_DATA=$(DATA) CAM_PYTHON=$(abspath $(PY)) $(VENV)/bin/honcho -f Procfile start
+	$(VENV)/bin/camstack --data-dir $(DATA) up
 
 broker: deps venv
 	$(VENV)/bin/camstack --data-dir $(DATA) run
