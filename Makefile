@@ -4,13 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
-APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl postgresql
+APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl postgresql \
+                prometheus
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
-                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
+                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl \
+                /usr/bin/promtool
 
-.PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
+.PHONY: help deps venv lint typecheck firmware-test promtool pytest test demo up broker clean
 
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
@@ -47,10 +49,15 @@ typecheck: venv
 firmware-test: deps
 	$(MAKE) -C firmware test
 
+# Prometheus scrape config, alerting rules and their unit tests (deploy/prometheus/).
+promtool: deps
+	cd deploy/prometheus && promtool check config prometheus.yml && \
+	  promtool check rules camstack-rules.yml && promtool test rules camstack-rules.test.yml
+
 pytest: deps venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test: deps venv lint typecheck firmware-test pytest
+test: deps venv lint typecheck firmware-test promtool pytest
 
 demo: deps venv
 	$(VENV)/bin/camstack --data-dir $(DATA) demo
