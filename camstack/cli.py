@@ -24,7 +24,18 @@ from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
 from camstack.demo import DemoOptions, run_demo
-from camstack.ota import run_ota
+from camstack.devcmd import (
+    BOOL_FIELDS,
+    FRAME_SIZES,
+    INT_FIELDS,
+    INTERVAL_MS,
+    JPEG_QUALITY,
+    JPEG_QUALITY_LARGE_MIN,
+    CommandError,
+)
+from camstack.devcmd import build as build_command
+from camstack.devcmd import payload as command_payload
+from camstack.ota import run_ota, send_command
 from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
 from camstack.supervise import (
@@ -39,7 +50,7 @@ from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSe
 from monitor.health import evaluate, format_status
 from monitor.service import collect_status, now_ms
 
-COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl")
+COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd")
 
 DESCRIPTION = """\
 One command for the whole camstack installation (everything lives in the data folder).
@@ -202,6 +213,32 @@ def add_commands(sub: Any) -> None:
     up.add_argument("--render-only", action="store_true",
                     help="prepare the data folder and write the supervisor's settings, "
                          "then print their path instead of starting")
+    cmd = sub.add_parser(
+        "cmd", help="send a device a command, checked against what its firmware accepts",
+        description="Send a command on <prefix>/<device>/cmd (QoS 1, with an operator "
+                    "account). It is checked first as the firmware checks it, so a bad "
+                    "value is refused here instead of being reported later in the device's "
+                    "status (cmd_errors, last_cmd_error).")
+    cmd.add_argument("device_id", help="the device")
+    cmd.add_argument("action", help="set, reboot, status, or a whole JSON command such as "
+                                    "'{\"cmd\":\"set\",\"interval_ms\":1000}'")
+    cmd.add_argument("--interval-ms", type=int,
+                     help=f"set: milliseconds between frames, {INTERVAL_MS[0]}..{INTERVAL_MS[1]}")
+    cmd.add_argument("--frame-size", choices=FRAME_SIZES, metavar="SIZE",
+                     help=f"set: {', '.join(FRAME_SIZES)}")
+    cmd.add_argument("--jpeg-quality", type=int,
+                     help=f"set: {JPEG_QUALITY[0]}..{JPEG_QUALITY[1]}, lower is better "
+                          f"(at least {JPEG_QUALITY_LARGE_MIN} from XGA up)")
+    for name in BOOL_FIELDS:
+        cmd.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
+                         help=f"set: sensor {name} on or off")
+    for name, (lo, hi) in INT_FIELDS.items():
+        cmd.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"set: {lo}..{hi}")
+    cmd.add_argument("--account", default="operator", help="service account that sends")
+    cmd.add_argument("--mqtt-host", default="localhost", help="broker host to send through")
+    cmd.add_argument("--port", type=int, help="broker TLS port (default: the configured one)")
+    cmd.add_argument("--dry-run", action="store_true", help="check and print, do not send")
+
     ctl = sub.add_parser("ctl", help="ask the running `camstack up`: status, restart "
                                      "ingestor, stop encoder, tail -f monitor …")
     ctl.add_argument("action", nargs=argparse.REMAINDER,
@@ -232,6 +269,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         return _simulate(args, settings)
     if args.cmd == "up":
         return _up(args, settings)
+    if args.cmd == "cmd":
+        return _device_command(args, settings)
     if args.cmd == "ctl":
         conf = conf_path(Layout(settings.data_dir.resolve()))
         if not conf.exists():
@@ -250,6 +289,34 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
                            local_port=args.local_port, timeout_s=args.timeout)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
+
+
+def _device_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    fields = {"interval_ms": args.interval_ms, "frame_size": args.frame_size,
+              "jpeg_quality": args.jpeg_quality,
+              **{n: getattr(args, n) for n in (*BOOL_FIELDS, *INT_FIELDS)}}
+    try:
+        command = build_command(args.action, **fields)
+    except CommandError as exc:
+        print(f"error: {exc}; nothing sent", file=sys.stderr)
+        return 2
+    body = command_payload(command)
+    topic = f"{settings.topic_prefix}/{args.device_id}/cmd"
+    if args.dry_run:
+        print(f"{topic} {body.decode()}")
+        return 0
+    layout = Layout(settings.data_dir.resolve())
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    if not any(a.name == args.device_id and a.kind == "device" for a in store.list()):
+        raise BrokerToolError(f"no active device {args.device_id!r} (`camstack device list`)")
+    send_command(MqttSettings(
+        host=args.mqtt_host, port=args.port or settings.tls_port, username=args.account,
+        client_id=args.account, password_file=layout.service_password_file(args.account),
+        topic_prefix=settings.topic_prefix, session_expiry_s=0,
+        tls=TlsSettings(enabled=True, ca_file=layout.pki.ca_cert)), args.device_id, body)
+    print(f"sent {body.decode()} to {topic} (the broker acknowledged it); the device applies "
+          "it when connected and reports errors in its status")
+    return 0
 
 
 def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
