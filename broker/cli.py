@@ -37,7 +37,8 @@ def add_global_options(p: argparse.ArgumentParser) -> None:
         p: The top-level parser.
     """
     p.add_argument("--config", type=Path,
-                   help="BrokerSettings TOML file (default: $CAM_CONFIG, else built-in)")
+                   help="broker settings file, TOML (default: $CAM_CONFIG, else built-in "
+                        "defaults)")
     p.add_argument("--data-dir", type=Path,
                    help="data folder: PKI, accounts, broker state (default: ./data)")
 
@@ -51,10 +52,11 @@ def add_commands(sub: Any) -> Any:
     Returns:
         The ``device`` command's subparsers, for tools that add device verbs.
     """
-    sub.add_parser("init", help="create PKI, service accounts and mosquitto.conf (idempotent)")
+    sub.add_parser("init", help="create the CA, the server certificate, the service accounts "
+                                "and the broker's configuration (idempotent)")
     cert = sub.add_parser("server-cert", help="re-issue the server certificate")
     cert.add_argument("names", nargs="+", help="DNS names / IPs for the certificate")
-    sub.add_parser("render", help="print the rendered mosquitto.conf")
+    sub.add_parser("render", help="print the broker's rendered configuration")
     sub.add_parser("run", help="prepare and run Mosquitto in the foreground")
 
     dev = sub.add_parser("device", help="device accounts").add_subparsers(dest="dcmd",
@@ -80,17 +82,20 @@ def add_commands(sub: Any) -> Any:
                                                                              required=True)
     sadd = svc.add_parser("add", help="another worker or person: encoder-2, operator-alice")
     sadd.add_argument("name")
-    sadd.add_argument("--no-reload", action="store_true")
+    sadd.add_argument("--no-reload", action="store_true",
+                      help="do not ask the running broker to reload its accounts")
     svc.add_parser("list", help="list service accounts")
     srv = svc.add_parser("revoke", help="revoke a service account")
     srv.add_argument("name")
-    srv.add_argument("--no-reload", action="store_true")
+    srv.add_argument("--no-reload", action="store_true",
+                     help="do not ask the running broker to reload its accounts")
     ls = dev.add_parser("list", help="list devices")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--all", action="store_true", help="include revoked devices")
     rv = dev.add_parser("revoke", help="revoke a device; it is disconnected at once")
     rv.add_argument("device_id")
-    rv.add_argument("--no-reload", action="store_true")
+    rv.add_argument("--no-reload", action="store_true",
+                    help="do not ask the running broker to reload its accounts")
     return dev
 
 

@@ -45,12 +45,13 @@ from camstack.supervise import (
     supervisorctl_argv,
     write_supervisord,
 )
+from camstack.systemd import install_hint, render_units, systemd_version, write_units
 from config.loader import ConfigError, load_or_exit, load_settings
 from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
 from monitor.health import evaluate, format_status
 from monitor.service import collect_status, now_ms
 
-COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd")
+COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd")
 
 DESCRIPTION = """\
 One command for the whole camstack installation (everything lives in the data folder).
@@ -73,7 +74,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "(default" in text or default in (None, False)
+        if ("%(default)" in text or "(default" in text or default in (None, False, "")
                 or default is argparse.SUPPRESS or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
@@ -207,9 +208,9 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--timeout", type=float, default=defaults.timeout_s,
                       help="seconds to wait for every camera's video")
 
-    up = sub.add_parser(
-        "up", help="run the broker, ingestor, encoder and monitor in the foreground; a "
-                   "process that dies is restarted, the others keep running (Ctrl-C stops all)")
+    up_help = ("run the broker, ingestor, encoder and monitor in the foreground; a process "
+               "that dies is restarted, the others keep running (Ctrl-C stops all)")
+    up = sub.add_parser("up", help=up_help, description=up_help[0].upper() + up_help[1:] + ".")
     up.add_argument("--render-only", action="store_true",
                     help="prepare the data folder and write the supervisor's settings, "
                          "then print their path instead of starting")
@@ -238,6 +239,12 @@ def add_commands(sub: Any) -> None:
     cmd.add_argument("--mqtt-host", default="localhost", help="broker host to send through")
     cmd.add_argument("--port", type=int, help="broker TLS port (default: the configured one)")
     cmd.add_argument("--dry-run", action="store_true", help="check and print, do not send")
+
+    sd = sub.add_parser("systemd", help="write systemd units for the four processes (a "
+                                         "dedicated user, restart always, sandboxed)")
+    sd.add_argument("--out", type=Path,
+                    help="folder for the unit files (default: systemd/ in the data folder)")
+    sd.add_argument("--user", default="camstack", help="user and group the processes run as")
 
     ctl = sub.add_parser("ctl", help="ask the running `camstack up`: status, restart "
                                      "ingestor, stop encoder, tail -f monitor …")
@@ -271,6 +278,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         return _up(args, settings)
     if args.cmd == "cmd":
         return _device_command(args, settings)
+    if args.cmd == "systemd":
+        return _systemd(args, settings)
     if args.cmd == "ctl":
         conf = conf_path(Layout(settings.data_dir.resolve()))
         if not conf.exists():
@@ -316,6 +325,21 @@ def _device_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         tls=TlsSettings(enabled=True, ca_file=layout.pki.ca_cert)), args.device_id, body)
     print(f"sent {body.decode()} to {topic} (the broker acknowledged it); the device applies "
           "it when connected and reports errors in its status")
+    return 0
+
+
+def _systemd(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    layout = prepare(settings)
+    for path in render_local(settings):
+        print(f"wrote {path}")
+    version = systemd_version()
+    units = render_units(layout.data_dir, user=args.user,
+                         broker_config=args.config.resolve() if args.config else None,
+                         restart_steps=version is None or version >= 254)
+    dest = args.out or layout.data_dir / "systemd"
+    for path in write_units(units, dest):
+        print(f"wrote {path}")
+    print(install_hint(dest, layout.data_dir, args.user))
     return 0
 
 
