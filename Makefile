@@ -5,19 +5,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
 APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev mosquitto-dev gcc ffmpeg g++ make \
-                openssl postgresql
+                openssl postgresql prometheus
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
                 /usr/include/mosquitto_broker.h /usr/include/mosquitto_plugin.h /usr/bin/gcc \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
-                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
+                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl \
+                /usr/bin/promtool
 
-.PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test pytest test demo up broker clean
+.PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test promtool pytest test \
+        demo up broker clean
 
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
 	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
-	@echo "make up     - the stack in the foreground for real cameras (Ctrl-C stops it)"
+	@echo "make up     - the stack in the foreground for real cameras, restarting what dies (Ctrl-C stops it)"
 	@echo "make broker - only the local broker in the foreground"
 
 # Debian packages, only when something is missing (needs root or sudo).
@@ -56,17 +58,23 @@ guard-plugin: deps
 guard-test: deps
 	$(MAKE) -C broker/plugin test
 
+# Prometheus scrape config, alerting rules and their unit tests (deploy/prometheus/).
+promtool: deps
+	cd deploy/prometheus && promtool check config prometheus.yml && \
+	  promtool check rules camstack-rules.yml && promtool test rules camstack-rules.test.yml
+
 pytest: deps venv guard-plugin
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test: deps venv lint typecheck firmware-test guard-test pytest
+test: deps venv lint typecheck firmware-test guard-test promtool pytest
 
 demo: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) demo
 
+# `camstack up` prepares the data folder, then becomes supervisord (foreground): a
+# process that dies is restarted, the others keep running; Ctrl-C stops all, exit 0.
 up: deps venv guard-plugin
-	$(VENV)/bin/camstack --data-dir $(DATA) init
-	CAM_DATA=$(DATA) CAM_PYTHON=$(abspath $(PY)) $(VENV)/bin/honcho -f Procfile start
+	$(VENV)/bin/camstack --data-dir $(DATA) up
 
 broker: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) run

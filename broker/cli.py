@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from broker.accounts import AccountStore
+from broker.errors import ProvisionError
 from broker.layout import Layout
-from broker.pki import create_server_cert
+from broker.pki import certificate_names, create_server_cert
 from broker.run import exec_broker, prepare, render_config
-from broker.secrets import render_secrets_header, tls_name_for, write_secret_file
+from broker.secrets import choose_broker_host, render_secrets_header, write_secret_file
 from config.settings import BrokerSettings
 
 COMMANDS = ("init", "server-cert", "render", "run", "device", "service")
@@ -36,7 +37,8 @@ def add_global_options(p: argparse.ArgumentParser) -> None:
         p: The top-level parser.
     """
     p.add_argument("--config", type=Path,
-                   help="BrokerSettings TOML file (default: $CAM_CONFIG, else built-in)")
+                   help="broker settings file, TOML (default: $CAM_CONFIG, else built-in "
+                        "defaults)")
     p.add_argument("--data-dir", type=Path,
                    help="data folder: PKI, accounts, broker state (default: ./data)")
 
@@ -50,10 +52,11 @@ def add_commands(sub: Any) -> Any:
     Returns:
         The ``device`` command's subparsers, for tools that add device verbs.
     """
-    sub.add_parser("init", help="create PKI, service accounts and mosquitto.conf (idempotent)")
+    sub.add_parser("init", help="create the CA, the server certificate, the service accounts "
+                                "and the broker's configuration (idempotent)")
     cert = sub.add_parser("server-cert", help="re-issue the server certificate")
     cert.add_argument("names", nargs="+", help="DNS names / IPs for the certificate")
-    sub.add_parser("render", help="print the rendered mosquitto.conf")
+    sub.add_parser("render", help="print the broker's rendered configuration")
     sub.add_parser("run", help="prepare and run Mosquitto in the foreground")
 
     dev = sub.add_parser("device", help="device accounts").add_subparsers(dest="dcmd",
@@ -61,27 +64,38 @@ def add_commands(sub: Any) -> Any:
     add = dev.add_parser("add", help="add a device; prints its credentials once")
     add.add_argument("device_id")
     add.add_argument("--json", action="store_true", help="machine-readable output")
-    add.add_argument("--broker-host", help="host the device connects to (default: first SAN)")
+    add.add_argument("--broker-host",
+                     help="name or address the camera reaches the broker by; must be in the "
+                          "server certificate (default: its first name that is not localhost)")
     add.add_argument("--secrets-dir", type=Path, default=Path("firmware/secrets"),
                      help="where the firmware secrets header goes")
-    add.add_argument("--wifi-ssid", default="")
-    add.add_argument("--wifi-password", default="")
-    add.add_argument("--no-reload", action="store_true", help="do not SIGHUP the broker")
+    add.add_argument("--wifi-ssid", default="", help="Wi-Fi network the camera joins")
+    add.add_argument("--wifi-password", default="", help="its password")
+    add.add_argument("--wired", action="store_true",
+                     help="the board reaches the network without Wi-Fi (no SSID needed)")
+    add.add_argument("--force", action="store_true",
+                     help="re-add a revoked device (new password) or overwrite an existing "
+                          "secrets header")
+    add.add_argument("--no-reload", action="store_true",
+                     help="do not ask the running broker to reload its accounts")
     svc = sub.add_parser("service", help="service accounts").add_subparsers(dest="scmd",
                                                                              required=True)
     sadd = svc.add_parser("add", help="another worker or person: encoder-2, operator-alice")
     sadd.add_argument("name")
-    sadd.add_argument("--no-reload", action="store_true")
+    sadd.add_argument("--no-reload", action="store_true",
+                      help="do not ask the running broker to reload its accounts")
     svc.add_parser("list", help="list service accounts")
     srv = svc.add_parser("revoke", help="revoke a service account")
     srv.add_argument("name")
-    srv.add_argument("--no-reload", action="store_true")
+    srv.add_argument("--no-reload", action="store_true",
+                     help="do not ask the running broker to reload its accounts")
     ls = dev.add_parser("list", help="list devices")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--all", action="store_true", help="include revoked devices")
     rv = dev.add_parser("revoke", help="revoke a device; it is disconnected at once")
     rv.add_argument("device_id")
-    rv.add_argument("--no-reload", action="store_true")
+    rv.add_argument("--no-reload", action="store_true",
+                    help="do not ask the running broker to reload its accounts")
     return dev
 
 
@@ -147,28 +161,7 @@ def _service(args: argparse.Namespace, layout: Layout, store: AccountStore) -> i
 def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
             store: AccountStore) -> int:
     if args.dcmd == "add":
-        if not layout.pki.ca_cert.exists():
-            prepare(settings)
-        password = store.add(args.device_id, "device")
-        host = args.broker_host or settings.server_names[0]
-        header = render_secrets_header(
-            device_id=args.device_id, password=password, host=host, port=settings.tls_port,
-            prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
-            wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
-            tls_name=tls_name_for(host, settings.server_names),
-        )
-        secrets_file = args.secrets_dir / f"{args.device_id}.h"
-        write_secret_file(secrets_file, header)
-        note = _reload_note(store, args.no_reload)
-        info = {"device": args.device_id, "username": args.device_id, "password": password,
-                "host": host, "port": settings.tls_port, "ca_file": str(layout.pki.ca_cert),
-                "secrets_file": str(secrets_file), "reload": note}
-        if args.json:
-            print(json.dumps(info))
-        else:
-            for k, v in info.items():
-                print(f"{k:13} {v}")
-            print("The password is shown once; it is stored only as a hash.")
+        _device_add(args, settings, layout, store)
     elif args.dcmd == "list":
         devices = [a for a in store.list(include_revoked=args.all) if a.kind == "device"]
         if args.json:
@@ -183,3 +176,51 @@ def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
         print(f"revoked {args.device_id}; {_reload_note(store, args.no_reload)}")
     return 0
 
+
+
+def _device_add(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
+                store: AccountStore) -> None:
+    """``device add``: every check first, then the account, then the secrets header."""
+    if not layout.pki.ca_cert.exists():
+        prepare(settings)
+    host, tls_name = choose_broker_host(args.broker_host,
+                                        certificate_names(layout.pki.server_cert))
+    if not args.wifi_ssid and not args.wired:
+        raise ProvisionError("--wifi-ssid is empty: the camera would never join a network. "
+                             "Give the Wi-Fi name (and --wifi-password), or --wired for a "
+                             "board that reaches the network without Wi-Fi")
+    secrets_file = args.secrets_dir / f"{args.device_id}.h"
+    old = next((a for a in store.list(include_revoked=True) if a.name == args.device_id), None)
+    if not args.force:
+        if old is not None and not old.active:
+            raise ProvisionError(
+                f"{args.device_id} was revoked on {old.revoked}. --force re-enables the id "
+                f"with a new password and rewrites {secrets_file} with the settings given "
+                "now (the camera must be flashed again); or choose a new id")
+        if secrets_file.exists() and (old is None or not old.active):
+            raise ProvisionError(
+                f"{secrets_file} exists already (another data folder's {args.device_id}?); "
+                "--force overwrites it, or use --secrets-dir / another id")
+    password = store.add(args.device_id, "device")
+    header = render_secrets_header(
+        device_id=args.device_id, password=password, host=host, port=settings.tls_port,
+        prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
+        wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, tls_name=tls_name,
+        wired=args.wired,
+    )
+    write_secret_file(secrets_file, header)
+    note = _reload_note(store, args.no_reload)
+    info: dict[str, object] = {
+        "device": args.device_id, "username": args.device_id, "password": password,
+        "host": host, "port": settings.tls_port, "ca_file": str(layout.pki.ca_cert),
+        "secrets_file": str(secrets_file), "reload": note}
+    if tls_name:
+        info["tls_name"] = tls_name
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:13} {v}")
+        if tls_name:
+            print(f"The camera reaches {host} and verifies the certificate name {tls_name}.")
+        print("The password is shown once; it is stored only as a hash.")

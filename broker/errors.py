@@ -11,3 +11,7 @@ class AccountError(BrokerToolError):
 
 class PkiError(BrokerToolError):
     """The PKI could not be created or read."""
+
+
+class ProvisionError(BrokerToolError):
+    """A device cannot be provisioned as asked (host, Wi-Fi, a revoked id)."""

@@ -146,7 +146,7 @@ def create_server_cert(paths: PkiPaths, names: list[str], *, days: int = 825) ->
         ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     except FileNotFoundError as exc:
-        raise PkiError(f"CA missing: {exc.filename}; run 'python -m broker pki' first") from None
+        raise PkiError(f"CA missing: {exc.filename}; run `camstack init` first") from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("CA key is not an EC key")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -190,3 +190,26 @@ def ensure_pki(paths: PkiPaths, names: list[str]) -> bool:
         create_server_cert(paths, names)
         created = True
     return created
+
+
+def certificate_names(cert_file: Path) -> list[str]:
+    """DNS names and IP addresses of a certificate's subject alternative names, in order.
+
+    Args:
+        cert_file: A PEM certificate (the broker's ``server.crt``).
+
+    Returns:
+        The names as text (IP addresses in their usual notation).
+
+    Raises:
+        PkiError: When the file is missing, unreadable or has no SAN extension.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except FileNotFoundError:
+        raise PkiError(f"no server certificate at {cert_file}; run `camstack init`") from None
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise PkiError(f"cannot read the names of {cert_file}: {exc}") from None
+    return [str(n.value) for n in san
+            if isinstance(n, (x509.DNSName, x509.IPAddress))]

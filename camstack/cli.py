@@ -1,23 +1,15 @@
 """``camstack``: the one command for the whole stack (installed into the venv).
 
 It has the broker's own commands (``python -m broker``: init, run, device, service,
-server-cert, render) and the stack's tools on top of them:
-
-Examples:
-    camstack init                             # broker init + data/config/*.toml
-    camstack device add cam01 --broker-host broker.lan --wifi-ssid farm ...
-    camstack service-config [--force] [--compose]
-    camstack simulate --devices 3 --fps 2 --duration 60
-    camstack status
-    camstack demo                             # what `make demo` runs
-
-The services run as ``python -m ingestor``, ``python -m encoder``, ``python -m monitor``.
+server-cert, render) and the stack's tools on top of them. The module docstring is not
+the help text: :data:`DESCRIPTION` is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -32,15 +24,82 @@ from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
 from camstack.demo import DemoOptions, run_demo
-from camstack.ota import run_ota
+from camstack.devcmd import (
+    BOOL_FIELDS,
+    FRAME_SIZES,
+    INT_FIELDS,
+    INTERVAL_MS,
+    JPEG_QUALITY,
+    JPEG_QUALITY_LARGE_MIN,
+    CommandError,
+)
+from camstack.devcmd import build as build_command
+from camstack.devcmd import payload as command_payload
+from camstack.ota import run_ota, send_command
 from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
+from camstack.supervise import (
+    conf_path,
+    exec_supervisord,
+    logs_dir,
+    supervisorctl_argv,
+    write_supervisord,
+)
+from camstack.systemd import install_hint, render_units, systemd_version, write_units
 from config.loader import ConfigError, load_or_exit, load_settings
 from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
 from monitor.health import evaluate, format_status
 from monitor.service import collect_status, now_ms
 
-COMMANDS = ("service-config", "simulate", "status", "demo")
+COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd")
+
+DESCRIPTION = """\
+One command for the whole camstack installation (everything lives in the data folder).
+
+examples:
+  camstack init                           certificates, accounts, service configs
+  camstack server-cert localhost camhub.lan 192.168.1.20
+  camstack device add cam01 --broker-host camhub.lan --wifi-ssid farm --wifi-password ...
+  camstack up                             the stack in the foreground, restarting what dies
+  camstack ctl status                     what `up` runs, with pids and uptimes
+  camstack status                         devices, services, storage and alerts
+  camstack cmd cam01 set --interval-ms 5000
+  camstack demo                           simulated cameras until real videos exist
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unset and off ones say nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "(default" in text or default in (None, False, "")
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose subcommands show defaults too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``camstack`` command line (tests walk it to check every help text).
+
+    Returns:
+        The parser.
+    """
+    p = Parser(prog="camstack", description=DESCRIPTION)
+    broker_cli.add_global_options(p)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    add_device_commands(broker_cli.add_commands(sub))
+    add_commands(sub)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,13 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit status.
     """
-    p = argparse.ArgumentParser(prog="camstack", description=(__doc__ or "").replace("``", ""),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    broker_cli.add_global_options(p)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    add_device_commands(broker_cli.add_commands(sub))
-    add_commands(sub)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
     try:
         settings = load_settings(BrokerSettings, args.config, **overrides)
@@ -90,14 +143,14 @@ def add_device_commands(dev: Any) -> None:
         dev: The ``device`` command's subparsers.
     """
     ota = dev.add_parser("ota", help="send a device a firmware image (HTTPS, SHA-256)")
-    ota.add_argument("device_id")
-    ota.add_argument("image", type=Path, help="firmware.bin (.pio/build/esp32cam/)")
+    ota.add_argument("device_id", help="the device")
+    ota.add_argument("image", type=Path, help="the firmware image PlatformIO built")
     ota.add_argument("--url", help="the image is hosted here already (https://...)")
     ota.add_argument("--host", help="host the device reaches this machine by (default: "
-                                    "first certificate name)")
+                                    "the server certificate's first name)")
     ota.add_argument("--port", type=int, default=8443, help="HTTPS port to serve on")
     ota.add_argument("--account", default="operator", help="service account that sends")
-    ota.add_argument("--mqtt-host", default="localhost")
+    ota.add_argument("--mqtt-host", default="localhost", help="broker host to send through")
     ota.add_argument("--timeout", type=float, default=600.0,
                      help="seconds to serve the image waiting for the download")
 
@@ -109,7 +162,8 @@ def add_commands(sub: Any) -> None:
         sub: The object ``add_subparsers()`` returned.
     """
     sc = sub.add_parser("service-config",
-                        help="render data/config/{ingestor,encoder,monitor}.toml")
+                        help="write the ingestor's, encoder's and monitor's settings into "
+                             "the data folder")
     sc.add_argument("--force", action="store_true", help="overwrite existing files")
     sc.add_argument("--compose", action="store_true",
                     help="also render the container configs compose.yaml mounts")
@@ -117,7 +171,7 @@ def add_commands(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="simulated cameras (demo and load generator)")
     sim.add_argument("--devices", type=int, default=3, help="how many cameras")
     sim.add_argument("--device-prefix", default="sim-cam", help="ids are <prefix>01, 02…")
-    sim.add_argument("--fps", type=float, default=2.0)
+    sim.add_argument("--fps", type=float, default=2.0, help="frames per second per camera")
     sim.add_argument("--frames", type=int, help="frames per camera, then stop")
     sim.add_argument("--duration", type=float, help="seconds, then stop")
     sim.add_argument("--size", default="320x240", help="WIDTHxHEIGHT")
@@ -126,25 +180,76 @@ def add_commands(sub: Any) -> None:
     sim.add_argument("--cache", type=int, default=0,
                      help="pre-render N frames and cycle them (cheap load generation)")
     sim.add_argument("--window", type=int, default=16, help="frames awaiting PUBACK per camera")
-    sim.add_argument("--corrupt-rate", type=float, default=0.0)
-    sim.add_argument("--duplicate-rate", type=float, default=0.0)
+    sim.add_argument("--corrupt-rate", type=float, default=0.0,
+                     help="share of chunks sent with a bad checksum")
+    sim.add_argument("--duplicate-rate", type=float, default=0.0,
+                     help="share of chunks sent twice")
     sim.add_argument("--drop-every", type=float, help="drop the connection every N seconds")
     sim.add_argument("--host", default="localhost", help="broker host (in the server cert)")
     sim.add_argument("--port", type=int, help="TLS port (default: the configured one)")
 
     st = sub.add_parser("status", help="print devices, services, storage and alerts")
     st.add_argument("--service-config", type=Path,
-                    help="MonitorSettings TOML (default: <data>/config/monitor.toml)")
+                    help="the monitor's settings file (default: the one in the data folder)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser("demo", help="broker + ingestor + encoder + simulated cameras")
     defaults = DemoOptions()
-    demo.add_argument("--cameras", type=int, default=defaults.cameras)
-    demo.add_argument("--fps", type=float, default=defaults.fps)
-    demo.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video)
-    demo.add_argument("--tls-port", type=int, help="0: any free port (default: configured)")
-    demo.add_argument("--local-port", type=int, help="0: any free port (default: configured)")
-    demo.add_argument("--timeout", type=float, default=defaults.timeout_s)
+    demo.add_argument("--cameras", type=int, default=defaults.cameras,
+                      help="simulated cameras")
+    demo.add_argument("--fps", type=float, default=defaults.fps,
+                      help="frames per second per camera")
+    demo.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video,
+                      help="frames in each video")
+    demo.add_argument("--tls-port", type=int,
+                      help="0: any free port (default: the configured one, or a free one)")
+    demo.add_argument("--local-port", type=int,
+                      help="0: any free port (default: the configured one, or a free one)")
+    demo.add_argument("--timeout", type=float, default=defaults.timeout_s,
+                      help="seconds to wait for every camera's video")
+
+    up_help = ("run the broker, ingestor, encoder and monitor in the foreground; a process "
+               "that dies is restarted, the others keep running (Ctrl-C stops all)")
+    up = sub.add_parser("up", help=up_help, description=up_help[0].upper() + up_help[1:] + ".")
+    up.add_argument("--render-only", action="store_true",
+                    help="prepare the data folder and write the supervisor's settings, "
+                         "then print their path instead of starting")
+    cmd = sub.add_parser(
+        "cmd", help="send a device a command, checked against what its firmware accepts",
+        description="Send a command on <prefix>/<device>/cmd (QoS 1, with an operator "
+                    "account). It is checked first as the firmware checks it, so a bad "
+                    "value is refused here instead of being reported later in the device's "
+                    "status (cmd_errors, last_cmd_error).")
+    cmd.add_argument("device_id", help="the device")
+    cmd.add_argument("action", help="set, reboot, status, or a whole JSON command such as "
+                                    "'{\"cmd\":\"set\",\"interval_ms\":1000}'")
+    cmd.add_argument("--interval-ms", type=int,
+                     help=f"set: milliseconds between frames, {INTERVAL_MS[0]}..{INTERVAL_MS[1]}")
+    cmd.add_argument("--frame-size", choices=FRAME_SIZES, metavar="SIZE",
+                     help=f"set: {', '.join(FRAME_SIZES)}")
+    cmd.add_argument("--jpeg-quality", type=int,
+                     help=f"set: {JPEG_QUALITY[0]}..{JPEG_QUALITY[1]}, lower is better "
+                          f"(at least {JPEG_QUALITY_LARGE_MIN} from XGA up)")
+    for name in BOOL_FIELDS:
+        cmd.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
+                         help=f"set: sensor {name} on or off")
+    for name, (lo, hi) in INT_FIELDS.items():
+        cmd.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"set: {lo}..{hi}")
+    cmd.add_argument("--account", default="operator", help="service account that sends")
+    cmd.add_argument("--mqtt-host", default="localhost", help="broker host to send through")
+    cmd.add_argument("--port", type=int, help="broker TLS port (default: the configured one)")
+    cmd.add_argument("--dry-run", action="store_true", help="check and print, do not send")
+
+    sd = sub.add_parser("systemd", help="write systemd units for the four processes (a "
+                                         "dedicated user, restart always, sandboxed)")
+    sd.add_argument("--out", type=Path,
+                    help="folder for the unit files (default: systemd/ in the data folder)")
+    sd.add_argument("--user", default="camstack", help="user and group the processes run as")
+
+    ctl = sub.add_parser("ctl", help="ask the running `camstack up`: status, restart "
+                                     "ingestor, stop encoder, tail -f monitor …")
+    ctl.add_argument("action", nargs=argparse.REMAINDER,
+                     help="a supervisorctl command (default: status)")
 
 
 def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
@@ -169,6 +274,18 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         return 0
     if args.cmd == "simulate":
         return _simulate(args, settings)
+    if args.cmd == "up":
+        return _up(args, settings)
+    if args.cmd == "cmd":
+        return _device_command(args, settings)
+    if args.cmd == "systemd":
+        return _systemd(args, settings)
+    if args.cmd == "ctl":
+        conf = conf_path(Layout(settings.data_dir.resolve()))
+        if not conf.exists():
+            raise BrokerToolError(f"no `camstack up` has run on {settings.data_dir}")
+        argv = supervisorctl_argv(conf, *(args.action or ["status"]))
+        os.execv(argv[0], argv)  # noqa: S606
     if args.cmd == "status":
         layout = Layout(settings.data_dir.resolve())
         path = args.service_config
@@ -181,6 +298,64 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
                            local_port=args.local_port, timeout_s=args.timeout)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
+
+
+def _device_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    fields = {"interval_ms": args.interval_ms, "frame_size": args.frame_size,
+              "jpeg_quality": args.jpeg_quality,
+              **{n: getattr(args, n) for n in (*BOOL_FIELDS, *INT_FIELDS)}}
+    try:
+        command = build_command(args.action, **fields)
+    except CommandError as exc:
+        print(f"error: {exc}; nothing sent", file=sys.stderr)
+        return 2
+    body = command_payload(command)
+    topic = f"{settings.topic_prefix}/{args.device_id}/cmd"
+    if args.dry_run:
+        print(f"{topic} {body.decode()}")
+        return 0
+    layout = Layout(settings.data_dir.resolve())
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    if not any(a.name == args.device_id and a.kind == "device" for a in store.list()):
+        raise BrokerToolError(f"no active device {args.device_id!r} (`camstack device list`)")
+    send_command(MqttSettings(
+        host=args.mqtt_host, port=args.port or settings.tls_port, username=args.account,
+        client_id=args.account, password_file=layout.service_password_file(args.account),
+        topic_prefix=settings.topic_prefix, session_expiry_s=0,
+        tls=TlsSettings(enabled=True, ca_file=layout.pki.ca_cert)), args.device_id, body)
+    print(f"sent {body.decode()} to {topic} (the broker acknowledged it); the device applies "
+          "it when connected and reports errors in its status")
+    return 0
+
+
+def _systemd(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    layout = prepare(settings)
+    for path in render_local(settings):
+        print(f"wrote {path}")
+    version = systemd_version()
+    units = render_units(layout.data_dir, user=args.user,
+                         broker_config=args.config.resolve() if args.config else None,
+                         restart_steps=version is None or version >= 254)
+    dest = args.out or layout.data_dir / "systemd"
+    for path in write_units(units, dest):
+        print(f"wrote {path}")
+    print(install_hint(dest, layout.data_dir, args.user))
+    return 0
+
+
+def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    layout = prepare(settings)
+    for path in render_local(settings):
+        print(f"wrote {path}")
+    conf = write_supervisord(layout, broker_config=args.config.resolve() if args.config
+                             else None)
+    if args.render_only:
+        print(conf)
+        return 0
+    print(f"running broker, ingestor, encoder and monitor; logs in {logs_dir(layout)}, "
+          "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)
+    exec_supervisord(conf)
+    return 0  # pragma: no cover - exec does not return
 
 
 def _status(settings: MonitorSettings, *, as_json: bool) -> int:

@@ -5,10 +5,11 @@ ingestor`` and ``python -m encoder`` on the local file system, provisions a few
 simulated cameras, streams until every camera has a video made of this run's frames,
 prints the videos and the status table, stops everything and exits 0.
 
-Everything the demo renders lives under ``<data>/demo/`` (configs, logs, the simulated
-devices' passwords, the broker's persistence, the storage root), so real cameras'
-data in ``<data>/storage`` never mixes with demo frames, and running the demo again
-reuses the accounts. Ports: the configured ones when free, otherwise free ones (a
+Everything the demo uses lives under ``<data>/demo/``, a data folder of its own (CA,
+server certificate, broker accounts and persistence, configs, logs, the simulated
+devices' passwords, the storage root): real cameras' data in ``<data>/storage`` never
+mixes with demo frames, the demo's accounts never exist on the real broker, and
+running the demo again reuses them. Ports: the configured ones when free, otherwise free ones (a
 system Mosquitto often holds 1883), said out loud. A broker already running on this
 data folder, or processes left by a killed demo, are detected through pid files.
 """
@@ -445,17 +446,22 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupt)
 
-    layout = Layout(settings.data_dir.resolve())
-    paths = DemoPaths(layout.data_dir / "demo")
+    real = Layout(settings.data_dir.resolve())
+    # The demo is a data folder of its own (CA, accounts, broker state, storage): its
+    # simulated cameras and its operator never get an account on the real broker.
+    settings = settings.model_copy(update={"data_dir": real.data_dir / "demo"})
+    layout = Layout(settings.data_dir)
+    paths = DemoPaths(layout.data_dir)
     for d in (paths.config, paths.logs, paths.devices, paths.storage, paths.persist):
         d.mkdir(parents=True, exist_ok=True)
     reap_leftovers(paths, say)
     check_running_broker(layout, say)
+    retire_demo_accounts(real, settings.topic_prefix, opts.device_prefix, say)
     tls_port = choose_port(opts.tls_port, settings.tls_port, "TLS", say, set())
     local_port = choose_port(opts.local_port, settings.local_port or 1883, "local", say,
                              {tls_port})
 
-    say(f"preparing {layout.data_dir} (CA, server certificate, accounts)")
+    say(f"preparing {layout.data_dir} (its own CA, server certificate, accounts)")
     prepare(settings)
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, DEMO_ACCOUNT)
@@ -565,6 +571,35 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         say(f"unclean exit: {bad}; see {paths.logs}")
     say("demo finished: every camera produced a video" if ok else "demo FAILED")
     return 0 if ok and not bad else 1
+
+
+def retire_demo_accounts(real: Layout, prefix: str, device_prefix: str,
+                         say: Callable[[str], None]) -> list[str]:
+    """Revoke demo accounts an earlier version left in the real data folder's broker.
+
+    Args:
+        real: The real data folder (``<data>``, not ``<data>/demo``).
+        prefix: Topic prefix.
+        device_prefix: Ids of the demo's cameras start with it.
+        say: Progress output.
+
+    Returns:
+        The accounts revoked.
+    """
+    if not (real.broker_dir / "accounts.json").exists():
+        return []
+    store = AccountStore(real.broker_dir, prefix)
+    stale = [a.name for a in store.list()
+             if a.name == DEMO_ACCOUNT or (a.kind == "device" and a.name.startswith(device_prefix)
+                                           and a.name[len(device_prefix):].isdigit())]
+    for name in stale:
+        store.revoke(name)
+    if stale:
+        reloaded = store.reload_broker()
+        say(f"note: revoked {', '.join(stale)} in {real.broker_dir} (left there by an older "
+            f"demo; the demo keeps its own accounts in {real.data_dir / 'demo'})"
+            + ("; broker reloaded" if reloaded else ""))
+    return stale
 
 
 def _save_pids(paths: DemoPaths, children: dict[str, Child]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
-from broker.pki import create_server_cert
+from broker.pki import certificate_names, create_server_cert
 from broker.run import COMPOSE_SERVICE_PORT, INSTALLED_GUARD, render_config
 from broker.secrets import write_secret_file
 from config.loader import to_toml
@@ -228,11 +228,7 @@ def server_cert_names(layout: Layout) -> list[str]:
     Returns:
         The subject alternative names, as text.
     """
-    from cryptography import x509  # noqa: PLC0415
-
-    cert = x509.load_pem_x509_certificate(layout.pki.server_cert.read_bytes())
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(n.value) for n in san]
+    return certificate_names(layout.pki.server_cert)
 
 
 def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Path]:

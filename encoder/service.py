@@ -80,14 +80,7 @@ class EncoderService:
         Returns once connected, or at once when stopped while still connecting.
         """
         self.storage.prepare()
-        if self.settings.metrics.enabled:
-            server, _ = start_http_server(self.settings.metrics.port,
-                                          addr=self.settings.metrics.host,
-                                          registry=self.metrics.registry)
-            self._http = server
-            self.metrics_port = int(server.server_port)
-            log.info("metrics_listening", host=self.settings.metrics.host,
-                     port=self.metrics_port)
+        self.serve_metrics()
         delay = self.settings.mqtt.reconnect_min_s
         while not self.stop_event.is_set():
             try:
@@ -108,6 +101,24 @@ class EncoderService:
                                                   name="encoder-retention", daemon=True))
         for t in self._threads:
             t.start()
+
+    def serve_metrics(self) -> None:
+        """Start the Prometheus endpoint once, when enabled.
+
+        ``python -m encoder`` calls it first, in the main thread, so a port already
+        taken ends the process with one line (config/metrics.py).
+
+        Raises:
+            OSError: When the port cannot be bound.
+        """
+        if not self.settings.metrics.enabled or self._http is not None:
+            return
+        server, _ = start_http_server(self.settings.metrics.port,
+                                      addr=self.settings.metrics.host,
+                                      registry=self.metrics.registry)
+        self._http = server
+        self.metrics_port = int(server.server_port)
+        log.info("metrics_listening", host=self.settings.metrics.host, port=self.metrics_port)
 
     def stop(self) -> None:
         """Finish (or abandon, unacked) the batch in hand, go offline, disconnect."""

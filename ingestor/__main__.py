@@ -10,6 +10,8 @@ import signal
 import sys
 from types import FrameType
 
+from prometheus_client import disable_created_metrics
+
 from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import IngestorSettings
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     config = service_arguments("python -m ingestor", __doc__ or "", argv)
     settings = load_or_exit(IngestorSettings, config)
     configure_logging(settings.log.level, settings.log.format, service="ingestor")
+    # One series per counter: no companion *_created series (docs/operations.md).
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     service = IngestorService(settings)
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:

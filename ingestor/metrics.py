@@ -15,57 +15,57 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.chunks = Counter("ingestor_chunks_received_total",
+        self.chunks = Counter("camstack_ingestor_chunks_received_total",
                               "Frame chunks received (duplicates included).", registry=r)
-        self.duplicates = Counter("ingestor_duplicate_chunks_total",
+        self.duplicates = Counter("camstack_ingestor_duplicate_chunks_total",
                                   "Chunks received again (QoS 1 redelivery).", registry=r)
-        self.frames_stored = Counter("ingestor_frames_stored_total",
+        self.frames_stored = Counter("camstack_ingestor_frames_stored_total",
                                      "Frames durably stored.", ["device"], registry=r)
-        self.bytes_stored = Counter("ingestor_bytes_stored_total",
+        self.bytes_stored = Counter("camstack_ingestor_bytes_stored_total",
                                     "JPEG bytes durably stored.", ["device"], registry=r)
-        self.rejections = Counter("ingestor_rejections_total",
+        self.rejections = Counter("camstack_ingestor_rejections_total",
                                   "Frames or chunks refused, by reason.", ["reason"], registry=r)
-        self.discarded = Counter("ingestor_chunks_discarded_total",
+        self.discarded = Counter("camstack_ingestor_chunks_discarded_total",
                                  "Further chunks of frames already rejected.", registry=r)
-        self.drops = Counter("ingestor_drops_total",
+        self.drops = Counter("camstack_ingestor_drops_total",
                              "Incomplete frames given up (timeout, evictions).", ["reason"],
                              registry=r)
-        self.partial_frames = Gauge("ingestor_partial_frames",
+        self.partial_frames = Gauge("camstack_ingestor_partial_frames",
                                     "Frames being reassembled.", registry=r)
-        self.inflight_bytes = Gauge("ingestor_inflight_bytes",
+        self.inflight_bytes = Gauge("camstack_ingestor_inflight_bytes",
                                     "Chunk bytes held in partial frames.", registry=r)
-        self.unacked = Gauge("ingestor_unacked_chunks",
+        self.unacked = Gauge("camstack_ingestor_unacked_chunks",
                              "Chunks received and not yet acknowledged.", registry=r)
-        self.pending_frames = Gauge("ingestor_pending_frames",
+        self.pending_frames = Gauge("camstack_ingestor_pending_frames",
                                     "Complete frames waiting to be durable.", registry=r)
         self.store_latency = Histogram(
-            "ingestor_store_seconds", "From a frame's completion to durable on disk.",
+            "camstack_ingestor_store_seconds", "From a frame's completion to durable on disk.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r)
         self.group_size = Histogram(
-            "ingestor_commit_group_frames", "Frames per group commit.",
+            "camstack_ingestor_commit_group_frames", "Frames per group commit.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
-        self.batches_sealed = Counter("ingestor_batches_sealed_total",
+        self.batches_sealed = Counter("camstack_ingestor_batches_sealed_total",
                                       "Batches sealed.", ["device"], registry=r)
-        self.batches_announced = Counter("ingestor_batches_announced_total",
+        self.batches_announced = Counter("camstack_ingestor_batches_announced_total",
                                          "Ready events acknowledged by the broker.", registry=r)
-        self.last_frame = Gauge("ingestor_last_frame_timestamp_seconds",
+        self.last_frame = Gauge("camstack_ingestor_last_frame_timestamp_seconds",
                                 "Unix time of the device's last stored frame.", ["device"],
                                 registry=r)
         self.batches_reannounced = Counter(
-            "ingestor_batches_reannounced_total",
+            "camstack_ingestor_batches_reannounced_total",
             "Ready events sent again because the batch still had no video.", registry=r)
         self.clock_untrusted = Counter(
-            "ingestor_capture_time_untrusted_total",
+            "camstack_ingestor_capture_time_untrusted_total",
             "Frames flagged clock-synced whose capture time was implausible (filed under "
             "their arrival time).", ["device"], registry=r)
-        self.storage_errors = Counter("ingestor_storage_errors_total",
+        self.storage_errors = Counter("camstack_ingestor_storage_errors_total",
                                       "Failed writes or seals (retried).", registry=r)
-        self.storage_available = Gauge("ingestor_storage_available",
+        self.storage_available = Gauge("camstack_ingestor_storage_available",
                                        "1 while writes succeed, 0 while degraded.", registry=r)
-        self.paused = Gauge("ingestor_reading_paused",
+        self.paused = Gauge("camstack_ingestor_reading_paused",
                             "1 while the socket is not read (too many pending frames).",
                             registry=r)
-        self.connected = Gauge("ingestor_connected", "1 while connected to the broker.",
+        self.connected = Gauge("camstack_ingestor_connected", "1 while connected to the broker.",
                                registry=r)
         self.storage_available.set(1)

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from prometheus_client import start_http_server
 
+from config.metrics import metrics_port_guard
 from config.settings import IngestorSettings
 from contract.events import ReadyEvent
 from ingestor.batcher import Batcher
@@ -33,10 +34,6 @@ from ingestor.store import Store
 from ingestor.writer import Counters, Writer
 
 log = structlog.get_logger("ingestor")
-
-
-class MetricsPortError(RuntimeError):
-    """The metrics port is taken or not allowed (a configuration problem, said in one line)."""
 
 
 class IngestorService:
@@ -79,9 +76,6 @@ class IngestorService:
 
         Returns:
             The process exit code (0).
-
-        Raises:
-            MetricsPortError: The metrics endpoint cannot listen where configured.
         """
         self._start_metrics()
         self._startup_scan()
@@ -127,13 +121,10 @@ class IngestorService:
         m = self.settings.metrics
         if not m.enabled:
             return
-        try:
+        # A port already taken is one line naming the setting, exit 2 (main thread).
+        with metrics_port_guard(m):
             server, _thread = start_http_server(m.port, addr=m.host,
                                                 registry=self.metrics.registry)
-        except OSError as exc:
-            raise MetricsPortError(
-                f"metrics.port {m.port} on {m.host}: {exc.strerror or exc}; set another "
-                "[metrics] port (0 picks a free one) or enabled = false") from None
         self._metrics_server = server
         self.metrics_port = int(server.server_port)
         log.info("metrics_listening", host=m.host, port=self.metrics_port)

@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import pytest
 
+from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from camstack.brokerproc import BrokerHandle
@@ -71,15 +72,28 @@ def _check_run(res: subprocess.CompletedProcess[str], data: Path) -> dict[str, P
 
 def test_demo_runs_twice_and_makes_real_videos(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first = _check_run(_demo(data), data)
-    # The rendered configs carry the demo's batch size and the broker's CA and port.
+    # Accounts an older demo left on the real broker, and a real camera's.
+    real = AccountStore(data / "broker")
+    for name, kind in (("demo-cam01", "device"), ("operator-demo", "service"),
+                       ("cam01", "device")):
+        real.add(name, kind)  # type: ignore[arg-type]
+    res = _demo(data)
+    first = _check_run(res, data)
+    assert "note: revoked demo-cam01, operator-demo in" in res.stdout
+    # The rendered configs carry the demo's batch size and the demo's own CA.
     cfg = (data / "demo" / "config" / "ingestor.toml").read_text()
-    assert "frames_per_video = 20" in cfg and str(data / "pki" / "ca.crt") in cfg
+    assert "frames_per_video = 20" in cfg and str(data / "demo" / "pki" / "ca.crt") in cfg
     # Again in the same folder: accounts reused, a new video per camera, nothing left over.
     second = _check_run(_demo(data), data)
     assert set(first.values()).isdisjoint(second.values())
-    accounts = json.loads((data / "broker" / "accounts.json").read_text())
+    accounts = json.loads((data / "demo" / "broker" / "accounts.json").read_text())
     assert {"demo-cam01", "demo-cam02", "operator-demo"} <= set(accounts)
+    # The real broker: no demo account can log in; the real camera is untouched.
+    passwd = (data / "broker" / "passwd").read_text()
+    assert not re.search(r"^(demo-cam\d+|operator-demo):", passwd, re.M), passwd
+    assert re.search(r"^cam01:", passwd, re.M)
+    assert not (data / "pki").exists() or not (data / "demo" / "pki" / "ca.crt").samefile(
+        data / "pki" / "ca.crt")
 
 
 def test_demo_refuses_a_port_that_is_taken(tmp_path: Path) -> None:

@@ -187,7 +187,7 @@ def test_swallowed_ready_events_are_announced_again_until_the_video_exists(
     thief.loop_stop()
     ingestor = sc.stack.current["ingestor"]
     assert ingestor is not None
-    again = scrape(ingestor)[("ingestor_batches_reannounced_total", ())]
+    again = scrape(ingestor)[("camstack_ingestor_batches_reannounced_total", ())]
     assert again >= 1
     assert [len(v) for v in sc.stack.history.values()] == [1, 1]
     assert sc.stack.stop_all() == {"encoder": 0, "ingestor": 0}
@@ -277,7 +277,7 @@ def test_hypothesis_extreme_fields_through_the_real_services(
                         and e.get("device") == attacker and e.get("seq") == last_seq, 60)
     unacked = sc.fleet.finish(30)
     assert sc.fleet.errors() == {} and unacked == 0
-    wait_until(lambda: scrape(ingestor)[("ingestor_unacked_chunks", ())] == 0, 30,
+    wait_until(lambda: scrape(ingestor)[("camstack_ingestor_unacked_chunks", ())] == 0, 30,
                "no chunk left unacknowledged")
     wait_until(lambda: not [p for p in frame_files(root) if attacker not in str(p)], 90,
                "every honest frame sealed")

@@ -79,12 +79,13 @@ def test_disk_full_applies_backpressure_corrupts_nothing_and_recovers(
 
     def paused() -> bool:
         m = scrape(ingestor)
-        return m[("ingestor_reading_paused", ())] == 1
+        return m[("camstack_ingestor_reading_paused", ())] == 1
 
     wait_until(paused, 20, "back-pressure: the ingestor stops reading")
     m = scrape(ingestor)
-    assert m[("ingestor_storage_available", ())] == 0
-    assert m[("ingestor_unacked_chunks", ())] > 0  # nothing acknowledged that is not durable
+    assert m[("camstack_ingestor_storage_available", ())] == 0
+    # nothing acknowledged that is not durable
+    assert m[("camstack_ingestor_unacked_chunks", ())] > 0
     # The broker keeps acknowledging the cameras (it queues for the ingestor).
     wait_until(lambda: len(fleet.acked()) >= acked_at_full + 30, 20, "cameras acked meanwhile")
     time.sleep(rng.uniform(1.0, 3.0))
@@ -104,7 +105,7 @@ def test_disk_full_applies_backpressure_corrupts_nothing_and_recovers(
     result = audit(root, fleet, announced=watcher.seen())
     print_row("disk_full", seed, {
         "filler_bytes": filled, "full_s": round(full_s, 1), "acked_while_full": acked_while_full,
-        "ingestor_storage_errors": int(metric_sum(mi, "ingestor_storage_errors_total")),
+        "ingestor_storage_errors": int(metric_sum(mi, "camstack_ingestor_storage_errors_total")),
         "encoder_failures": int(metric_sum(me, "camstack_encoder_failures_total")),
     }, result)
     assert result.problems() == [], f"seed {seed}: {result.problems()}"

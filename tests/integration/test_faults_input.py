@@ -217,7 +217,7 @@ def test_bad_input_on_every_topic_crashes_nothing_and_loses_no_good_frame(
 
     wait_until(lambda: malformed_counted() >= malformed_sent, 60, "every bad event handled")
     # Partial junk frames time out (partial_timeout_s) and their chunks are acked.
-    wait_until(lambda: scrape(ingestor)[("ingestor_unacked_chunks", ())] == 0, 20,
+    wait_until(lambda: scrape(ingestor)[("camstack_ingestor_unacked_chunks", ())] == 0, 20,
                "no chunk left unacknowledged")
     mi, me = scrape(ingestor), scrape(encoder)
     events = stack.events("ingestor")
@@ -231,7 +231,7 @@ def test_bad_input_on_every_topic_crashes_nothing_and_loses_no_good_frame(
         "fuzzed_chunks": len(fuzz), "flood_copies": FLOOD, "window": WINDOW,
         "rejected": len(rejections), "dropped": len(drops),
         "dropped_good": len([d for d in drops if d["device"] != attacker]),
-        "chunks_received": int(mi[("ingestor_chunks_received_total", ())]),
+        "chunks_received": int(mi[("camstack_ingestor_chunks_received_total", ())]),
         "bad_ready": malformed_sent,
         "ready_malformed_counted": int(metric_sum(me, "camstack_encoder_ready_malformed_total")),
         "bad_statuses": len(BAD_STATUSES)}, result)

@@ -128,10 +128,10 @@ def test_shuffled_duplicated_chunks_stored_byte_identical_bad_ones_rejected(
             assert paths[0].name.startswith(f"{T0 + seq * 1000:013d}_")
     m = scrape(svc)
     for reason in ("crc_mismatch", "not_jpeg", "header_mismatch", "too_large"):
-        assert m[("ingestor_rejections_total", (("reason", reason),))] == 1
-    assert sum(v for (n, lab), v in m.items() if n == "ingestor_frames_stored_total") == 12
+        assert m[("camstack_ingestor_rejections_total", (("reason", reason),))] == 1
+    assert sum(v for (n, lab), v in m.items() if n == "camstack_ingestor_frames_stored_total") == 12
     # Gauges are refreshed a few times a second: wait, do not sample once.
-    wait_until(lambda: scrape(svc)[("ingestor_unacked_chunks", ())] == 0, 10, "all acked")
+    wait_until(lambda: scrape(svc)[("camstack_ingestor_unacked_chunks", ())] == 0, 10, "all acked")
     assert svc.stop() == 0
     operator.subscribe(f"svc/{account}/status")
     assert operator.wait_for(bool, 5)
@@ -270,7 +270,7 @@ def test_200_interleaving_devices_do_not_stall(broker: BrokerHandle, tmp_path: P
     assert set(files) == set(jpegs)
     assert all(p[0].read_bytes() == jpegs[k] for k, p in files.items())
     m = scrape(svc)
-    assert not any(n == "ingestor_drops_total" and v for (n, _l), v in m.items())
+    assert not any(n == "camstack_ingestor_drops_total" and v for (n, _l), v in m.items())
     assert svc.stop() == 0
     for c in clients.values():
         c.disconnect()
@@ -298,13 +298,14 @@ def test_storage_failure_backpressure_then_recovery(broker: BrokerHandle, tmp_pa
     # with the broker.
     def paused_with_two() -> bool:
         m = scrape(svc)
-        return (m[("ingestor_reading_paused", ())], m[("ingestor_pending_frames", ())]) == (1, 2)
+        return (m[("camstack_ingestor_reading_paused", ())],
+                m[("camstack_ingestor_pending_frames", ())]) == (1, 2)
 
     wait_until(paused_with_two, 10, "reading paused with 2 frames pending")
     m = scrape(svc)
-    assert m[("ingestor_storage_available", ())] == 0
-    assert m[("ingestor_unacked_chunks", ())] > 0  # nothing acknowledged while not durable
-    assert m[("ingestor_chunks_received_total", ())] < sum(
+    assert m[("camstack_ingestor_storage_available", ())] == 0
+    assert m[("camstack_ingestor_unacked_chunks", ())] > 0  # nothing acknowledged while not durable
+    assert m[("camstack_ingestor_chunks_received_total", ())] < sum(
         len(split_frame(j, boot_id=9, frame_seq=0, chunk_data=900)) for j in jpegs)
     blocker.unlink()
     svc.wait_event("storage_recovered", 15)
@@ -313,7 +314,7 @@ def test_storage_failure_backpressure_then_recovery(broker: BrokerHandle, tmp_pa
         assert paths[0].read_bytes() == jpegs[seq]
     assert operator.wait_for(
         lambda ms: json.loads(ms[-1].payload)["state"] == "online", 10)
-    wait_until(lambda: scrape(svc)[("ingestor_unacked_chunks", ())] == 0, 10, "acks sent")
+    wait_until(lambda: scrape(svc)[("camstack_ingestor_unacked_chunks", ())] == 0, 10, "acks sent")
     assert svc.stop() == 0
     dev.disconnect()
     dev.loop_stop()

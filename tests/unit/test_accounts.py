@@ -117,16 +117,156 @@ def test_secrets_header_compiles(tmp_path: Path) -> None:
 
 
 def test_cli_device_add_json(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    for args in (["init"], ["server-cert", "localhost", "camhub.test"]):
+        subprocess.run([sys.executable, "-m", "broker", "--data-dir", str(data), *args],
+                       capture_output=True, check=True)
     res = subprocess.run(
-        [sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"), "device", "add",
-         "cam07", "--json", "--secrets-dir", str(tmp_path / "fw")],
+        [sys.executable, "-m", "broker", "--data-dir", str(data), "device", "add",
+         "cam07", "--json", "--secrets-dir", str(tmp_path / "fw"), "--wifi-ssid", "farm"],
         capture_output=True, text=True, check=True,
     )
     info = json.loads(res.stdout)
     assert info["username"] == "cam07" and len(info["password"]) >= 32
+    assert info["host"] == "camhub.test"  # the certificate's first name that is not localhost
     header = (tmp_path / "fw" / "cam07.h").read_text()
     assert info["password"] in header and "BEGIN CERTIFICATE" in header
     assert stat.S_IMODE((tmp_path / "fw" / "cam07.h").stat().st_mode) == 0o600
-    res = subprocess.run([sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"),
-                          "device", "add", "cam07"], capture_output=True, text=True, check=False)
+    res = subprocess.run([sys.executable, "-m", "broker", "--data-dir", str(data),
+                          "device", "add", "cam07", "--wifi-ssid", "farm",
+                          "--secrets-dir", str(tmp_path / "fw2")],
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 1 and "already exists" in res.stderr
+
+
+# --- provisioning checks (issue 14): run in-process, one data folder per test ----------
+
+def _broker(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from broker.__main__ import main  # noqa: PLC0415
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def certdata(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A data folder whose server certificate names localhost, camhub.lan, 192.168.1.20."""
+    data = tmp_path / "d"
+    code, _, err = _broker(["--data-dir", str(data), "init"], capsys)
+    assert code == 0, err
+    code, _, err = _broker(["--data-dir", str(data), "server-cert", "localhost", "127.0.0.1",
+                            "camhub.lan", "192.168.1.20"], capsys)
+    assert code == 0, err
+    return data
+
+
+def _add(data: Path, device: str, capsys: pytest.CaptureFixture[str],
+         *extra: str) -> tuple[int, str, str]:
+    return _broker(["--data-dir", str(data), "device", "add", device, "--json", "--no-reload",
+                    "--secrets-dir", str(data.parent / "fw"), *extra], capsys)
+
+
+def test_broker_host_must_be_in_the_certificate(certdata: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _add(certdata, "cam01", capsys, "--broker-host", "broker.lan",
+                        "--wifi-ssid", "farm")
+    assert code == 1
+    assert "broker.lan is not in the server certificate (localhost, 127.0.0.1, camhub.lan, " \
+           "192.168.1.20)" in err
+    assert "camstack server-cert localhost 127.0.0.1 camhub.lan 192.168.1.20 broker.lan" in err
+    assert not (certdata.parent / "fw" / "cam01.h").exists()
+    assert AccountStore(certdata / "broker").list() == [a for a in AccountStore(
+        certdata / "broker").list() if a.kind == "service"], "no account made on refusal"
+    code, out, err = _add(certdata, "cam01", capsys, "--broker-host", "CAMHUB.lan",
+                          "--wifi-ssid", "farm")
+    assert code == 0, err
+    assert json.loads(out)["host"] == "CAMHUB.lan"  # DNS names match case-insensitively
+
+
+def test_default_host_is_never_localhost(tmp_path: Path, certdata: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _add(certdata, "cam01", capsys, "--wifi-ssid", "farm")
+    assert code == 0, err
+    assert json.loads(out)["host"] == "camhub.lan"
+    assert '#define CAM_MQTT_HOST "camhub.lan"' in (tmp_path / "fw" / "cam01.h").read_text()
+    fresh = tmp_path / "fresh"  # `init` only: localhost, 127.0.0.1
+    code, _, err = _add(fresh, "cam02", capsys, "--wifi-ssid", "farm")
+    assert code == 1
+    assert "names only localhost, 127.0.0.1" in err and "camstack server-cert" in err
+    code, _, err = _add(fresh, "cam02", capsys, "--wifi-ssid", "farm", "--broker-host",
+                        "127.0.0.1")
+    assert code == 1 and "connect to itself" in err
+
+
+def test_ip_host_needs_a_dns_name_in_the_certificate(tmp_path: Path, certdata: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _add(certdata, "cam01", capsys, "--broker-host", "192.168.1.20",
+                          "--wifi-ssid", "farm")
+    assert code == 0, err
+    assert json.loads(out)["tls_name"] == "camhub.lan"  # not localhost, though it comes first
+    header = (tmp_path / "fw" / "cam01.h").read_text()
+    assert '#define CAMLINK_BROKER_TLS_NAME "camhub.lan"' in header
+    ips = tmp_path / "ips"
+    _broker(["--data-dir", str(ips), "init"], capsys)
+    _broker(["--data-dir", str(ips), "server-cert", "192.168.1.20"], capsys)
+    code, _, err = _add(ips, "cam02", capsys, "--broker-host", "192.168.1.20",
+                        "--wifi-ssid", "farm")
+    assert code == 1
+    assert "no DNS name (192.168.1.20)" in err and "camstack server-cert 192.168.1.20 " in err
+
+
+def test_empty_ssid_refused_unless_wired(tmp_path: Path, certdata: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _add(certdata, "cam01", capsys)
+    assert code == 1 and "--wifi-ssid is empty" in err and "--wired" in err
+    assert not (tmp_path / "fw" / "cam01.h").exists()
+    code, _, err = _add(certdata, "cam01", capsys, "--wired")
+    assert code == 0, err
+    header = tmp_path / "fw" / "cam01.h"
+    assert "#define CAMLINK_WIRED_NETWORK 1" in header.read_text()
+    # The firmware's own compile-time check accepts it (and refuses it without --wired).
+    firmware = Path(__file__).resolve().parents[2] / "firmware"
+    src = tmp_path / "m.cpp"
+    src.write_text('#include "secrets_select.h"\nint main(){return 0;}\n')
+    res = subprocess.run(
+        ["g++", "-std=gnu++17", "-fsyntax-only", f"-I{firmware / 'src'}",
+         f"-I{firmware / 'lib/camlink/src'}", f'-DCAM_SECRETS_FILE="{header}"', str(src)],
+        capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    header.write_text(header.read_text().replace("#define CAMLINK_WIRED_NETWORK 1\n", ""))
+    res = subprocess.run(
+        ["g++", "-std=gnu++17", "-fsyntax-only", f"-I{firmware / 'src'}",
+         f"-I{firmware / 'lib/camlink/src'}", f'-DCAM_SECRETS_FILE="{header}"', str(src)],
+        capture_output=True, text=True, check=False)
+    assert "CAM_WIFI_SSID is empty" in res.stderr
+
+
+def test_revoked_device_is_not_silently_rewritten(tmp_path: Path, certdata: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _add(certdata, "cam01", capsys, "--wifi-ssid", "farm",
+                          "--wifi-password", "secret1")
+    assert code == 0, err
+    first = json.loads(out)["password"]
+    header = tmp_path / "fw" / "cam01.h"
+    before = header.read_text()
+    assert _broker(["--data-dir", str(certdata), "device", "revoke", "cam01", "--no-reload"],
+                   capsys)[0] == 0
+    code, _, err = _add(certdata, "cam01", capsys)  # defaults: would lose the Wi-Fi
+    assert code == 1, "an empty SSID is refused before anything else"
+    code, _, err = _add(certdata, "cam01", capsys, "--wifi-ssid", "other")
+    assert code == 1
+    assert "cam01 was revoked on" in err and "--force" in err and "new password" in err
+    assert header.read_text() == before
+    assert "cam01" not in (certdata / "broker" / "passwd").read_text()
+    code, out, err = _add(certdata, "cam01", capsys, "--wifi-ssid", "other", "--force")
+    assert code == 0, err
+    second = json.loads(out)["password"]
+    assert second != first and second in header.read_text()
+    assert '"other"' in header.read_text()
+    # A header left by another data folder is not overwritten without --force either.
+    elsewhere = tmp_path / "elsewhere"
+    _broker(["--data-dir", str(elsewhere), "init"], capsys)
+    _broker(["--data-dir", str(elsewhere), "server-cert", "camhub.lan"], capsys)
+    code, _, err = _add(elsewhere, "cam01", capsys, "--wifi-ssid", "farm")
+    assert code == 1 and "exists already" in err

@@ -167,14 +167,26 @@ def test_health_check_account_exists(compose: dict[str, Any], prepared: Path) ->
     assert f"user {user[1]}\ntopic read #" in acl
 
 
-def test_procfile_runs_existing_modules_with_rendered_configs(prepared: Path) -> None:
-    procs = dict(line.split(": ", 1) for line in (REPO / "Procfile").read_text().splitlines()
-                 if line and not line.startswith("#"))
-    assert set(procs) == {"broker", "ingestor", "encoder", "monitor"}
-    for name, cmd in procs.items():
-        module = re.search(r"-m (\w+)", cmd)
+def test_make_up_supervises_existing_modules_with_rendered_configs(prepared: Path) -> None:
+    import configparser  # noqa: PLC0415
+
+    from broker.layout import Layout  # noqa: PLC0415
+    from camstack.supervise import render_supervisord  # noqa: PLC0415
+
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read_string(render_supervisord(Layout(prepared / "data")))
+    programs = {s.split(":", 1)[1]: ini[s] for s in ini.sections() if s.startswith("program:")}
+    assert set(programs) == {"broker", "ingestor", "encoder", "monitor"}
+    assert ini["supervisord"]["nodaemon"] == "true"
+    for name, prog in programs.items():
+        module = re.search(r"-m (\w+)", prog["command"])
         assert module is not None and (REPO / module[1] / "__main__.py").is_file(), name
-        config = re.search(r"CAM_CONFIG=\$\{CAM_DATA:-data\}/(\S+)", cmd)
-        if config is not None:  # the file `make up`'s `broker init` rendered
-            assert (prepared / "data" / config[1]).is_file(), name
-    assert "monitor" in procs["monitor"] and "run" in procs["broker"].split()
+        config = re.search(r'CAM_CONFIG="([^"]+)"', prog["environment"])
+        if name != "broker":  # the file `camstack init` rendered
+            assert config is not None and Path(config[1]).is_file(), name
+        assert prog["autorestart"] == "true" and prog["stopsignal"] == "TERM", name
+        assert int(prog["startretries"]) >= 3 and int(prog["stopwaitsecs"]) >= 30, name
+    # supervisord stops the highest priority first: the broker goes last, so the
+    # services' offline statuses are still delivered.
+    assert min(programs, key=lambda n: int(programs[n]["priority"])) == "broker"
+    assert "run" in programs["broker"]["command"].split()

@@ -1,0 +1,186 @@
+"""``make up``: the stack under supervisord, rendered into the data folder.
+
+One crashed process must not take the others down, and must come back. supervisord
+(PyPI ``supervisor``) does exactly that, in the foreground (``nodaemon``): every
+program restarts when it exits (``autorestart``); a program that dies within
+``startsecs`` of its start is retried with a growing pause (1 s, 2 s, 3 s …, up to
+``startretries`` times) and then left ``FATAL`` with the reason in its log. Ctrl-C
+(SIGINT) or SIGTERM stops the programs one by one, highest priority number first, so
+the broker goes last and the services' offline statuses are still delivered; then
+supervisord exits 0.
+
+Files: ``<data>/run/supervisord.conf`` (rendered at every ``camstack up``),
+``<data>/run/supervisor.sock`` (``camstack ctl status``), ``<data>/logs/<program>.log``
+(each program's output, rotated), ``<data>/logs/supervisord.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.layout import Layout
+
+PROGRAMS = ("broker", "ingestor", "encoder", "monitor")
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Restart policy shared by every program (supervisord's own knobs)."""
+
+    startsecs: int = 3
+    """Seconds a program must stay up to count as started (earlier exits back off)."""
+    startretries: int = 10
+    """Failed starts in a row, each after a pause one second longer, before FATAL."""
+    stopwaitsecs: int = 60
+    """Seconds between SIGTERM and SIGKILL when stopping (the ingestor drains)."""
+
+
+def run_dir(layout: Layout) -> Path:
+    """Folder of the supervisor's config, socket and pid file."""
+    return layout.data_dir / "run"
+
+
+def logs_dir(layout: Layout) -> Path:
+    """Folder of the programs' logs."""
+    return layout.data_dir / "logs"
+
+
+def conf_path(layout: Layout) -> Path:
+    """The rendered ``supervisord.conf``."""
+    return run_dir(layout) / "supervisord.conf"
+
+
+def _quote(value: str) -> str:
+    # supervisord reads `environment=` values in double quotes; `%` is its own escape.
+    return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+
+
+def _cmd(*argv: str) -> str:
+    for a in argv:
+        if any(c in a for c in " \t\"'\\"):
+            raise ValueError(f"path with spaces or quotes not supported here: {a!r}")
+    return " ".join(a.replace("%", "%%") for a in argv)
+
+
+def render_supervisord(layout: Layout, *, python: str | None = None,
+                       broker_config: Path | None = None,
+                       restart: Restart | None = None) -> str:
+    """The ``supervisord.conf`` text of the local stack.
+
+    Args:
+        layout: The prepared data folder (absolute).
+        python: Interpreter of the services (default: this one, the venv's).
+        broker_config: The broker settings TOML passed to ``camstack --config``.
+        restart: Restart policy.
+
+    Returns:
+        The configuration text.
+    """
+    py = python or sys.executable
+    r = restart or Restart()
+    data = layout.data_dir
+    run, logs = run_dir(layout), logs_dir(layout)
+    broker_args = ["--config", str(broker_config)] if broker_config else []
+    commands = {
+        "broker": _cmd(py, "-m", "broker", *broker_args, "--data-dir", str(data), "run"),
+        "ingestor": _cmd(py, "-m", "ingestor"),
+        "encoder": _cmd(py, "-m", "encoder"),
+        "monitor": _cmd(py, "-m", "monitor"),
+    }
+    # Start order does not matter (the services retry until the broker answers); stop
+    # order does: highest priority first, the broker last.
+    priority = {"broker": 10, "ingestor": 20, "encoder": 30, "monitor": 40}
+    lines = [
+        "; Rendered by `camstack up` at every start: edit the generator, not this file.",
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={logs / 'supervisord.log'}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=3",
+        f"pidfile={run / 'supervisord.pid'}",
+        f"childlogdir={logs}",
+        f"directory={data}",
+        "loglevel=info",
+        # Said out loud so supervisord does not warn that it kept root's privileges.
+        *(["user=root"] if os.geteuid() == 0 else []),
+        "",
+        "[unix_http_server]",
+        f"file={run / 'supervisor.sock'}",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{run / 'supervisor.sock'}",
+        "",
+    ]
+    for name in PROGRAMS:
+        env = {"PYTHONUNBUFFERED": "1"}
+        if name != "broker":
+            env["CAM_CONFIG"] = str(data / "config" / f"{name}.toml")
+        lines += [
+            f"[program:{name}]",
+            f"command={commands[name]}",
+            f"environment={','.join(f'{k}={_quote(v)}' for k, v in env.items())}",
+            f"priority={priority[name]}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={r.startsecs}",
+            f"startretries={r.startretries}",
+            "stopsignal=TERM",
+            f"stopwaitsecs={r.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={logs / (name + '.log')}",
+            "stdout_logfile_maxbytes=50MB",
+            "stdout_logfile_backups=5",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
+                      restart: Restart | None = None) -> Path:
+    """Render and write ``<data>/run/supervisord.conf`` (folders created).
+
+    Args:
+        layout: The prepared data folder (absolute).
+        broker_config: The broker settings TOML passed to ``camstack --config``.
+        restart: Restart policy.
+
+    Returns:
+        The file.
+    """
+    for d in (run_dir(layout), logs_dir(layout)):
+        d.mkdir(parents=True, exist_ok=True)
+    path = conf_path(layout)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_supervisord(layout, broker_config=broker_config, restart=restart),
+                   encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def supervisord_argv(conf: Path) -> list[str]:
+    """The command that runs supervisord in the foreground on ``conf``."""
+    return [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)]
+
+
+def supervisorctl_argv(conf: Path, *args: str) -> list[str]:
+    """The command that asks the running supervisord (``status``, ``restart ingestor``)."""
+    return [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args]
+
+
+def exec_supervisord(conf: Path) -> None:
+    """Replace this process with supervisord (so make waits on it, and Ctrl-C reaches it).
+
+    Args:
+        conf: The rendered config.
+    """
+    argv = supervisord_argv(conf)
+    os.execv(argv[0], argv)  # noqa: S606
