@@ -4,17 +4,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
-APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl postgresql
+APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev ffmpeg g++ make openssl postgresql \
+                chromium chromium-driver
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
-                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
+                /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl \
+                /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: help deps venv lint typecheck firmware-test pytest test demo up broker clean
 
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
 	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
+	@echo "make demo WEB=1 - the demo, then the web page stays up (prints its URL) until Ctrl-C"
 	@echo "make up     - the stack in the foreground for real cameras (Ctrl-C stops it)"
 	@echo "make broker - only the local broker in the foreground"
 
@@ -52,8 +55,9 @@ pytest: deps venv
 
 test: deps venv lint typecheck firmware-test pytest
 
+# `make demo WEB=1`: the same, then the stack and the web page stay up until Ctrl-C.
 demo: deps venv
-	$(VENV)/bin/camstack --data-dir $(DATA) demo
+	$(VENV)/bin/camstack --data-dir $(DATA) demo $(if $(WEB),--web)
 
 up: deps venv
 	$(VENV)/bin/camstack --data-dir $(DATA) init

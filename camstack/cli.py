@@ -145,6 +145,10 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--tls-port", type=int, help="0: any free port (default: configured)")
     demo.add_argument("--local-port", type=int, help="0: any free port (default: configured)")
     demo.add_argument("--timeout", type=float, default=defaults.timeout_s)
+    demo.add_argument("--web", action="store_true",
+                      help="then keep the stack and the web page up (prints the URL) "
+                           "until Ctrl-C")
+    demo.add_argument("--web-port", type=int, default=defaults.web_port)
 
 
 def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
@@ -178,7 +182,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
     if args.cmd == "demo":
         opts = DemoOptions(cameras=args.cameras, fps=args.fps,
                            frames_per_video=args.frames_per_video, tls_port=args.tls_port,
-                           local_port=args.local_port, timeout_s=args.timeout)
+                           local_port=args.local_port, timeout_s=args.timeout,
+                           web=args.web, web_port=args.web_port)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 

@@ -19,7 +19,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from config.loader import load_settings
-from config.settings import EncoderSettings, IngestorSettings, MonitorSettings
+from config.settings import EncoderSettings, IngestorSettings, MonitorSettings, WebSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,6 +139,20 @@ def test_every_mounted_and_opened_file_exists(compose: dict[str, Any], prepared:
     assert msettings.mqtt.password_file is not None
     assert _host_path(str(msettings.mqtt.password_file), mon, prepared, compose).is_file()
 
+    web = services["web"]
+    wcfg = web["command"][web["command"].index("--config") + 1]
+    wsettings = load_settings(WebSettings, _host_path(wcfg, web, prepared, compose))
+    assert wsettings.mqtt.username == "operator-web" and wsettings.mqtt.host == "broker"
+    for path in (wsettings.mqtt.password_file, wsettings.mqtt.tls.ca_file,
+                 wsettings.http.tls_cert_file, wsettings.http.tls_key_file):
+        assert path is not None and _host_path(str(path), web, prepared, compose).is_file()
+    for folder in (wsettings.storage.root, wsettings.http.users_file.parent,
+                   wsettings.catalog.path.parent):
+        assert _host_path(str(folder), web, prepared, compose).is_dir()
+    # The web container gets the server key, never the CA key.
+    with pytest.raises(AssertionError, match="not mounted"):
+        _host_path("/data/pki/ca.key", web, prepared, compose)
+
 
 def test_server_certificate_names_the_compose_broker(prepared: Path) -> None:
     from broker.layout import Layout  # noqa: PLC0415
@@ -160,7 +174,7 @@ def test_health_check_account_exists(compose: dict[str, Any], prepared: Path) ->
 def test_procfile_runs_existing_modules_with_rendered_configs(prepared: Path) -> None:
     procs = dict(line.split(": ", 1) for line in (REPO / "Procfile").read_text().splitlines()
                  if line and not line.startswith("#"))
-    assert set(procs) == {"broker", "ingestor", "encoder", "monitor"}
+    assert set(procs) == {"broker", "ingestor", "encoder", "monitor", "web"}
     for name, cmd in procs.items():
         module = re.search(r"-m (\w+)", cmd)
         assert module is not None and (REPO / module[1] / "__main__.py").is_file(), name
