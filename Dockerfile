@@ -30,6 +30,12 @@ COPY config ./config
 COPY broker ./broker
 COPY ingestor ./ingestor
 COPY encoder ./encoder
+COPY contract ./contract
+COPY mqttclient ./mqttclient
+COPY objstore ./objstore
+COPY catalog ./catalog
+COPY monitor ./monitor
+COPY web ./web
 RUN pip install -c constraints.txt .
 
 # compose.yaml overrides the user with CAM_UID:CAM_GID, the owner of ./data.

@@ -5,13 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
 APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev mosquitto-dev gcc ffmpeg g++ make \
-                openssl postgresql prometheus
+                openssl postgresql prometheus chromium chromium-driver
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
                 /usr/include/mosquitto_broker.h /usr/include/mosquitto_plugin.h /usr/bin/gcc \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
                 /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl \
-                /usr/bin/promtool
+                /usr/bin/promtool /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test promtool pytest test \
         demo up broker clean
@@ -19,6 +19,7 @@ APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitt
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
 	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
+	@echo "make demo WEB=1 - the demo, then the web page stays up (prints its URL) until Ctrl-C"
 	@echo "make up     - the stack in the foreground for real cameras, restarting what dies (Ctrl-C stops it)"
 	@echo "make broker - only the local broker in the foreground"
 
@@ -68,8 +69,9 @@ pytest: deps venv guard-plugin
 
 test: deps venv lint typecheck firmware-test guard-test promtool pytest
 
+# `make demo WEB=1`: the same, then the stack and the web page stay up until Ctrl-C.
 demo: deps venv guard-plugin
-	$(VENV)/bin/camstack --data-dir $(DATA) demo
+	$(VENV)/bin/camstack --data-dir $(DATA) demo $(if $(WEB),--web)
 
 # `camstack up` prepares the data folder, then becomes supervisord (foreground): a
 # process that dies is restarted, the others keep running; Ctrl-C stops all, exit 0.

@@ -240,7 +240,7 @@ def add_commands(sub: Any) -> None:
     cmd.add_argument("--port", type=int, help="broker TLS port (default: the configured one)")
     cmd.add_argument("--dry-run", action="store_true", help="check and print, do not send")
 
-    sd = sub.add_parser("systemd", help="write systemd units for the four processes (a "
+    sd = sub.add_parser("systemd", help="write systemd units for the stack's processes (a "
                                          "dedicated user, restart always, sandboxed)")
     sd.add_argument("--out", type=Path,
                     help="folder for the unit files (default: systemd/ in the data folder)")
@@ -250,6 +250,11 @@ def add_commands(sub: Any) -> None:
                                      "ingestor, stop encoder, tail -f monitor …")
     ctl.add_argument("action", nargs=argparse.REMAINDER,
                      help="a supervisorctl command (default: status)")
+    demo.add_argument("--web", action="store_true",
+                      help="then keep the stack and the web page up (prints the URL) "
+                           "until Ctrl-C")
+    demo.add_argument("--web-port", type=int, default=defaults.web_port,
+                      help="HTTPS port of the demo's web page")
 
 
 def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
@@ -295,7 +300,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
     if args.cmd == "demo":
         opts = DemoOptions(cameras=args.cameras, fps=args.fps,
                            frames_per_video=args.frames_per_video, tls_port=args.tls_port,
-                           local_port=args.local_port, timeout_s=args.timeout)
+                           local_port=args.local_port, timeout_s=args.timeout,
+                           web=args.web, web_port=args.web_port)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -38,15 +39,20 @@ from broker.layout import Layout
 from broker.run import mosquitto_binary, prepare, render_config
 from camstack.sim import Fleet, SimCamera, SimConfig
 from camstack.stack import (
+    WEB_ACCOUNT,
     ensure_device_account,
     ensure_service_account,
     service_documents,
     write_documents,
 )
-from config.settings import BrokerSettings, MqttSettings, TlsSettings
+from camstack.videoindex import index_videos
+from catalog import open_catalog
+from catalog.signing import load_or_create_key, public_key_pem
+from config.settings import BrokerSettings, CatalogSettings, MqttSettings, TlsSettings
 from monitor.health import HealthModel, format_bytes, format_status
 from monitor.service import apply_storage, now_ms
 from mqttclient import connect_blocking, make_client
+from web.users import UsersFile
 
 DEMO_ACCOUNT = "operator-demo"
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +73,9 @@ class DemoOptions:
     local_port: int | None = None
     timeout_s: float = 180.0
     device_prefix: str = "demo-cam"
+    web: bool = False
+    """Then keep the stack and the web page running (URL printed) until Ctrl-C."""
+    web_port: int = 8080
 
 
 @dataclass(frozen=True)
@@ -465,6 +474,10 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     prepare(settings)
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, DEMO_ACCOUNT)
+    if opts.web:
+        ensure_service_account(layout, store, WEB_ACCOUNT)
+    web_port = (choose_port(None, opts.web_port, "web", say, {tls_port, local_port})
+                if opts.web else 0)
     devices = [f"{opts.device_prefix}{i:02d}" for i in range(1, opts.cameras + 1)]
     passwords = {d: ensure_device_account(store, d, paths.devices) for d in devices}
     demo_settings = settings.model_copy(update={"tls_port": tls_port, "local_port": local_port,
@@ -477,7 +490,14 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         log_format="json", metrics_ports={"ingestor": 0, "encoder": 0},
         sections={"ingestor": {"ingest": {"frames_per_video": opts.frames_per_video}},
                   "encoder": {"encode": {"fps": opts.playback_fps}},
-                  "monitor": {"alerts": {"no_frame_s": 30.0}}},
+                  "monitor": {"alerts": {"no_frame_s": 30.0}},
+                  "web": {"catalog": {"path": str(paths.root / "web" / "catalog.sqlite3")},
+                          "http": {"port": web_port,
+                                   "users_file": str(paths.root / "web" / "users.json"),
+                                   "session_secret_file": str(paths.root / "web" /
+                                                              "session.key"),
+                                   "video_public_key_file": str(paths.root / "web" /
+                                                                "video-signing.pub")}}},
     )
     write_documents(docs, paths.config, force=True,
                     header="# Rendered by `camstack demo` at every run.\n")
@@ -545,6 +565,10 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
             time.sleep(0.2)
         say(_progress(time.monotonic() - started, fleet, watch))
         elapsed = time.monotonic() - started
+        if opts.web:
+            children["web"] = _start_web(paths, web_port, say)
+            _save_pids(paths, children)
+            _serve_web(paths, children, fleet, say)
         table = _table(watch, paths.storage)  # while the cameras are still online
         fleet.stop(timeout=30)
         summary, ok = _summary(watch, paths.storage, fleet, elapsed, table)
@@ -561,7 +585,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         if watch is not None:
             watch.close()
         codes = {}
-        for name in ("encoder", "ingestor", "broker"):
+        for name in ("web", "encoder", "ingestor", "broker"):
             if name in children:
                 codes[name] = children[name].stop()
         paths.pids.unlink(missing_ok=True)
@@ -600,6 +624,58 @@ def retire_demo_accounts(real: Layout, prefix: str, device_prefix: str,
             f"demo; the demo keeps its own accounts in {real.data_dir / 'demo'})"
             + ("; broker reloaded" if reloaded else ""))
     return stale
+
+
+def _web_index(paths: DemoPaths) -> int:
+    """Record the demo's new videos in the web page's catalog (signed)."""
+    key = load_or_create_key(paths.root / "web" / "video-signing.key")
+    pub = paths.root / "web" / "video-signing.pub"
+    if not pub.exists():
+        pub.write_bytes(public_key_pem(key))
+    cat = open_catalog(CatalogSettings(path=paths.root / "web" / "catalog.sqlite3"))
+    try:
+        return index_videos(paths.storage, cat, key)
+    finally:
+        cat.close()
+
+
+def _start_web(paths: DemoPaths, port: int, say: Callable[[str], None]) -> Child:
+    """Index the videos, make sure a ``demo`` operator exists, start ``python -m web``."""
+    (paths.root / "web").mkdir(mode=0o750, exist_ok=True)
+    _web_index(paths)
+    users = UsersFile(paths.root / "web" / "users.json")
+    password_file = paths.root / "web" / "demo.pass"
+    if users.get("demo") is None or not password_file.exists():
+        password = secrets.token_urlsafe(12)
+        users.add("demo", "operator", password, replace=True)
+        password_file.write_text(password + "\n", encoding="utf-8")
+        password_file.chmod(0o600)
+    web = Child("web", [sys.executable, "-m", "web"], paths.logs / "web.log",
+                env={"CAM_CONFIG": str(paths.config / "web.toml")})
+    web.wait_event("web_ready", 30)
+    password = password_file.read_text(encoding="utf-8").strip()
+    say(f"web page: https://localhost:{port}/  user demo, password {password}")
+    ca = paths.root.parent / "pki" / "ca.crt"
+    say(f"  (its certificate is signed by {ca}; Ctrl-C stops everything)")
+    return web
+
+
+def _serve_web(paths: DemoPaths, children: dict[str, Child], fleet: Fleet,
+               say: Callable[[str], None]) -> None:
+    """Keep streaming and indexing new videos until Ctrl-C (KeyboardInterrupt)."""
+    try:
+        while True:
+            for child in children.values():
+                child.check()
+            for cam in fleet.cameras:
+                if cam.error is not None:
+                    raise BrokerToolError(f"simulated camera {cam.device} failed: {cam.error}")
+            new = _web_index(paths)
+            if new:
+                say(f"{new} new video(s) in the web page's catalog")
+            time.sleep(5)
+    except KeyboardInterrupt:
+        say("stopping (Ctrl-C)")
 
 
 def _save_pids(paths: DemoPaths, children: dict[str, Child]) -> None:

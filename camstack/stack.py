@@ -6,6 +6,7 @@ process of the stack, with the right CA, host, port and password file:
     data/config/ingestor.toml   CAM_CONFIG of ``python -m ingestor``
     data/config/encoder.toml    CAM_CONFIG of ``python -m encoder``
     data/config/monitor.toml    read by ``camstack status`` / ``python -m monitor``
+    data/config/web.toml        CAM_CONFIG of ``python -m web`` (the web page)
 
 Existing files are kept (they are the operator's to edit) unless forced. The same
 documents, with the paths a container sees, are written for ``compose.yaml`` under
@@ -38,6 +39,10 @@ COMPOSE_BROKER_HOST = "broker"
 """The broker's name on the compose network (must be in the server certificate)."""
 
 METRICS_PORTS = {"ingestor": 9101, "encoder": 9102}
+
+WEB_ACCOUNT = "operator-web"
+"""The web service's own account (the operator role: reads everything, sends commands)."""
+WEB_PORT = 8080
 
 
 def config_dir(layout: Layout) -> Path:
@@ -150,7 +155,8 @@ def service_documents(
     """
     root = storage_root or layout.storage_root
     ports = {**METRICS_PORTS, **(metrics_ports or {})}
-    accounts = {"ingestor": "ingestor", "encoder": "encoder", "monitor": MONITOR_ACCOUNT}
+    accounts = {"ingestor": "ingestor", "encoder": "encoder", "monitor": MONITOR_ACCOUNT,
+                "web": WEB_ACCOUNT}
     docs: dict[str, dict[str, Any]] = {}
     for name, account in accounts.items():
         pw = (secrets or {}).get(account) or layout.service_password_file(account)
@@ -162,10 +168,36 @@ def service_documents(
         }
         if name in ports:
             doc["metrics"] = {"enabled": True, "host": metrics_host, "port": ports[name]}
+        if name == "web":
+            doc.update(web_sections(layout, host="0.0.0.0" if metrics_host == "0.0.0.0"
+                                    else "127.0.0.1"))
         for table, values in ((sections or {}).get(name) or {}).items():
             doc[table] = {**doc.get(table, {}), **values}
         docs[name] = doc
     return docs
+
+
+def web_sections(layout: Layout, *, host: str = "127.0.0.1",
+                 port: int = WEB_PORT) -> dict[str, Any]:
+    """The web service's own tables: catalog, store, and HTTPS on the project certificate.
+
+    Args:
+        layout: Paths as the web service sees them.
+        host: Interface of the page.
+        port: Its port.
+
+    Returns:
+        ``{"catalog": ..., "store": ..., "http": ...}``.
+    """
+    web = layout.data_dir / "web"
+    return {
+        "catalog": {"backend": "sqlite", "path": str(web / "catalog.sqlite3")},
+        "store": {"backend": "filesystem", "root": str(layout.data_dir / "objects")},
+        "http": {"host": host, "port": port, "tls_cert_file": str(layout.pki.server_cert),
+                 "tls_key_file": str(layout.pki.server_key),
+                 "users_file": str(web / "users.json"),
+                 "session_secret_file": str(web / "session.key")},
+    }
 
 
 def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool = False,
@@ -210,7 +242,9 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
     ensure_service_account(layout, store, STATUS_ACCOUNT)
+    ensure_service_account(layout, store, WEB_ACCOUNT)
     layout.storage_root.mkdir(parents=True, exist_ok=True)
+    (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
     # The services use the loopback listener: the device listener's max_connections can
     # be used up by devices (docs/security.md), this one cannot.
     docs = (service_documents(settings, layout, host="127.0.0.1", port=settings.local_port,
@@ -253,8 +287,10 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     ensure_service_account(layout, store, MONITOR_ACCOUNT)
     ensure_service_account(layout, store, HEALTH_ACCOUNT)
+    ensure_service_account(layout, store, WEB_ACCOUNT)
     # A missing bind-mount source would be created by Docker, owned by root.
     layout.storage_root.mkdir(parents=True, exist_ok=True)
+    (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
     written: list[Path] = []
     names = server_cert_names(layout)
     if COMPOSE_BROKER_HOST not in names:
@@ -272,7 +308,7 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     conf.write_text(text, encoding="utf-8")
     written.append(conf)
     secrets = {name: Path(f"/run/secrets/{name.replace('-', '_')}_password")
-               for name in ("ingestor", "encoder", MONITOR_ACCOUNT)}
+               for name in ("ingestor", "encoder", MONITOR_ACCOUNT, WEB_ACCOUNT)}
     docs = service_documents(
         settings, inside, host=COMPOSE_BROKER_HOST, port=COMPOSE_SERVICE_PORT, secrets=secrets,
         log_format="json", metrics_host="0.0.0.0",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from broker.layout import Layout
 
-PROGRAMS = ("broker", "ingestor", "encoder", "monitor")
+PROGRAMS = ("broker", "ingestor", "encoder", "monitor", "web")
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,11 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
         "ingestor": _cmd(py, "-m", "ingestor"),
         "encoder": _cmd(py, "-m", "encoder"),
         "monitor": _cmd(py, "-m", "monitor"),
+        "web": _cmd(py, "-m", "web"),
     }
     # Start order does not matter (the services retry until the broker answers); stop
     # order does: highest priority first, the broker last.
-    priority = {"broker": 10, "ingestor": 20, "encoder": 30, "monitor": 40}
+    priority = {"broker": 10, "ingestor": 20, "encoder": 30, "monitor": 40, "web": 50}
     lines = [
         "; Rendered by `camstack up` at every start: edit the generator, not this file.",
         "[supervisord]",

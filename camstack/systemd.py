@@ -17,12 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNITS = ("broker", "ingestor", "encoder", "monitor")
+UNITS = ("broker", "ingestor", "encoder", "monitor", "web")
 DESCRIPTIONS = {
     "broker": "camstack MQTT broker (Mosquitto, TLS, per-device accounts)",
     "ingestor": "camstack ingestor (frames to durable storage, batches)",
     "encoder": "camstack encoder (batches to H.264 MP4)",
     "monitor": "camstack monitor (alert rules, retained alerts)",
+    "web": "camstack web page (cameras, health, videos)",
 }
 HOMES = ("/home", "/root", "/run/user")
 

@@ -25,7 +25,13 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from config.settings import BrokerSettings, EncoderSettings, IngestorSettings, MonitorSettings
+from config.settings import (
+    BrokerSettings,
+    EncoderSettings,
+    IngestorSettings,
+    MonitorSettings,
+    WebSettings,
+)
 
 TARGET = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -34,6 +40,7 @@ PROCESSES: list[tuple[type[BaseModel], str, str]] = [
     (EncoderSettings, "python -m encoder", "data/config/encoder.toml"),
     (MonitorSettings, "camstack status | monitor", "data/config/monitor.toml"),
     (BrokerSettings, "camstack / python -m broker (init, run, device, demo…)", "--config FILE"),
+    (WebSettings, "python -m web", "data/config/web.toml"),
 ]
 
 HEADER = """# Configuration reference

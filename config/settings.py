@@ -507,3 +507,67 @@ class CatalogSettings(_Section):
         if self.dsn_file is not None:
             return self.dsn_file.read_text(encoding="utf-8").strip()
         return self.dsn.get_secret_value()
+
+
+# --- Web service (issue 15). New sections only, appended. ---
+
+
+class HttpSettings(_Section):
+    """The web service's HTTP(S) listener, accounts, sessions and login limits."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=255,
+                      description="Interface to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
+    tls_cert_file: Path | None = Field(
+        default=None, description="Server certificate (PEM, e.g. data/pki/server.crt); "
+        "with tls_key_file the page is served over HTTPS and cookies are Secure.")
+    tls_key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+    users_file: Path = Field(
+        default=Path("data/web/users.json"),
+        description="Accounts of the page (`python -m web user add NAME --role ...`).")
+    session_secret_file: Path = Field(
+        default=Path("data/web/session.key"),
+        description="Key signing session cookies and CSRF tokens (created 0600 when missing).")
+    session_max_age_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400)
+    login_max_failures: int = Field(
+        default=5, ge=1, le=1000,
+        description="Failed logins allowed per client IP and per account within the window.")
+    login_window_s: float = Field(default=300.0, gt=0, le=86_400)
+    page_size: int = Field(default=60, ge=1, le=1000, description="Cameras per grid page.")
+    presign_expires_s: int = Field(
+        default=300, ge=10, le=3600, description="Life of a presigned S3 URL for a video.")
+    max_event_clients: int = Field(
+        default=100, ge=1, le=10_000, description="Live-update (SSE) connections at once.")
+    video_public_key_file: Path | None = Field(
+        default=None, description="Ed25519 public key (PEM) for the tamper-evidence check.")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> HttpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        return self
+
+
+class LiveSettings(_Section):
+    """Bounds of the web service's live picture (from the retained topics)."""
+
+    max_devices: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_services: int = Field(default=256, ge=1, le=10_000)
+    max_alerts: int = Field(default=10_000, ge=1, le=1_000_000)
+    history: int = Field(
+        default=30, ge=1, le=1000, description="Status changes kept per device.")
+
+
+class WebSettings(_ServiceSettings):
+    """Everything ``python -m web`` reads."""
+
+    mqtt: MqttSettings = MqttSettings(username="operator-web", client_id="operator-web")
+    storage: StorageSettings = StorageSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    store: ObjectStoreSettings = ObjectStoreSettings()
+    log: LogSettings = LogSettings()
+    http: HttpSettings = HttpSettings()
+    live: LiveSettings = LiveSettings()
+    alert_prefix: str = Field(
+        default="alerts", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Alerts are read from <alert_prefix>/#.")

@@ -19,7 +19,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from config.loader import load_settings
-from config.settings import EncoderSettings, IngestorSettings, MonitorSettings
+from config.settings import EncoderSettings, IngestorSettings, MonitorSettings, WebSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,6 +149,20 @@ def test_every_mounted_and_opened_file_exists(compose: dict[str, Any], prepared:
     assert msettings.mqtt.password_file is not None
     assert _host_path(str(msettings.mqtt.password_file), mon, prepared, compose).is_file()
 
+    web = services["web"]
+    wcfg = web["command"][web["command"].index("--config") + 1]
+    wsettings = load_settings(WebSettings, _host_path(wcfg, web, prepared, compose))
+    assert wsettings.mqtt.username == "operator-web" and wsettings.mqtt.host == "broker"
+    for path in (wsettings.mqtt.password_file, wsettings.mqtt.tls.ca_file,
+                 wsettings.http.tls_cert_file, wsettings.http.tls_key_file):
+        assert path is not None and _host_path(str(path), web, prepared, compose).is_file()
+    for folder in (wsettings.storage.root, wsettings.http.users_file.parent,
+                   wsettings.catalog.path.parent):
+        assert _host_path(str(folder), web, prepared, compose).is_dir()
+    # The web container gets the server key, never the CA key.
+    with pytest.raises(AssertionError, match="not mounted"):
+        _host_path("/data/pki/ca.key", web, prepared, compose)
+
 
 def test_server_certificate_names_the_compose_broker(prepared: Path) -> None:
     from broker.layout import Layout  # noqa: PLC0415
@@ -176,7 +190,7 @@ def test_make_up_supervises_existing_modules_with_rendered_configs(prepared: Pat
     ini = configparser.ConfigParser(interpolation=None)
     ini.read_string(render_supervisord(Layout(prepared / "data")))
     programs = {s.split(":", 1)[1]: ini[s] for s in ini.sections() if s.startswith("program:")}
-    assert set(programs) == {"broker", "ingestor", "encoder", "monitor"}
+    assert set(programs) == {"broker", "ingestor", "encoder", "monitor", "web"}
     assert ini["supervisord"]["nodaemon"] == "true"
     for name, prog in programs.items():
         module = re.search(r"-m (\w+)", prog["command"])

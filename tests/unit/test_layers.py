@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "ingestor": 4,
     "encoder": 4,
     "monitor": 4,
+    "web": 4,
     "camstack": 5,
     "bench": 6,
     "tests": 6,
@@ -41,7 +42,8 @@ PURE_MODULES = {
     # Pure logic: no paho, no PyAV, no database or object store client, no file system.
     "contract/codec.py", "contract/layout.py", "contract/events.py", "contract/topics.py",
     "contract/ids.py", "ingestor/assembler.py", "ingestor/batcher.py", "ingestor/acks.py",
-    "monitor/health.py", "encoder/timeline.py",
+    "monitor/health.py", "encoder/timeline.py", "web/live.py", "web/auth.py",
+    "web/commands.py",
 }
 IMPURE = {"paho", "av", "boto3", "psycopg", "sqlite3", "shutil", "pathlib"}
 

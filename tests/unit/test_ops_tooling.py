@@ -39,6 +39,7 @@ def test_systemd_units_restart_and_sandbox() -> None:
     units = render_units(Path("/srv/camstack"), user="camcam", python="/opt/cs/bin/python")
     assert set(units) == {"camstack-broker.service", "camstack-ingestor.service",
                           "camstack-encoder.service", "camstack-monitor.service",
+                          "camstack-web.service",
                           "camstack.target"}
     for name, text in units.items():
         if not name.endswith(".service"):

@@ -1,0 +1,1 @@
+"""The web page: cameras, health and videos (``python -m web``, docs/web.md)."""
