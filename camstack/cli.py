@@ -39,6 +39,7 @@ from camstack.ota import run_ota, send_command
 from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
 from camstack.supervise import (
+    PROGRAMS,
     conf_path,
     exec_supervisord,
     logs_dir,
@@ -358,7 +359,7 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     if args.render_only:
         print(conf)
         return 0
-    print(f"running broker, ingestor, encoder and monitor; logs in {logs_dir(layout)}, "
+    print(f"running {', '.join(PROGRAMS)}; logs in {logs_dir(layout)}, "
           "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)
     exec_supervisord(conf)
     return 0  # pragma: no cover - exec does not return

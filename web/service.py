@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -138,7 +141,7 @@ class WebService:
             ssl_certfile=str(h.tls_cert_file) if h.tls_cert_file else None,
             ssl_keyfile=str(h.tls_key_file) if h.tls_key_file else None,
             limit_concurrency=1000, timeout_graceful_shutdown=3)
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         self._start_mqtt()
         announce = asyncio.create_task(self._announce())
         try:
@@ -165,3 +168,25 @@ class WebService:
         host = "localhost" if h.host in ("127.0.0.1", "0.0.0.0", "::") else h.host
         log.info("web_ready", url=f"{scheme}://{host}:{port}/", port=port,
                  catalog=self.catalog.backend)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT stop ends the process with exit code 0.
+
+    uvicorn re-raises the captured signal after its graceful shutdown, so the process
+    dies "terminated by SIGTERM"; like every other camstack service (and for the
+    supervisor, which tells a clean stop by the exit code), the web stops with 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
