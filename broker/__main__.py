@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from broker.cli import add_commands, add_global_options, run_command
+from broker.cli import add_commands, add_global_options, load_broker_settings, run_command
 from broker.errors import BrokerToolError
-from config.loader import ConfigError, load_settings
-from config.settings import BrokerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     add_global_options(p)
     add_commands(p.add_subparsers(dest="cmd", required=True))
     args = p.parse_args(argv)
-    overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
-    try:
-        settings = load_settings(BrokerSettings, args.config, **overrides)
-    except ConfigError as exc:
-        print("invalid configuration for BrokerSettings:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+    settings = load_broker_settings(args)
+    if settings is None:
         return 2
     try:
         return run_command(args, settings)

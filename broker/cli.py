@@ -25,6 +25,7 @@ from broker.layout import Layout
 from broker.pki import certificate_names, create_server_cert
 from broker.run import exec_broker, prepare, render_config
 from broker.secrets import choose_broker_host, render_secrets_header, write_secret_file
+from config.loader import ConfigError, load_settings
 from config.settings import BrokerSettings
 
 COMMANDS = ("init", "server-cert", "render", "run", "device", "service")
@@ -41,6 +42,22 @@ def add_global_options(p: argparse.ArgumentParser) -> None:
                         "defaults)")
     p.add_argument("--data-dir", type=Path,
                    help="data folder: PKI, accounts, broker state (default: ./data)")
+
+
+def load_broker_settings(args: argparse.Namespace) -> BrokerSettings | None:
+    """BrokerSettings from ``--config``/``$CAM_CONFIG`` and ``--data-dir``.
+
+    Returns:
+        The settings, or None after printing every problem (the caller exits 2).
+    """
+    overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
+    try:
+        return load_settings(BrokerSettings, args.config, **overrides)
+    except ConfigError as exc:
+        print("invalid configuration for BrokerSettings:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return None
 
 
 def add_commands(sub: Any) -> Any:

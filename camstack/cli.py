@@ -47,7 +47,7 @@ from camstack.supervise import (
     write_supervisord,
 )
 from camstack.systemd import install_hint, render_units, systemd_version, write_units
-from config.loader import ConfigError, load_or_exit, load_settings
+from config.loader import load_or_exit
 from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
 from monitor.health import evaluate, format_status
 from monitor.service import collect_status, now_ms
@@ -113,13 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         Exit status.
     """
     args = build_parser().parse_args(argv)
-    overrides = {"data_dir": str(args.data_dir)} if args.data_dir else {}
-    try:
-        settings = load_settings(BrokerSettings, args.config, **overrides)
-    except ConfigError as exc:
-        print("invalid configuration for BrokerSettings:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+    settings = broker_cli.load_broker_settings(args)
+    if settings is None:
         return 2
     try:
         if args.cmd in COMMANDS:

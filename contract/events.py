@@ -74,6 +74,19 @@ class BadManifestError(ContractError):
     """A batch manifest that is unreadable or contradicts the contract."""
 
 
+def _event_object(payload: bytes) -> dict[str, Any]:
+    """The JSON object of an event of this contract version, or MalformedEventError."""
+    try:
+        obj = _loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MalformedEventError(Malformed.BAD_JSON, str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise MalformedEventError(Malformed.NOT_OBJECT, type(obj).__name__)
+    if obj.get("v") != CONTRACT_VERSION or isinstance(obj.get("v"), bool):
+        raise MalformedEventError(Malformed.BAD_VERSION, repr(obj.get("v"))[:50])
+    return obj
+
+
 def _int_field(obj: Mapping[str, Any], key: str, *, minimum: int = 0) -> int:
     value = obj.get(key)
     # bool is an int in Python; a JSON true is not a count.
@@ -131,14 +144,7 @@ class ReadyEvent:
         Raises:
             MalformedEventError: With the reason.
         """
-        try:
-            obj = _loads(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise MalformedEventError(Malformed.BAD_JSON, str(exc)[:200]) from None
-        if not isinstance(obj, dict):
-            raise MalformedEventError(Malformed.NOT_OBJECT, type(obj).__name__)
-        if obj.get("v") != CONTRACT_VERSION or isinstance(obj.get("v"), bool):
-            raise MalformedEventError(Malformed.BAD_VERSION, repr(obj.get("v"))[:50])
+        obj = _event_object(payload)
         device, batch, location = obj.get("device"), obj.get("batch"), obj.get("location")
         if not is_device_id(device):
             raise MalformedEventError(Malformed.BAD_FIELD, "device")
@@ -324,14 +330,7 @@ class VideoEvent:
         Raises:
             MalformedEventError: With the reason.
         """
-        try:
-            obj = _loads(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise MalformedEventError(Malformed.BAD_JSON, str(exc)[:200]) from None
-        if not isinstance(obj, dict):
-            raise MalformedEventError(Malformed.NOT_OBJECT, type(obj).__name__)
-        if obj.get("v") != CONTRACT_VERSION or isinstance(obj.get("v"), bool):
-            raise MalformedEventError(Malformed.BAD_VERSION, repr(obj.get("v"))[:50])
+        obj = _event_object(payload)
         device, batch = obj.get("device"), obj.get("batch")
         location, codec = obj.get("location"), obj.get("codec")
         if not is_device_id(device) or not is_safe_name(batch):
