@@ -168,6 +168,10 @@ def service_documents(
         }
         if name in ports:
             doc["metrics"] = {"enabled": True, "host": metrics_host, "port": ports[name]}
+        # One SQLite catalog for all three (the default, <storage root>/state/
+        # catalog.sqlite3, beside what it describes) and one signing key beside the PKI.
+        if name == "encoder":
+            doc["signing_key_file"] = str(layout.pki.root / "video-signing.key")
         if name == "web":
             doc.update(web_sections(layout, host="0.0.0.0" if metrics_host == "0.0.0.0"
                                     else "127.0.0.1"))
@@ -179,7 +183,10 @@ def service_documents(
 
 def web_sections(layout: Layout, *, host: str = "127.0.0.1",
                  port: int = WEB_PORT) -> dict[str, Any]:
-    """The web service's own tables: catalog, store, and HTTPS on the project certificate.
+    """The web service's own tables: store, and HTTPS on the project certificate.
+
+    The catalog is left to its default, ``<storage root>/state/catalog.sqlite3``, the
+    file the ingestor and the encoder write.
 
     Args:
         layout: Paths as the web service sees them.
@@ -187,16 +194,16 @@ def web_sections(layout: Layout, *, host: str = "127.0.0.1",
         port: Its port.
 
     Returns:
-        ``{"catalog": ..., "store": ..., "http": ...}``.
+        ``{"store": ..., "http": ...}``.
     """
     web = layout.data_dir / "web"
     return {
-        "catalog": {"backend": "sqlite", "path": str(web / "catalog.sqlite3")},
         "store": {"backend": "filesystem", "root": str(layout.data_dir / "objects")},
         "http": {"host": host, "port": port, "tls_cert_file": str(layout.pki.server_cert),
                  "tls_key_file": str(layout.pki.server_key),
                  "users_file": str(web / "users.json"),
-                 "session_secret_file": str(web / "session.key")},
+                 "session_secret_file": str(web / "session.key"),
+                 "video_public_key_file": str(layout.pki.root / "video-signing.pub")},
     }
 
 
