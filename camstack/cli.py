@@ -23,6 +23,8 @@ from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
+from camstack.catalogcli import COMMANDS as CATALOG_COMMANDS
+from camstack.catalogcli import add_catalog_commands, run_catalog_command
 from camstack.demo import DemoOptions, run_demo
 from camstack.devcmd import (
     BOOL_FIELDS,
@@ -51,7 +53,8 @@ from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSe
 from monitor.health import evaluate, format_status
 from monitor.service import collect_status, now_ms
 
-COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd")
+COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd",
+            *CATALOG_COMMANDS)
 
 DESCRIPTION = """\
 One command for the whole camstack installation (everything lives in the data folder).
@@ -188,6 +191,8 @@ def add_commands(sub: Any) -> None:
     sim.add_argument("--host", default="localhost", help="broker host (in the server cert)")
     sim.add_argument("--port", type=int, help="TLS port (default: the configured one)")
 
+    add_catalog_commands(sub)
+
     st = sub.add_parser("status", help="print devices, services, storage and alerts")
     st.add_argument("--service-config", type=Path,
                     help="the monitor's settings file (default: the one in the data folder)")
@@ -277,6 +282,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         if not written:
             print("service configs exist; --force re-renders them")
         return 0
+    if args.cmd in CATALOG_COMMANDS:
+        return run_catalog_command(args, settings)
     if args.cmd == "simulate":
         return _simulate(args, settings)
     if args.cmd == "up":

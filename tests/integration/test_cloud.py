@@ -358,3 +358,51 @@ def test_encode_from_store_is_idempotent_and_quarantines_a_bad_pack(
     assert json.loads(s3_store.get_bytes(f"quarantine/{d}/{bad}/reason.json"))["reason"] == \
         "pack_checksum"
     assert not list((tmp_path / "scratch").glob("*/*")), "scratch cleaned"
+
+
+def test_cli_lists_verifies_migrates_and_applies_lifecycle(
+        seaweedfs: SeaweedHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from camstack.cli import main  # noqa: PLC0415
+    from config.loader import to_toml  # noqa: PLC0415
+
+    bucket = "cli-" + secrets.token_hex(4)
+    seaweedfs.create_bucket(bucket)
+    cfg = tmp_path / "encoder.toml"
+    cfg.write_text(to_toml({"signing_key_file": str(tmp_path / "k.key"),
+                            "storage": {"root": str(tmp_path / "root")},
+                            "catalog": {"path": str(tmp_path / "cat.sqlite3")},
+                            "store": store_section(seaweedfs, bucket)}))
+    assert main(["catalog", "migrate", "--service-config", str(cfg)]) == 0
+    store = S3Store(seaweedfs.s3_settings(bucket=bucket))
+    cat = open_catalog(CatalogSettings(path=tmp_path / "cat.sqlite3"))
+    try:
+        d = f"cam{uid()}"
+        batch = f"{d}-20261124T101500Z-0001"
+        data, sha, size = _sealed_pack(d, batch)
+        cat.record_sealed(SealedBatch(device=d, batch=batch, frames=4, first_capture_ms=T0,
+                                      last_capture_ms=T0 + 1500))
+        store.put_bytes(pack_key(d, batch), data)
+        cat.mark_uploaded(d, batch, pack_key=pack_key(d, batch), pack_sha256=sha,
+                          pack_bytes=size)
+        res = encode_from_store(BatchRef(d, batch), _job(store, cat, tmp_path))
+        assert res.event is not None
+        loc = res.event["location"]
+        capsys.readouterr()
+        assert main(["videos", "--device", d, "--json", "--since", "2026-11-24",
+                     "--service-config", str(cfg)]) == 0
+        rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert [r["location"] for r in rows] == [loc]
+        assert main(["batches", "--state", "purged", "--service-config", str(cfg)]) == 0
+        assert batch in capsys.readouterr().out
+        assert main(["verify", loc, "--service-config", str(cfg)]) == 0
+        assert "intact" in capsys.readouterr().out
+        store.put_bytes(loc, store.get_bytes(loc) + b"x")  # someone alters the MP4
+        assert main(["verify", f"{d}/{batch}", "--service-config", str(cfg)]) == 1
+        assert "file altered" in capsys.readouterr().out
+        assert main(["store", "lifecycle", "--days", "3", "--service-config", str(cfg)]) == 0
+        assert "expire after 3 days" in capsys.readouterr().out
+        rules = store.client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        assert any(r["Filter"].get("Prefix") == "packs/" for r in rules)
+    finally:
+        cat.close()
+        store.close()
