@@ -45,10 +45,7 @@ from camstack.stack import (
     service_documents,
     write_documents,
 )
-from camstack.videoindex import index_videos
-from catalog import open_catalog
-from catalog.signing import load_or_create_key, public_key_pem
-from config.settings import BrokerSettings, CatalogSettings, MqttSettings, TlsSettings
+from config.settings import BrokerSettings, MqttSettings, TlsSettings
 from monitor.health import HealthModel, format_bytes, format_status
 from monitor.service import apply_storage, now_ms
 from mqttclient import connect_blocking, make_client
@@ -491,13 +488,12 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         sections={"ingestor": {"ingest": {"frames_per_video": opts.frames_per_video}},
                   "encoder": {"encode": {"fps": opts.playback_fps}},
                   "monitor": {"alerts": {"no_frame_s": 30.0}},
-                  "web": {"catalog": {"path": str(paths.root / "web" / "catalog.sqlite3")},
-                          "http": {"port": web_port,
+                  # The encoder records and signs every video in the catalog (default:
+                  # <storage>/state/catalog.sqlite3) that the web page reads.
+                  "web": {"http": {"port": web_port,
                                    "users_file": str(paths.root / "web" / "users.json"),
                                    "session_secret_file": str(paths.root / "web" /
-                                                              "session.key"),
-                                   "video_public_key_file": str(paths.root / "web" /
-                                                                "video-signing.pub")}}},
+                                                              "session.key")}}},
     )
     write_documents(docs, paths.config, force=True,
                     header="# Rendered by `camstack demo` at every run.\n")
@@ -626,23 +622,9 @@ def retire_demo_accounts(real: Layout, prefix: str, device_prefix: str,
     return stale
 
 
-def _web_index(paths: DemoPaths) -> int:
-    """Record the demo's new videos in the web page's catalog (signed)."""
-    key = load_or_create_key(paths.root / "web" / "video-signing.key")
-    pub = paths.root / "web" / "video-signing.pub"
-    if not pub.exists():
-        pub.write_bytes(public_key_pem(key))
-    cat = open_catalog(CatalogSettings(path=paths.root / "web" / "catalog.sqlite3"))
-    try:
-        return index_videos(paths.storage, cat, key)
-    finally:
-        cat.close()
-
-
 def _start_web(paths: DemoPaths, port: int, say: Callable[[str], None]) -> Child:
-    """Index the videos, make sure a ``demo`` operator exists, start ``python -m web``."""
+    """Make sure a ``demo`` operator exists, start ``python -m web``."""
     (paths.root / "web").mkdir(mode=0o750, exist_ok=True)
-    _web_index(paths)
     users = UsersFile(paths.root / "web" / "users.json")
     password_file = paths.root / "web" / "demo.pass"
     if users.get("demo") is None or not password_file.exists():
@@ -662,7 +644,7 @@ def _start_web(paths: DemoPaths, port: int, say: Callable[[str], None]) -> Child
 
 def _serve_web(paths: DemoPaths, children: dict[str, Child], fleet: Fleet,
                say: Callable[[str], None]) -> None:
-    """Keep streaming and indexing new videos until Ctrl-C (KeyboardInterrupt)."""
+    """Keep streaming until Ctrl-C; the encoder records each new video in the catalog."""
     try:
         while True:
             for child in children.values():
@@ -670,9 +652,6 @@ def _serve_web(paths: DemoPaths, children: dict[str, Child], fleet: Fleet,
             for cam in fleet.cameras:
                 if cam.error is not None:
                     raise BrokerToolError(f"simulated camera {cam.device} failed: {cam.error}")
-            new = _web_index(paths)
-            if new:
-                say(f"{new} new video(s) in the web page's catalog")
             time.sleep(5)
     except KeyboardInterrupt:
         say("stopping (Ctrl-C)")
