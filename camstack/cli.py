@@ -255,6 +255,9 @@ def add_commands(sub: Any) -> None:
                                      "ingestor, stop encoder, tail -f monitor …")
     ctl.add_argument("action", nargs=argparse.REMAINDER,
                      help="a supervisorctl command (default: status)")
+    demo.add_argument("--cloud", action="store_true",
+                      help="on a SeaweedFS (S3) and a PostgreSQL started for the run; prints "
+                           "each video's object key and database row")
     demo.add_argument("--web", action="store_true",
                       help="then keep the stack and the web page up (prints the URL) "
                            "until Ctrl-C")
@@ -308,7 +311,7 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         opts = DemoOptions(cameras=args.cameras, fps=args.fps,
                            frames_per_video=args.frames_per_video, tls_port=args.tls_port,
                            local_port=args.local_port, timeout_s=args.timeout,
-                           web=args.web, web_port=args.web_port)
+                           web=args.web, web_port=args.web_port, cloud=args.cloud)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 
