@@ -16,9 +16,13 @@ filesystem's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,6 @@ from bench.bench_ingest import ING
 from bench.common import (
     LogTail,
     PublisherPool,
-    bench_broker,
     fs_note,
     log_time,
     machine,
@@ -36,7 +39,7 @@ from bench.common import (
     pub_spec,
     svga_jpegs,
 )
-from camstack.brokerproc import BrokerHandle
+from camstack.brokerproc import BrokerHandle, start_broker
 from camstack.procs import ServiceProcess, service_config
 from camstack.servers import start_seaweedfs
 
@@ -76,6 +79,24 @@ def drain(broker: BrokerHandle, tmp: Path, name: str, total: int, root: Path, *,
     return t_last - t_conn, (t_up - t_conn) if t_up is not None else None
 
 
+@contextlib.contextmanager
+def bench_broker_unlimited() -> Iterator[tuple[BrokerHandle, Path]]:
+    """The project's broker with the per-device rate limits out of the way.
+
+    A backlog of 100 SVGA frames per device is a 5 MB burst, past the guard's default
+    ``device_burst_bytes`` (4 MiB), which would disconnect the publishers.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="camstack-bench-"))
+    broker = start_broker(tmp / "broker", use_docker=False, device_burst_bytes=1 << 33,
+                          device_bytes_per_s=1 << 33, device_burst_msgs=10_000_000,
+                          device_msgs_per_s=1_000_000.0)
+    try:
+        yield broker, tmp
+    finally:
+        broker.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=10)
@@ -89,7 +110,7 @@ def main() -> int:
     jpegs = svga_jpegs(8, args.kb * 1000)
     n = args.devices * args.frames
     batches = args.devices * (args.frames // args.frames_per_video)
-    with bench_broker(False) as (broker, tmp):
+    with bench_broker_unlimited() as (broker, tmp):
         weed = start_seaweedfs(tmp / "seaweedfs")
         try:
             s3 = weed.s3_settings()
