@@ -14,7 +14,7 @@ APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitt
                 /usr/bin/promtool /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test promtool pytest test \
-        demo up broker clean
+        demo demo-cloud up broker clean
 
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
@@ -72,6 +72,10 @@ test: deps venv lint typecheck firmware-test guard-test promtool pytest
 # `make demo WEB=1`: the same, then the stack and the web page stay up until Ctrl-C.
 demo: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) demo $(if $(WEB),--web)
+
+# The demo on a SeaweedFS (S3) and a PostgreSQL started locally for the run.
+demo-cloud: deps venv guard-plugin
+	$(VENV)/bin/camstack --data-dir $(DATA) demo --cloud
 
 # `camstack up` prepares the data folder, then becomes supervisord (foreground): a
 # process that dies is restarted, the others keep running; Ctrl-C stops all, exit 0.

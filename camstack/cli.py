@@ -23,6 +23,8 @@ from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
+from camstack.catalogcli import COMMANDS as CATALOG_COMMANDS
+from camstack.catalogcli import add_catalog_commands, run_catalog_command
 from camstack.demo import DemoOptions, run_demo
 from camstack.devcmd import (
     BOOL_FIELDS,
@@ -52,7 +54,8 @@ from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSe
 from monitor.health import evaluate, format_status
 from monitor.service import collect_status, now_ms
 
-COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd")
+COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd",
+            *CATALOG_COMMANDS)
 
 DESCRIPTION = """\
 One command for the whole camstack installation (everything lives in the data folder).
@@ -184,6 +187,8 @@ def add_commands(sub: Any) -> None:
     sim.add_argument("--host", default="localhost", help="broker host (in the server cert)")
     sim.add_argument("--port", type=int, help="TLS port (default: the configured one)")
 
+    add_catalog_commands(sub)
+
     st = sub.add_parser("status", help="print devices, services, storage and alerts")
     st.add_argument("--service-config", type=Path,
                     help="the monitor's settings file (default: the one in the data folder)")
@@ -246,6 +251,9 @@ def add_commands(sub: Any) -> None:
                                      "ingestor, stop encoder, tail -f monitor …")
     ctl.add_argument("action", nargs=argparse.REMAINDER,
                      help="a supervisorctl command (default: status)")
+    demo.add_argument("--cloud", action="store_true",
+                      help="on a SeaweedFS (S3) and a PostgreSQL started for the run; prints "
+                           "each video's object key and database row")
     demo.add_argument("--web", action="store_true",
                       help="then keep the stack and the web page up (prints the URL) "
                            "until Ctrl-C")
@@ -273,6 +281,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         if not written:
             print("service configs exist; --force re-renders them")
         return 0
+    if args.cmd in CATALOG_COMMANDS:
+        return run_catalog_command(args, settings)
     if args.cmd == "simulate":
         return _simulate(args, settings)
     if args.cmd == "up":
@@ -297,7 +307,7 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         opts = DemoOptions(cameras=args.cameras, fps=args.fps,
                            frames_per_video=args.frames_per_video, tls_port=args.tls_port,
                            local_port=args.local_port, timeout_s=args.timeout,
-                           web=args.web, web_port=args.web_port)
+                           web=args.web, web_port=args.web_port, cloud=args.cloud)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 

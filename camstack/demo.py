@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,13 +46,12 @@ from camstack.stack import (
     service_documents,
     write_documents,
 )
-from camstack.videoindex import index_videos
 from catalog import open_catalog
-from catalog.signing import load_or_create_key, public_key_pem
-from config.settings import BrokerSettings, CatalogSettings, MqttSettings, TlsSettings
+from config.settings import BrokerSettings, MqttSettings, TlsSettings
 from monitor.health import HealthModel, format_bytes, format_status
 from monitor.service import apply_storage, now_ms
 from mqttclient import connect_blocking, make_client
+from objstore import S3Store
 from web.users import UsersFile
 
 DEMO_ACCOUNT = "operator-demo"
@@ -76,6 +76,8 @@ class DemoOptions:
     web: bool = False
     """Then keep the stack and the web page running (URL printed) until Ctrl-C."""
     web_port: int = 8080
+    cloud: bool = False
+    """Run on a SeaweedFS (S3) and a PostgreSQL started for the run (``make demo-cloud``)."""
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,7 @@ def _table(watch: VideoWatch, storage: Path) -> str:
 
 
 def _summary(watch: VideoWatch, storage: Path, fleet: Fleet, elapsed: float,
-             table: str) -> tuple[str, bool]:
+             table: str, *, store: S3Store | None = None) -> tuple[str, bool]:
     lines = ["", f"Videos made in this run ({elapsed:.1f} s):"]
     ok = True
     with watch.lock:
@@ -410,12 +412,17 @@ def _summary(watch: VideoWatch, storage: Path, fleet: Fleet, elapsed: float,
     for cam in fleet.cameras:
         for ev in videos.get(cam.device, []):
             path = storage / str(ev.get("location", ""))
-            exists = path.is_file() and path.stat().st_size > 0
+            shown: Path | str
+            if store is not None:  # the location is the object key
+                exists = store.exists(str(ev.get("location", "")))
+                shown = f"s3 key {ev.get('location')}"
+            else:
+                exists = path.is_file() and path.stat().st_size > 0
+                try:
+                    shown = path.relative_to(Path.cwd())
+                except ValueError:
+                    shown = path
             ok = ok and exists
-            try:
-                shown = path.relative_to(Path.cwd())
-            except ValueError:
-                shown = path
             lines.append(f"  {cam.device}: {shown}")
             lines.append(f"      {ev.get('frames')} frames, {ev.get('duration_s')} s, "
                          f"{ev.get('codec')}, {format_bytes(int(ev.get('bytes', 0)))}"
@@ -485,19 +492,21 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     conf = render_config(demo_settings, layout).replace(
         f"persistence_location {layout.persist_dir}/", f"persistence_location {paths.persist}/")
     paths.broker_conf.write_text(conf, encoding="utf-8")
+    cloud = _start_cloud(paths, say) if opts.cloud else None
+    cloud_sections = cloud.sections if cloud is not None else {}
     docs = service_documents(
         demo_settings, layout, storage_root=paths.storage, host="localhost", port=tls_port,
         log_format="json", metrics_ports={"ingestor": 0, "encoder": 0},
-        sections={"ingestor": {"ingest": {"frames_per_video": opts.frames_per_video}},
-                  "encoder": {"encode": {"fps": opts.playback_fps}},
+        sections={"ingestor": {"ingest": {"frames_per_video": opts.frames_per_video},
+                               **cloud_sections},
+                  "encoder": {"encode": {"fps": opts.playback_fps}, **cloud_sections},
                   "monitor": {"alerts": {"no_frame_s": 30.0}},
-                  "web": {"catalog": {"path": str(paths.root / "web" / "catalog.sqlite3")},
-                          "http": {"port": web_port,
+                  # The encoder records and signs every video in the catalog (default:
+                  # <storage>/state/catalog.sqlite3) that the web page reads.
+                  "web": {"http": {"port": web_port,
                                    "users_file": str(paths.root / "web" / "users.json"),
                                    "session_secret_file": str(paths.root / "web" /
-                                                              "session.key"),
-                                   "video_public_key_file": str(paths.root / "web" /
-                                                                "video-signing.pub")}}},
+                                                              "session.key")}}},
     )
     write_documents(docs, paths.config, force=True,
                     header="# Rendered by `camstack demo` at every run.\n")
@@ -571,8 +580,11 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
             _serve_web(paths, children, fleet, say)
         table = _table(watch, paths.storage)  # while the cameras are still online
         fleet.stop(timeout=30)
-        summary, ok = _summary(watch, paths.storage, fleet, elapsed, table)
+        summary, ok = _summary(watch, paths.storage, fleet, elapsed, table,
+                               store=cloud.store if cloud is not None else None)
         say(summary)
+        if cloud is not None:
+            ok = cloud.report(say, len(devices)) and ok
     except KeyboardInterrupt:
         say("interrupted")
         ok = False
@@ -589,12 +601,74 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
             if name in children:
                 codes[name] = children[name].stop()
         paths.pids.unlink(missing_ok=True)
+        if cloud is not None:
+            cloud.close()
         say("stopped " + ", ".join(codes))
     bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
     if bad:
         say(f"unclean exit: {bad}; see {paths.logs}")
     say("demo finished: every camera produced a video" if ok else "demo FAILED")
     return 0 if ok and not bad else 1
+
+
+class _Cloud:
+    """The demo's SeaweedFS and PostgreSQL, started for the run."""
+
+    def __init__(self, base: Path) -> None:
+        from camstack.servers import start_postgres, start_seaweedfs  # noqa: PLC0415
+
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        self.weed = start_seaweedfs(base / "seaweedfs", bucket="camstack-demo")
+        try:
+            self.pg = start_postgres()
+        except BaseException:
+            self.weed.stop()
+            raise
+        self.dsn = self.pg.create_database("camstack_demo")
+        s3 = self.weed.s3_settings()
+        s3d = s3.model_dump(mode="json", exclude_none=True)
+        s3d["secret_access_key"] = s3.secret_access_key.get_secret_value()
+        self.sections: dict[str, dict[str, Any]] = {
+            "store": {"backend": "s3", "s3": s3d},
+            "catalog": {"backend": "postgres", "dsn": self.dsn}}
+        self.store = S3Store(s3)
+
+    def report(self, say: Callable[[str], None], cameras: int) -> bool:
+        """Print each video's object key and its database row; True when all are there."""
+        cat = open_catalog(self.pg.catalog_settings("camstack_demo"))
+        try:
+            videos = cat.list_videos()
+            say(f"catalog (PostgreSQL): {len(videos)} video row(s); object store "
+                f"(SeaweedFS {self.weed.endpoint}, bucket {self.weed.bucket}):")
+            ok = len({v.device for v in videos}) >= cameras
+            for v in videos:
+                there = self.store.exists(v.location)
+                ok = ok and there
+                row = v.model_dump(mode="json")
+                row["signature"] = (row["signature"] or "")[:16] + "..."
+                say(f"  {v.location}  ({'in the store' if there else 'MISSING'})")
+                say(f"    row: {json.dumps(row, sort_keys=True)}")
+            packs = list(self.store.list("packs/"))
+            states = sorted({b.state.value for b in cat.list_batches()})
+            say(f"packs left in the store: {len(packs)} (batches being encoded); "
+                f"batch states: {', '.join(states)}")
+            return ok
+        finally:
+            cat.close()
+
+    def close(self) -> None:
+        self.store.close()
+        self.pg.close()
+        self.weed.stop()
+
+
+def _start_cloud(paths: DemoPaths, say: Callable[[str], None]) -> _Cloud:
+    say("starting SeaweedFS (S3) and PostgreSQL for this run")
+    cloud = _Cloud(paths.root / "cloud")
+    say(f"  S3 {cloud.weed.endpoint} bucket {cloud.weed.bucket}; PostgreSQL on "
+        f"{cloud.pg.socket_dir}")
+    return cloud
 
 
 def retire_demo_accounts(real: Layout, prefix: str, device_prefix: str,
@@ -626,23 +700,9 @@ def retire_demo_accounts(real: Layout, prefix: str, device_prefix: str,
     return stale
 
 
-def _web_index(paths: DemoPaths) -> int:
-    """Record the demo's new videos in the web page's catalog (signed)."""
-    key = load_or_create_key(paths.root / "web" / "video-signing.key")
-    pub = paths.root / "web" / "video-signing.pub"
-    if not pub.exists():
-        pub.write_bytes(public_key_pem(key))
-    cat = open_catalog(CatalogSettings(path=paths.root / "web" / "catalog.sqlite3"))
-    try:
-        return index_videos(paths.storage, cat, key)
-    finally:
-        cat.close()
-
-
 def _start_web(paths: DemoPaths, port: int, say: Callable[[str], None]) -> Child:
-    """Index the videos, make sure a ``demo`` operator exists, start ``python -m web``."""
+    """Make sure a ``demo`` operator exists, start ``python -m web``."""
     (paths.root / "web").mkdir(mode=0o750, exist_ok=True)
-    _web_index(paths)
     users = UsersFile(paths.root / "web" / "users.json")
     password_file = paths.root / "web" / "demo.pass"
     if users.get("demo") is None or not password_file.exists():
@@ -662,7 +722,7 @@ def _start_web(paths: DemoPaths, port: int, say: Callable[[str], None]) -> Child
 
 def _serve_web(paths: DemoPaths, children: dict[str, Child], fleet: Fleet,
                say: Callable[[str], None]) -> None:
-    """Keep streaming and indexing new videos until Ctrl-C (KeyboardInterrupt)."""
+    """Keep streaming until Ctrl-C; the encoder records each new video in the catalog."""
     try:
         while True:
             for child in children.values():
@@ -670,9 +730,6 @@ def _serve_web(paths: DemoPaths, children: dict[str, Child], fleet: Fleet,
             for cam in fleet.cameras:
                 if cam.error is not None:
                     raise BrokerToolError(f"simulated camera {cam.device} failed: {cam.error}")
-            new = _web_index(paths)
-            if new:
-                say(f"{new} new video(s) in the web page's catalog")
             time.sleep(5)
     except KeyboardInterrupt:
         say("stopping (Ctrl-C)")

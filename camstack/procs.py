@@ -45,8 +45,11 @@ def service_config(broker: BrokerHandle, account: str, storage_root: Path, path:
         "log": {"level": "info", "format": "json"},
         "metrics": {"enabled": True, "port": 0},
     }
+    if account.startswith("encoder"):
+        # Beside the test's storage root, not the repository's data/pki.
+        data["signing_key_file"] = str(storage_root.parent / "pki" / "video-signing.key")
     for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
+        data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
     path.write_text(to_toml(data), encoding="utf-8")
     return path
 

@@ -25,6 +25,7 @@ from broker.layout import Layout
 from broker.pki import certificate_names, create_server_cert
 from broker.run import COMPOSE_SERVICE_PORT, INSTALLED_GUARD, render_config
 from broker.secrets import write_secret_file
+from catalog.signing import load_or_create_key, public_key_pem
 from config.loader import to_toml
 from config.settings import BrokerSettings
 from monitor.service import MONITOR_ACCOUNT, STATUS_ACCOUNT
@@ -168,6 +169,10 @@ def service_documents(
         }
         if name in ports:
             doc["metrics"] = {"enabled": True, "host": metrics_host, "port": ports[name]}
+        # One SQLite catalog for all three (the default, <storage root>/state/
+        # catalog.sqlite3, beside what it describes) and one signing key beside the PKI.
+        if name == "encoder":
+            doc["signing_key_file"] = str(layout.pki.root / "video-signing.key")
         if name == "web":
             doc.update(web_sections(layout, host="0.0.0.0" if metrics_host == "0.0.0.0"
                                     else "127.0.0.1"))
@@ -179,7 +184,10 @@ def service_documents(
 
 def web_sections(layout: Layout, *, host: str = "127.0.0.1",
                  port: int = WEB_PORT) -> dict[str, Any]:
-    """The web service's own tables: catalog, store, and HTTPS on the project certificate.
+    """The web service's own tables: store, and HTTPS on the project certificate.
+
+    The catalog is left to its default, ``<storage root>/state/catalog.sqlite3``, the
+    file the ingestor and the encoder write.
 
     Args:
         layout: Paths as the web service sees them.
@@ -187,16 +195,16 @@ def web_sections(layout: Layout, *, host: str = "127.0.0.1",
         port: Its port.
 
     Returns:
-        ``{"catalog": ..., "store": ..., "http": ...}``.
+        ``{"store": ..., "http": ...}``.
     """
     web = layout.data_dir / "web"
     return {
-        "catalog": {"backend": "sqlite", "path": str(web / "catalog.sqlite3")},
         "store": {"backend": "filesystem", "root": str(layout.data_dir / "objects")},
         "http": {"host": host, "port": port, "tls_cert_file": str(layout.pki.server_cert),
                  "tls_key_file": str(layout.pki.server_key),
                  "users_file": str(web / "users.json"),
-                 "session_secret_file": str(web / "session.key")},
+                 "session_secret_file": str(web / "session.key"),
+                 "video_public_key_file": str(layout.pki.root / "video-signing.pub")},
     }
 
 
@@ -228,6 +236,16 @@ def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool 
     return written
 
 
+def _shared_state(layout: Layout) -> None:
+    """The catalog's folder and the video signing key pair, made before any service runs."""
+    (layout.storage_root / "state").mkdir(mode=0o750, parents=True, exist_ok=True)
+    key_file = layout.pki.root / "video-signing.key"
+    key = load_or_create_key(key_file)
+    pub = key_file.with_suffix(".pub")
+    if not pub.exists():
+        pub.write_bytes(public_key_pem(key))
+
+
 def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]:
     """Accounts and service configs of the local default (``make up``).
 
@@ -244,6 +262,7 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     ensure_service_account(layout, store, STATUS_ACCOUNT)
     ensure_service_account(layout, store, WEB_ACCOUNT)
     layout.storage_root.mkdir(parents=True, exist_ok=True)
+    _shared_state(layout)
     (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
     # The services use the loopback listener: the device listener's max_connections can
     # be used up by devices (docs/security.md), this one cannot.
@@ -290,6 +309,7 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     ensure_service_account(layout, store, WEB_ACCOUNT)
     # A missing bind-mount source would be created by Docker, owned by root.
     layout.storage_root.mkdir(parents=True, exist_ok=True)
+    _shared_state(layout)
     (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
     written: list[Path] = []
     names = server_cert_names(layout)

@@ -3,9 +3,9 @@
 ``make_video`` encodes real JPEG frames with the encoder's muxer and lays the MP4, its
 ``.jpg`` thumbnail and ``.json`` video event out as the encoder does
 (``videos/<id>/<date>/<id>_<first>_<last>.mp4``). ``index_videos`` records every video
-found by its sidecar in the catalog (SHA-256, thumbnail, Ed25519 signature), which is
-how ``camstack demo --web`` fills the catalog the web page reads while the encoder does
-not write it yet.
+found by its sidecar in the catalog (SHA-256, thumbnail, Ed25519 signature): the
+encoder records every new video itself, so this only imports videos made before it
+did (and makes test fixtures).
 """
 
 from __future__ import annotations

@@ -160,6 +160,12 @@ class IngestSettings(_Section):
         description="Unacked chunks held by partial frames; past it the oldest partial is "
         "dropped so the window never fills with frames that cannot complete.",
     )
+    upload_retry_s: float = Field(
+        default=1.0, gt=0, le=600,
+        description="First wait before retrying a failed pack upload or catalog write "
+        "(doubles each time).")
+    upload_retry_max_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait between such retries.")
     storage_retry_s: float = Field(
         default=2.0, gt=0, le=300, description="Pause between retries while the disk fails."
     )
@@ -236,6 +242,116 @@ class RetentionSettings(_Section):
     interval_s: float = Field(default=300.0, gt=0)
 
 
+# --- Object storage and metadata database (issue 12). New sections only, appended. ---
+
+S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""An S3 bucket name (3 to 63 lower-case letters, digits, dots and hyphens)."""
+
+
+class S3Settings(_Section):
+    """An S3-compatible object store (AWS S3, R2, B2, SeaweedFS, MinIO)."""
+
+    endpoint_url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s]+$",
+        description="http(s)://host[:port] of the S3 API; none: AWS S3 of `region`.",
+    )
+    bucket: str = Field(default="", max_length=63, description="Bucket (must exist).")
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
+    access_key_id: str = Field(
+        default="", max_length=256, description="Access key id; empty: credentials_file or "
+        "the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role).")
+    secret_access_key: SecretStr = Field(default=SecretStr(""), description="Secret key.")
+    credentials_file: Path | None = Field(
+        default=None, description="AWS-style INI credentials file (aws_access_key_id, "
+        "aws_secret_access_key), read instead of the two keys above.")
+    credentials_profile: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Section of credentials_file.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="path: http://host/bucket/key (SeaweedFS, MinIO).")
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries of one request (first try included).")
+    presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Settings:
+        if bool(self.access_key_id) != bool(self.secret_access_key.get_secret_value()):
+            raise ValueError("access_key_id and secret_access_key must be given together")
+        if self.access_key_id and self.credentials_file is not None:
+            raise ValueError("give either the keys or credentials_file, not both")
+        return self
+
+
+class ObjectStoreSettings(_Section):
+    """Where packs, videos and thumbnails are stored (docs/storage.md, backends)."""
+
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    root: Path = Field(
+        default=Path("data/objects"), description="Folder of the filesystem backend.")
+    s3: S3Settings = S3Settings()
+    pack_prefix: str = Field(
+        default="packs/", pattern=r"^[A-Za-z0-9_-]{1,64}/$",
+        description="Key prefix of batch packs (the lifecycle rule applies to it).")
+    pack_expire_days: int = Field(
+        default=14, ge=1, le=3650,
+        description="Lifecycle backstop: the store deletes packs older than this.")
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> ObjectStoreSettings:
+        if self.backend == "s3" and not S3_BUCKET_RE.fullmatch(self.s3.bucket):
+            raise ValueError("backend s3 needs s3.bucket (3-63 of a-z 0-9 . -)")
+        return self
+
+
+class CatalogSettings(_Section):
+    """The metadata database: batches and videos (docs/storage.md, catalog)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: Path = Field(
+        default=Path("data/catalog.sqlite3"),
+        description="SQLite file. Not set in a service's file: `<storage.root>/state/"
+        "catalog.sqlite3`, the one file the ingestor, the encoder and the web page share.")
+    dsn: SecretStr = Field(
+        default=SecretStr(""),
+        description="PostgreSQL connection string (libpq); prefer dsn_file.")
+    dsn_file: Path | None = Field(
+        default=None, description="Read the PostgreSQL connection string from this file.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    busy_timeout_ms: int = Field(
+        default=5000, ge=0, le=600_000, description="SQLite: wait this long for a lock.")
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> CatalogSettings:
+        if self.backend == "postgres" and not (self.dsn.get_secret_value() or self.dsn_file):
+            raise ValueError("backend postgres needs dsn or dsn_file")
+        if self.dsn.get_secret_value() and self.dsn_file is not None:
+            raise ValueError("give either dsn or dsn_file, not both")
+        return self
+
+    def resolved_dsn(self) -> str:
+        """The connection string, read from ``dsn_file`` when one is set.
+
+        Returns:
+            The DSN without a trailing newline.
+        """
+        if self.dsn_file is not None:
+            return self.dsn_file.read_text(encoding="utf-8").strip()
+        return self.dsn.get_secret_value()
+
+
+SHARED_CATALOG = Path("state") / "catalog.sqlite3"
+"""Where the services' SQLite catalog is, relative to the storage root, by default."""
+
+
+def _default_catalog_path(catalog: CatalogSettings, storage: StorageSettings) -> CatalogSettings:
+    """``catalog`` with ``path`` defaulting to ``<storage.root>/state/catalog.sqlite3``."""
+    if "path" in catalog.model_fields_set:
+        return catalog
+    return catalog.model_copy(update={"path": storage.root / SHARED_CATALOG})
+
+
 class _ServiceSettings(BaseSettings):
     """Base of the per-service models: ``CAM_`` environment, nested with ``__``."""
 
@@ -264,6 +380,14 @@ class IngestorSettings(_ServiceSettings):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings(port=9101)
     ingest: IngestSettings = IngestSettings()
+    store: ObjectStoreSettings = ObjectStoreSettings()
+    catalog: CatalogSettings = CatalogSettings()
+
+    @model_validator(mode="after")
+    def _shared_catalog(self):  # type: ignore[no-untyped-def]
+        # One SQLite file beside the storage root unless the file names another.
+        object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
+        return self
 
 
 class EncoderSettings(_ServiceSettings):
@@ -277,6 +401,18 @@ class EncoderSettings(_ServiceSettings):
     retention: RetentionSettings = RetentionSettings()
     work: EncoderWorkSettings = EncoderWorkSettings()
     share_group: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    store: ObjectStoreSettings = ObjectStoreSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    signing_key_file: Path = Field(
+        default=Path("data/pki/video-signing.key"),
+        description="Ed25519 key (PKCS#8 PEM, created 0600 when missing) signing each video "
+        "row; its public key is written beside it as `.pub` (docs/storage.md).")
+
+    @model_validator(mode="after")
+    def _shared_catalog(self):  # type: ignore[no-untyped-def]
+        # One SQLite file beside the storage root unless the file names another.
+        object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
+        return self
 
 
 class BrokerSettings(_ServiceSettings):
@@ -413,102 +549,6 @@ class MonitorSettings(_ServiceSettings):
     )
 
 
-# --- Object storage and metadata database (issue 12). New sections only, appended. ---
-
-S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-"""An S3 bucket name (3 to 63 lower-case letters, digits, dots and hyphens)."""
-
-
-class S3Settings(_Section):
-    """An S3-compatible object store (AWS S3, R2, B2, SeaweedFS, MinIO)."""
-
-    endpoint_url: str | None = Field(
-        default=None, max_length=2048, pattern=r"^https?://[^\s]+$",
-        description="http(s)://host[:port] of the S3 API; none: AWS S3 of `region`.",
-    )
-    bucket: str = Field(default="", max_length=63, description="Bucket (must exist).")
-    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
-    access_key_id: str = Field(
-        default="", max_length=256, description="Access key id; empty: credentials_file or "
-        "the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role).")
-    secret_access_key: SecretStr = Field(default=SecretStr(""), description="Secret key.")
-    credentials_file: Path | None = Field(
-        default=None, description="AWS-style INI credentials file (aws_access_key_id, "
-        "aws_secret_access_key), read instead of the two keys above.")
-    credentials_profile: str = Field(
-        default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="Section of credentials_file.")
-    addressing_style: Literal["auto", "path", "virtual"] = Field(
-        default="auto", description="path: http://host/bucket/key (SeaweedFS, MinIO).")
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
-    max_attempts: int = Field(
-        default=3, ge=1, le=10, description="Tries of one request (first try included).")
-    presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
-
-    @model_validator(mode="after")
-    def _keys_together(self) -> S3Settings:
-        if bool(self.access_key_id) != bool(self.secret_access_key.get_secret_value()):
-            raise ValueError("access_key_id and secret_access_key must be given together")
-        if self.access_key_id and self.credentials_file is not None:
-            raise ValueError("give either the keys or credentials_file, not both")
-        return self
-
-
-class ObjectStoreSettings(_Section):
-    """Where packs, videos and thumbnails are stored (docs/storage.md, backends)."""
-
-    backend: Literal["filesystem", "s3"] = "filesystem"
-    root: Path = Field(
-        default=Path("data/objects"), description="Folder of the filesystem backend.")
-    s3: S3Settings = S3Settings()
-    pack_prefix: str = Field(
-        default="packs/", pattern=r"^[A-Za-z0-9_-]{1,64}/$",
-        description="Key prefix of batch packs (the lifecycle rule applies to it).")
-    pack_expire_days: int = Field(
-        default=14, ge=1, le=3650,
-        description="Lifecycle backstop: the store deletes packs older than this.")
-
-    @model_validator(mode="after")
-    def _s3_needs_bucket(self) -> ObjectStoreSettings:
-        if self.backend == "s3" and not S3_BUCKET_RE.fullmatch(self.s3.bucket):
-            raise ValueError("backend s3 needs s3.bucket (3-63 of a-z 0-9 . -)")
-        return self
-
-
-class CatalogSettings(_Section):
-    """The metadata database: batches and videos (docs/storage.md, catalog)."""
-
-    backend: Literal["sqlite", "postgres"] = "sqlite"
-    path: Path = Field(default=Path("data/catalog.sqlite3"), description="SQLite file.")
-    dsn: SecretStr = Field(
-        default=SecretStr(""),
-        description="PostgreSQL connection string (libpq); prefer dsn_file.")
-    dsn_file: Path | None = Field(
-        default=None, description="Read the PostgreSQL connection string from this file.")
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    busy_timeout_ms: int = Field(
-        default=5000, ge=0, le=600_000, description="SQLite: wait this long for a lock.")
-
-    @model_validator(mode="after")
-    def _postgres_needs_dsn(self) -> CatalogSettings:
-        if self.backend == "postgres" and not (self.dsn.get_secret_value() or self.dsn_file):
-            raise ValueError("backend postgres needs dsn or dsn_file")
-        if self.dsn.get_secret_value() and self.dsn_file is not None:
-            raise ValueError("give either dsn or dsn_file, not both")
-        return self
-
-    def resolved_dsn(self) -> str:
-        """The connection string, read from ``dsn_file`` when one is set.
-
-        Returns:
-            The DSN without a trailing newline.
-        """
-        if self.dsn_file is not None:
-            return self.dsn_file.read_text(encoding="utf-8").strip()
-        return self.dsn.get_secret_value()
-
-
 # --- Web service (issue 15). New sections only, appended. ---
 
 
@@ -539,7 +579,9 @@ class HttpSettings(_Section):
     max_event_clients: int = Field(
         default=100, ge=1, le=10_000, description="Live-update (SSE) connections at once.")
     video_public_key_file: Path | None = Field(
-        default=None, description="Ed25519 public key (PEM) for the tamper-evidence check.")
+        default=Path("data/pki/video-signing.pub"),
+        description="Ed25519 public key (PEM) for the tamper-evidence check (the encoder "
+        "writes it beside its `signing_key_file`; a missing file turns the check off).")
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> HttpSettings:
@@ -571,3 +613,9 @@ class WebSettings(_ServiceSettings):
     alert_prefix: str = Field(
         default="alerts", pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Alerts are read from <alert_prefix>/#.")
+
+    @model_validator(mode="after")
+    def _shared_catalog(self):  # type: ignore[no-untyped-def]
+        # The same SQLite file as the ingestor and the encoder unless the file names one.
+        object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
+        return self

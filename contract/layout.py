@@ -130,6 +130,36 @@ def batch_location(device: str, batch: str) -> str:
     return f"{BATCHES_DIR}/{device}/{batch}"
 
 
+PACKS_PREFIX = "packs/"
+"""Default key prefix of batch packs in the object store (``store.pack_prefix``)."""
+
+
+def pack_key(device: str, batch: str, prefix: str = PACKS_PREFIX) -> str:
+    """``packs/<id>/<batch>.tar``: the object key of a sealed batch's pack.
+
+    Args:
+        device: Device id.
+        batch: Batch name.
+        prefix: Key prefix ending with ``/`` (``store.pack_prefix``).
+
+    Returns:
+        The key.
+
+    Raises:
+        ValueError: On a device or batch name that is not a safe single segment, or a
+            prefix not ending with ``/``.
+    """
+    if not prefix.endswith("/") or prefix.startswith("/"):
+        raise ValueError(f"pack prefix must end with '/': {prefix[:80]!r}")
+    for part in (device, batch):
+        if not BATCH_NAME_SAFE_RE.fullmatch(part) or part.startswith("."):
+            raise ValueError(f"unsafe name for a pack key: {part[:80]!r}")
+    return f"{prefix}{device}/{batch}.tar"
+
+
+BATCH_NAME_SAFE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
 @dataclass(frozen=True, slots=True)
 class FrameMeta:
     """What the ingestor knows of one stored frame (a manifest entry)."""

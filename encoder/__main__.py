@@ -7,6 +7,7 @@ EncoderSettings TOML, e.g. ``data/config/encoder.toml``); docs/configuration.md.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -14,11 +15,13 @@ import av.logging
 import structlog
 from prometheus_client import disable_created_metrics
 
+from catalog import CatalogError
 from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.metrics import metrics_port_guard
 from config.settings import EncoderSettings
 from encoder.service import EncoderService
+from objstore import ObjectStoreError
 
 log = structlog.get_logger("encoder")
 
@@ -49,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    service = EncoderService(settings)
+    try:
+        service = EncoderService(settings)
+    except (CatalogError, ObjectStoreError, OSError, ValueError) as exc:
+        # One line naming the setting (catalog.dsn, store.s3.bucket, signing_key_file).
+        print(f"python -m encoder: {exc}", file=sys.stderr)
+        return 2
     with metrics_port_guard(settings.metrics):
         service.serve_metrics()
     failed = threading.Event()

@@ -25,6 +25,7 @@ import datetime as dt
 import errno
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,7 +33,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from catalog import CatalogError, InvalidValueError, SealedBatch, SqlCatalog, VideoRow
+from catalog.signing import sha256_file, sign_video
 from config.settings import EncoderSettings
 from contract.events import BadManifestError, Manifest, VideoEvent
 from encoder.batch import (
@@ -44,8 +48,10 @@ from encoder.batch import (
     fsync_file,
     make_dirs,
 )
+from encoder.cloud import BatchRef, CloudJob, encode_from_store
 from encoder.metrics import EncoderMetrics
 from encoder.muxer import EncodeCancelledError, EncodeOptions, encode_video, probe_video
+from objstore.batchpack import batch_source_sha256
 
 log = structlog.get_logger("encoder.jobs")
 
@@ -106,13 +112,19 @@ class BatchProcessor:
 
     def __init__(self, storage: Storage, settings: EncoderSettings, metrics: EncoderMetrics,
                  publish: PublishFn, *, account: str = "encoder",
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, catalog: SqlCatalog | None = None,
+                 signing_key: Ed25519PrivateKey | None = None,
+                 cloud: CloudJob | None = None) -> None:
         self.storage = storage
         self.settings = settings
         self.metrics = metrics
         self.publish = publish
         self.account = account
         self.cancel = cancel
+        self.catalog = catalog
+        self.signing_key = signing_key
+        self.cloud = cloud
+        """Set with ``store.backend = "s3"``: batches are packs in the store."""
         self.options = EncodeOptions.from_settings(settings.encode)
 
     # --- entry point -----------------------------------------------------------------
@@ -127,13 +139,39 @@ class BatchProcessor:
             The outcome.
         """
         try:
-            outcome = self._handle(job)
+            outcome = self._handle_cloud(job) if self.cloud is not None else self._handle(job)
         except OSError as exc:
             if not disk_full(exc):
                 raise
             outcome = self._disk_full(job, "write", exc)
+        except CatalogError as exc:
+            # The database is down or busy: nothing was released (the batch is purged
+            # only after its row commits); try again after the backoff.
+            log.error("catalog_unavailable", device=job.device, batch=job.batch,
+                      error=str(exc)[:300], retry_in_s=self.settings.work.retry_backoff_s)
+            self.metrics.failures.labels("catalog").inc()
+            outcome = Outcome.RETRY
         self.metrics.batches.labels(outcome.value).inc()
         return outcome
+
+    def _handle_cloud(self, job: Job) -> Outcome:
+        assert self.cloud is not None
+        try:
+            res = encode_from_store(BatchRef(job.device, job.batch), self.cloud)
+        except EncodeCancelledError:
+            log.info("encode_cancelled", device=job.device, batch=job.batch)
+            return Outcome.STOPPED
+        except Exception as exc:
+            if disk_full(exc):
+                return self._disk_full(job, "encode", exc)
+            # Counted as an attempt in the catalog: quarantined after max_attempts.
+            log.error("batch_failed", device=job.device, batch=job.batch, step="encode",
+                      error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            self.metrics.failures.labels("encode").inc()
+            return Outcome.RETRY
+        if res.event is not None and not self.publish(job.device, res.event):
+            return Outcome.STOPPED
+        return Outcome(res.outcome)
 
     def _disk_full(self, job: Job, step: str, exc: BaseException) -> Outcome:
         # A full disk is nobody's fault and passes: wait (the ready event stays unacked)
@@ -192,12 +230,21 @@ class BatchProcessor:
             return self._quarantine(job, bdir, "bad_manifest", detail=str(exc))
         except OSError as exc:
             return self._failed(job, bdir, "read_manifest", exc, attempts=None)
+        if self.catalog is not None:
+            # Idempotent: the ingestor normally recorded it already.
+            with contextlib.suppress(InvalidValueError):
+                self.catalog.record_sealed(SealedBatch(
+                    device=job.device, batch=job.batch, frames=max(len(manifest.frames), 1),
+                    first_capture_ms=manifest.first_capture_ms,
+                    last_capture_ms=manifest.last_capture_ms))
         found = self.storage.find_video(job.device, job.batch, manifest.first_capture_ms,
                                         manifest.last_capture_ms)
         if found is not None:
             bound.info("video_already_written", location=found.event.get("location"))
             return self._finish(job, bdir, found, Outcome.ALREADY_DONE)
         attempts = self.storage.add_attempt(job.device, job.batch)
+        if self.catalog is not None:
+            self.catalog.start_encoding(job.device, job.batch)
         max_attempts = self.settings.work.max_attempts
         if attempts > max_attempts:
             return self._quarantine(job, bdir, "too_many_attempts", attempts=attempts - 1)
@@ -290,8 +337,34 @@ class BatchProcessor:
                    encode_s=round(result.encode_seconds, 3), fps=round(fps, 1))
         return FoundVideo(mp4=final, event=event)
 
+    def _record(self, job: Job, bdir: Path, video: FoundVideo) -> None:
+        """Record the video row (signed) unless it is there; raises CatalogError."""
+        if self.catalog is None or self.catalog.get_video(job.device, job.batch) is not None:
+            return
+        ev = video.event
+        source_sha, _size = batch_source_sha256(bdir)
+        thumb = video.mp4.with_suffix(".jpg")
+        row = VideoRow(
+            device=job.device, batch=job.batch, location=str(ev["location"]),
+            thumbnail=(thumb.relative_to(self.storage.root).as_posix()
+                       if thumb.is_file() else None),
+            frames=int(ev["frames"]), skipped=int(ev.get("frames_skipped", 0)),
+            duration_s=float(ev["duration_s"]), bytes=video.mp4.stat().st_size,
+            codec=str(ev.get("codec", "h264")), first_capture_ms=int(ev["first_capture_ms"]),
+            last_capture_ms=int(ev["last_capture_ms"]), sha256=sha256_file(video.mp4),
+            pack_sha256=source_sha, created_ms=time.time_ns() // 1_000_000)
+        if self.signing_key is not None:
+            row = row.model_copy(update={"signature": sign_video(row, self.signing_key)})
+        self.catalog.record_video(row)
+
     def _finish(self, job: Job, bdir: Path, video: FoundVideo, outcome: Outcome) -> Outcome:
         bound = log.bind(device=job.device, batch=job.batch)
+        # The row commits before the batch is released: a database outage keeps the
+        # batch (CatalogError → retry), never loses it.
+        try:
+            self._record(job, bdir, video)
+        except InvalidValueError as exc:
+            bound.error("catalog_value_refused", error=str(exc))
         # The note outlives a crash between the purge and the PUBACK: the next start
         # publishes what it names, so an announcement is never lost with the batch.
         self.storage.note_unpublished(job.device, job.batch, video.mp4)
@@ -304,6 +377,13 @@ class BatchProcessor:
             # The video is safe; a later scan finds the batch with its video and retries.
             bound.error("batch_purge_failed", error=str(exc))
             self.metrics.failures.labels("purge").inc()
+        else:
+            if self.catalog is not None:
+                try:
+                    self.catalog.mark_purged(job.device, job.batch)
+                except CatalogError as exc:
+                    # Only the state lags ("encoded"); the video row is committed.
+                    bound.warning("catalog_mark_purged_failed", error=str(exc)[:300])
         self.storage.clear_attempts(job.device, job.batch)
         if not self.publish(job.device, video.event):
             return Outcome.STOPPED
@@ -358,6 +438,13 @@ class BatchProcessor:
             self.metrics.failures.labels("quarantine").inc()
             return Outcome.FAILED
         self.storage.clear_attempts(job.device, job.batch)
+        if self.catalog is not None:
+            try:
+                self.catalog.quarantine(job.device, job.batch,
+                                        json.dumps(record, sort_keys=True, default=str))
+            except CatalogError as exc:
+                log.warning("catalog_quarantine_failed", device=job.device, batch=job.batch,
+                            error=str(exc)[:300])
         log.warning("batch_quarantined", device=job.device, batch=job.batch, reason=reason,
                     location=dest.relative_to(self.storage.root).as_posix(), **detail)
         self.metrics.quarantined.labels(reason).inc()

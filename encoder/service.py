@@ -14,21 +14,27 @@ import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, start_http_server
 
+from catalog import CatalogError, SqlCatalog, open_catalog
+from catalog.signing import load_or_create_key, public_key_pem
 from config.settings import EncoderSettings
 from contract.events import MalformedEventError, ReadyEvent
 from contract.topics import all_devices, service_status_topic, shared, video_topic
 from encoder import retention
 from encoder.batch import Storage
+from encoder.cloud import CloudJob
 from encoder.jobs import BatchProcessor, Job, Outcome
 from encoder.metrics import EncoderMetrics
+from encoder.muxer import EncodeOptions
 from mqttclient import (
     MqttConnectError,
     connect_blocking,
@@ -36,8 +42,27 @@ from mqttclient import (
     publish_json,
     wait_published,
 )
+from objstore import ObjectStore, open_store
 
 log = structlog.get_logger("encoder")
+
+
+def _signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load (or create, 0600) the video signing key and write its ``.pub`` beside it.
+
+    Raises:
+        ValueError: Naming ``signing_key_file`` when it cannot be read or made.
+    """
+    try:
+        key = load_or_create_key(path)
+        pub = path.with_suffix(".pub")
+        if not pub.exists():
+            tmp = pub.with_name(f".{pub.name}.tmp")
+            tmp.write_bytes(public_key_pem(key))
+            tmp.replace(pub)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"signing_key_file: {path}: {exc}") from None
+    return key
 
 
 class EncoderService:
@@ -51,6 +76,17 @@ class EncoderService:
         self.ready_filter = shared(settings.share_group, all_devices(self.prefix, "ready"))
         self.metrics = EncoderMetrics(registry)
         self.storage = Storage(settings.storage.root)
+        # Checked at start: a wrong key, a missing bucket, an unreachable database or an
+        # unreadable signing key end the process with the setting named.
+        self.catalog: SqlCatalog = open_catalog(settings.catalog)
+        self.objects: ObjectStore | None = None
+        try:
+            self.signing_key = _signing_key(settings.signing_key_file)
+            if settings.store.backend == "s3":
+                self.objects = open_store(settings.store)
+        except BaseException:
+            self.catalog.close()
+            raise
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.metrics_port: int | None = None
@@ -62,9 +98,21 @@ class EncoderService:
         self._resync = threading.Event()
         self._threads: list[threading.Thread] = []
         self._http: Any = None
+        cloud = None
+        if self.objects is not None:
+            # The encoder's own scratch folder; it never reads the ingestor's disk.
+            cloud = CloudJob(
+                store=self.objects, catalog=self.catalog,
+                scratch=settings.storage.root / "state" / "encoder" / "scratch",
+                options=EncodeOptions.from_settings(settings.encode),
+                signing_key=self.signing_key, pack_prefix=settings.store.pack_prefix,
+                max_attempts=settings.work.max_attempts, account=self.account,
+                metrics=self.metrics, cancel=self.stop_event,
+                retry_max_s=max(0.5, settings.work.retry_backoff_s * 6))
         self.processor = BatchProcessor(self.storage, settings, self.metrics,
                                         self._publish_video, account=self.account,
-                                        cancel=self.stop_event)
+                                        cancel=self.stop_event, catalog=self.catalog,
+                                        signing_key=self.signing_key, cloud=cloud)
         self.client = make_client(settings.mqtt, client_id=self.account, manual_ack=True,
                                   will_topic=service_status_topic(self.account))
         self.client.on_connect = self._on_connect
@@ -96,7 +144,8 @@ class EncoderService:
         worker = threading.Thread(target=self._work, name="encoder-worker", daemon=True)
         self._threads.append(worker)
         r = self.settings.retention
-        if r.max_age_days is not None or r.max_disk_percent is not None:
+        if self.objects is None and (r.max_age_days is not None
+                                     or r.max_disk_percent is not None):
             self._threads.append(threading.Thread(target=self._retain,
                                                   name="encoder-retention", daemon=True))
         for t in self._threads:
@@ -131,6 +180,9 @@ class EncoderService:
             wait_published(info, 5.0)
             self.client.disconnect()
         self.client.loop_stop()
+        self.catalog.close()
+        if self.objects is not None:
+            self.objects.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -231,7 +283,7 @@ class EncoderService:
         work = self.settings.work
         min_age = 0.0 if first or resubscribed else work.rescan_min_age_s
         queued = set(self._backlog)
-        found = [b for b in self.storage.sealed_batches(min_age_s=min_age) if b not in queued]
+        found = [b for b in self._sealed(min_age) if b not in queued]
         self._backlog.extend(found)
         if found or first or resubscribed:
             log.info("batches_scanned", found=len(found), startup=first,
@@ -242,6 +294,20 @@ class EncoderService:
             self._next_scan = float("inf")
         else:
             self._next_scan = time.monotonic() + work.rescan_interval_s
+
+    def _sealed(self, min_age_s: float) -> list[tuple[str, str]]:
+        """Batches waiting for a video: folders on disk, or catalog rows with S3."""
+        if self.objects is None:
+            return self.storage.sealed_batches(min_age_s=min_age_s)
+        cutoff = time.time_ns() // 1_000_000 - int(min_age_s * 1000)
+        out: list[tuple[str, str]] = []
+        try:
+            for state in ("uploaded", "encoding"):
+                out += [(r.device, r.batch) for r in self.catalog.list_batches(
+                    state=state, limit=10_000) if r.updated_ms <= cutoff]
+        except CatalogError as exc:
+            log.warning("catalog_unavailable", step="scan", error=str(exc)[:300])
+        return out
 
     def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -12,10 +12,12 @@ from types import FrameType
 
 from prometheus_client import disable_created_metrics
 
+from catalog import CatalogError
 from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import IngestorSettings
 from ingestor.service import IngestorService
+from objstore import ObjectStoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log.level, settings.log.format, service="ingestor")
     # One series per counter: no companion *_created series (docs/operations.md).
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    service = IngestorService(settings)
+    try:
+        service = IngestorService(settings)
+    except (CatalogError, ObjectStoreError) as exc:
+        # One line naming the setting (catalog.dsn, store.s3.bucket, ...), exit 2.
+        print(f"python -m ingestor: {exc}", file=sys.stderr)
+        return 2
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
         service.stop()

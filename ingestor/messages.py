@@ -47,11 +47,19 @@ class StorageState:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadState:
+    """Uploads or catalog writes started failing (``ok`` false, with why) or work again."""
+
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Sealed:
     """A batch was sealed: refresh the retained status (its counters changed)."""
 
 
-Message = AckTokens | Announce | StorageState | Sealed
+Message = AckTokens | Announce | StorageState | UploadState | Sealed
 
 
 class Mailbox:

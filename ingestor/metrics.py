@@ -68,4 +68,11 @@ class IngestMetrics:
                             registry=r)
         self.connected = Gauge("camstack_ingestor_connected", "1 while connected to the broker.",
                                registry=r)
+        self.uploads_failed = Counter(
+            "camstack_ingestor_uploads_failed_total",
+            "Failed pack uploads to the object store (retried; the batch stays local).",
+            registry=r)
+        self.upload_backlog = Gauge(
+            "camstack_ingestor_upload_backlog",
+            "Sealed batches not yet finished (catalog row, upload, release).", registry=r)
         self.storage_available.set(1)

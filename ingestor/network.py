@@ -30,7 +30,16 @@ from contract.layout import FrameKey, FrameMeta, frame_time
 from contract.topics import all_devices, ready_topic, service_status_topic
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
-from ingestor.messages import AckTokens, Announce, Job, Mailbox, Sealed, StorageState, WriteQueue
+from ingestor.messages import (
+    AckTokens,
+    Announce,
+    Job,
+    Mailbox,
+    Sealed,
+    StorageState,
+    UploadState,
+    WriteQueue,
+)
 from ingestor.metrics import IngestMetrics
 from ingestor.netio import FastReader, queue_pubacks, supported
 from ingestor.writer import Counters
@@ -91,6 +100,8 @@ class NetworkLoop:
         self.ready_info: dict[str, Any] = {}
         """Logged with ``ingestor_ready`` (storage root, metrics port)."""
         self._storage_ok = True
+        self._upload_ok = True
+        self._upload_reason = ""
         self._connected = False
         self._ready_logged = False
         self._announces: dict[str, _Pending] = {}
@@ -346,6 +357,9 @@ class NetworkLoop:
             elif isinstance(msg, StorageState):
                 self._storage_ok = msg.ok
                 self._publish_status()
+            elif isinstance(msg, UploadState):
+                self._upload_ok, self._upload_reason = msg.ok, msg.reason
+                self._publish_status()
             elif isinstance(msg, Sealed):
                 self._publish_status()
         self._flush_acks()
@@ -386,14 +400,16 @@ class NetworkLoop:
             "rejected": c.rejected, "dropped": c.dropped, "batches_sealed": c.batches_sealed,
             "partial_frames": self.assembler.partial_frames,
             "pending_frames": len(self.queue), "unacked_chunks": self.ledger.held,
-            "storage_ok": self._storage_ok, "ts_ms": int(time.time() * 1000),
+            "storage_ok": self._storage_ok, "upload_ok": self._upload_ok,
+            **({"reason": self._upload_reason} if not self._upload_ok else {}),
+            "ts_ms": int(time.time() * 1000),
         }
 
     def _publish_status(self, state: str | None = None) -> mqtt.MQTTMessageInfo | None:
         if not self._connected:
             return None
         if state is None:
-            state = "online" if self._storage_ok else "degraded"
+            state = "online" if self._storage_ok and self._upload_ok else "degraded"
         self._status_at = time.monotonic()
         return publish_json(self._client, self.status_topic, self._status_payload(state),
                             retain=True, qos=1)

@@ -23,15 +23,17 @@ from typing import Any
 import structlog
 from prometheus_client import start_http_server
 
+from catalog import SqlCatalog, open_catalog
 from config.metrics import metrics_port_guard
 from config.settings import IngestorSettings
-from contract.events import ReadyEvent
 from ingestor.batcher import Batcher
 from ingestor.messages import Mailbox, WriteQueue
 from ingestor.metrics import IngestMetrics
 from ingestor.network import NetworkLoop
 from ingestor.store import Store
+from ingestor.uploader import Finisher
 from ingestor.writer import Counters, Writer
+from objstore import ObjectStore, open_store
 
 log = structlog.get_logger("ingestor")
 
@@ -42,11 +44,25 @@ class IngestorService:
     Args:
         settings: Validated settings (loaded once in ``__main__``).
         metrics: Metrics holder; a fresh private registry by default.
+
+    Raises:
+        catalog.CatalogConfigError: The catalog cannot be opened (names the setting).
+        objstore.StoreConfigError: The object store is not usable (names the setting).
     """
 
     def __init__(self, settings: IngestorSettings, metrics: IngestMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or IngestMetrics()
+        # Both are checked now: a wrong key, a missing bucket or an unreachable database
+        # ends the process at start with the setting named, before a frame is taken.
+        self.catalog: SqlCatalog = open_catalog(settings.catalog)
+        self.objects: ObjectStore | None = None
+        if settings.store.backend == "s3":
+            try:
+                self.objects = open_store(settings.store)
+            except BaseException:
+                self.catalog.close()
+                raise
         self.store = Store(settings.storage.root)
         self.counters = Counters()
         self.queue = WriteQueue()
@@ -55,10 +71,16 @@ class IngestorService:
         self._draining = threading.Event()
         self._writer_done = threading.Event()
         ing = settings.ingest
+        self._finisher_stop = threading.Event()
+        self.finisher = Finisher(ing, settings.storage.root, catalog=self.catalog,
+                                 store=self.objects, pack_prefix=settings.store.pack_prefix,
+                                 mailbox=self.mailbox, metrics=self.metrics,
+                                 stop=self._finisher_stop)
         self.writer = Writer(ing, self.store,
                              batcher=Batcher(ing.frames_per_video, ing.idle_seal_s),
                              queue=self.queue, mailbox=self.mailbox, metrics=self.metrics,
-                             counters=self.counters, draining=self._draining)
+                             counters=self.counters, draining=self._draining,
+                             finisher=self.finisher)
         self.network = NetworkLoop(settings, queue=self.queue, mailbox=self.mailbox,
                                    metrics=self.metrics, counters=self.counters,
                                    stored=self.store.contains, draining=self._draining,
@@ -80,7 +102,10 @@ class IngestorService:
         self._start_metrics()
         self._startup_scan()
         self.network.ready_info = {"storage": str(self.store.root),
-                                   "metrics_port": self.metrics_port}
+                                   "metrics_port": self.metrics_port,
+                                   "store": self.settings.store.backend,
+                                   "catalog": self.catalog.backend}
+        finisher = self._thread(self.finisher.run, "ingestor-finisher")
         writer = self._thread(self.writer.run, "ingestor-writer")
         net = self._thread(self.network.run, "ingestor-net")
         self._stop.wait()
@@ -92,10 +117,21 @@ class IngestorService:
         self.mailbox.wake()
         self.queue.wake_all()
         writer.join(timeout=max(30.0, 3 * self.settings.ingest.storage_retry_s))
+        # Let the finisher announce what it can in a few seconds; batches it has not
+        # finished stay on local disk and are taken up again at the next start.
+        deadline = time.monotonic() + 5.0
+        while not self.finisher.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._finisher_stop.set()
+        self.finisher.wake()
+        finisher.join(timeout=30.0)
         self._writer_done.set()
         self.mailbox.wake()
         net.join(timeout=30.0)
         self.store.close()
+        self.catalog.close()
+        if self.objects is not None:
+            self.objects.close()
         self.mailbox.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -136,9 +172,9 @@ class IngestorService:
         for device in sorted(set(res.unsealed) | set(res.counters)):
             self.writer.batcher.restore(device, res.unsealed.get(device, []),
                                         res.counters.get(device, 0), now)
+        self.finisher.prepare()
         for man in res.sealed:
-            self.network.announce(ReadyEvent.of(man))
-            self.writer.track_unfinished(man, now)
+            self.finisher.submit(man)
         log.info("storage_scanned", root=str(self.store.root), frames_indexed=self.store.indexed,
                  unsealed=sum(len(v) for v in res.unsealed.values()),
                  sealed_batches=len(res.sealed), rolled_back=len(res.rolled_back),

@@ -1,4 +1,4 @@
-"""The ingestor's writer thread: group commits, seals and re-announces.
+"""The ingestor's writer thread: group commits and seals.
 
 It owns the :class:`Store` and the :class:`Batcher`. It takes complete frames from the
 :class:`WriteQueue`, makes them durable in groups (one fsync round for many frames),
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import structlog
 
 from config.settings import IngestSettings
-from contract.events import Manifest, ReadyEvent
 from ingestor.batcher import Batcher, SealPlan
-from ingestor.messages import AckTokens, Announce, Job, Mailbox, Sealed, StorageState, WriteQueue
+from ingestor.messages import AckTokens, Job, Mailbox, Sealed, StorageState, WriteQueue
 from ingestor.metrics import IngestMetrics
 from ingestor.store import PendingFrames, Store
+from ingestor.uploader import Finisher
 
 log = structlog.get_logger("ingestor")
 
@@ -36,13 +36,6 @@ class Counters:
     batches_sealed: int = 0
 
 
-@dataclass(slots=True)
-class _Unfinished:
-    event: ReadyEvent
-    due: float
-    interval: float
-
-
 class Writer:
     """The writer thread's work.
 
@@ -55,11 +48,13 @@ class Writer:
         metrics: Metrics.
         counters: Status totals.
         draining: Set when the service stops: finish what is queued, then return.
+        finisher: Takes each sealed batch on (catalog row, upload, announce): its own
+            thread, so that a slow store or database never holds frame commits.
     """
 
     def __init__(self, ing: IngestSettings, store: Store, *, batcher: Batcher,
                  queue: WriteQueue, mailbox: Mailbox, metrics: IngestMetrics,
-                 counters: Counters, draining: threading.Event) -> None:
+                 counters: Counters, draining: threading.Event, finisher: Finisher) -> None:
         self.ing = ing
         self.store = store
         self.batcher = batcher
@@ -68,38 +63,9 @@ class Writer:
         self.metrics = metrics
         self.counters = counters
         self.draining = draining
+        self.finisher = finisher
         self._storage_ok = True
         self._drain_deadline: float | None = None
-        # Sealed batches whose folder is still there (no video yet), by batch name.
-        self._unfinished: dict[str, _Unfinished] = {}
-
-    # ----------------------------------------------------------------- batches
-    def track_unfinished(self, manifest: Manifest, now: float) -> None:
-        """Announce ``manifest``'s batch again later unless its video appears."""
-        first = self.ing.reannounce_s
-        self._unfinished[manifest.batch] = _Unfinished(ReadyEvent.of(manifest), now + first,
-                                                       first)
-
-    def _reannounce_due(self, now: float) -> None:
-        """Announce again every sealed batch still waiting for its video.
-
-        A ready event can be lost after the broker took it (a subscriber that drops it, a
-        shared subscription not restored after a broker restart); the batch folder, which
-        the encoder removes only once the video is durable, is the truth. Each batch backs
-        off on its own, so a long encode backlog costs few duplicate events.
-        """
-        for batch, u in list(self._unfinished.items()):
-            if now < u.due:
-                continue
-            if not self.store.batch_exists(u.event.device, batch):
-                del self._unfinished[batch]
-                continue
-            u.interval = min(u.interval * 2, self.ing.reannounce_max_s)
-            u.due = now + u.interval
-            self.metrics.batches_reannounced.inc()
-            log.info("batch_reannounced", device=u.event.device, batch=batch,
-                     next_in_s=round(u.interval, 1))
-            self.mailbox.post(Announce(u.event, again=True))
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -144,7 +110,6 @@ class Writer:
                 inflight = (group, started)
             if isolate:
                 failed, retry = self._write_one_by_one(isolate)
-            self._reannounce_due(time.monotonic())
             if failed is not None:
                 self._storage_failed("write", failed, len(retry))
                 if self.draining.is_set() and self._stop_deadline_passed():
@@ -269,8 +234,7 @@ class Writer:
             self.metrics.batches_sealed.labels(plan.device).inc()
             log.info("batch_sealed", device=plan.device, batch=plan.batch,
                      frames=len(man.frames), reason=plan.reason, location=plan.location)
-            self.mailbox.post(Announce(ReadyEvent.of(man)))
-            self.track_unfinished(man, time.monotonic())
+            self.finisher.submit(man)
         if sealed:
             # The retained status says how many batches were sealed: keep it current.
             self.mailbox.post(Sealed())

@@ -54,8 +54,11 @@ class WebService:
         self.store: ObjectStore | None = (
             open_store(settings.store) if settings.store.backend == "s3" else None)
         h = settings.http
+        # The encoder writes the public key beside its signing key; until it has run
+        # once the file may be missing, and the page then shows no tamper check.
         public_key = (load_public_key(h.video_public_key_file.read_bytes())
-                      if h.video_public_key_file is not None else None)
+                      if h.video_public_key_file is not None
+                      and h.video_public_key_file.is_file() else None)
         self.live = LiveModel(settings.mqtt.topic_prefix, settings.alert_prefix,
                               max_devices=settings.live.max_devices,
                               max_services=settings.live.max_services,

@@ -1,0 +1,167 @@
+"""Ingest throughput with the S3 backend vs the filesystem backend, in the same run.
+
+The same backlog drain as bench/bench_ingest.py (simulated cameras queue ``--devices`` x
+``--frames`` SVGA frames for the ingestor's offline persistent session; the clock runs
+from the ingestor's CONNACK to its last durable frame), alternating per round between
+``store.backend = "filesystem"`` and ``store.backend = "s3"`` (a local SeaweedFS
+``weed mini``), both with the SQLite catalog. With S3 the finisher thread builds and
+uploads one pack per sealed batch while the writer keeps committing frames; the time to
+the last ``batch_uploaded`` is reported too. Goal: S3 ingest within 10 % of the
+filesystem's.
+
+    python bench/bench_ingest_s3.py [--devices 10] [--frames 100] [--rounds 4]
+        [--frames-per-video 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_ingest import ING
+from bench.common import (
+    LogTail,
+    PublisherPool,
+    fs_note,
+    log_time,
+    machine,
+    provision,
+    pub_spec,
+    svga_jpegs,
+)
+from camstack.brokerproc import BrokerHandle, start_broker
+from camstack.procs import ServiceProcess, service_config
+from camstack.servers import start_seaweedfs
+
+
+def drain(broker: BrokerHandle, tmp: Path, name: str, total: int, root: Path, *,
+          sections: dict[str, Any], batches: int) -> tuple[float, float | None]:
+    """Start the ingestor on its queued session; seconds to the last frame, last upload."""
+    cfg = service_config(broker, ING, root, tmp / f"{name}.toml",
+                         metrics={"enabled": False, "port": 0}, **sections)
+    svc = ServiceProcess("ingestor", cfg, tmp / f"{name}.log").start()
+    tail = LogTail(svc.log_path)
+    stored = 0
+    uploads = 0
+    t_conn = t_last = t_up = None
+    deadline = time.monotonic() + 600
+    assert svc.proc is not None
+    while time.monotonic() < deadline and (stored < total or (
+            "store" in sections and uploads < batches)):
+        for e in tail.read():
+            ev = e.get("event")
+            if ev == "frame_stored":
+                stored += 1
+                if stored == total:
+                    t_last = log_time(e)
+            elif ev == "batch_uploaded":
+                uploads += 1
+                if uploads == batches:
+                    t_up = log_time(e)
+            elif ev == "mqtt_connected" and t_conn is None:
+                t_conn = log_time(e)
+        if svc.proc.poll() is not None:
+            raise SystemExit(f"ingestor exited:\n{svc.log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    assert svc.stop() == 0
+    if t_conn is None or t_last is None:
+        raise SystemExit(f"ingestor stored {stored} of {total} frames in 600 s")
+    return t_last - t_conn, (t_up - t_conn) if t_up is not None else None
+
+
+@contextlib.contextmanager
+def bench_broker_unlimited() -> Iterator[tuple[BrokerHandle, Path]]:
+    """The project's broker with the per-device rate limits out of the way.
+
+    A backlog of 100 SVGA frames per device is a 5 MB burst, past the guard's default
+    ``device_burst_bytes`` (4 MiB), which would disconnect the publishers.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="camstack-bench-"))
+    broker = start_broker(tmp / "broker", use_docker=False, device_burst_bytes=1 << 33,
+                          device_bytes_per_s=1 << 33, device_burst_msgs=10_000_000,
+                          device_msgs_per_s=1_000_000.0)
+    try:
+        yield broker, tmp
+    finally:
+        broker.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--frames", type=int, default=100, help="frames per device per round")
+    ap.add_argument("--rounds", type=int, default=4, help="even: as many of each backend")
+    ap.add_argument("--kb", type=int, default=50)
+    ap.add_argument("--frames-per-video", type=int, default=50)
+    ap.add_argument("--pub-procs", type=int, default=2)
+    args = ap.parse_args()
+    print(machine())
+    jpegs = svga_jpegs(8, args.kb * 1000)
+    n = args.devices * args.frames
+    batches = args.devices * (args.frames // args.frames_per_video)
+    with bench_broker_unlimited() as (broker, tmp):
+        weed = start_seaweedfs(tmp / "seaweedfs")
+        try:
+            s3 = weed.s3_settings()
+            s3d = s3.model_dump(mode="json", exclude_none=True)
+            s3d["secret_access_key"] = s3.secret_access_key.get_secret_value()
+            devices = provision(broker, args.devices)
+            broker.add_service(ING)
+            root = tmp / "storage"
+            print(f"storage: {root} on {fs_note(tmp)}; SeaweedFS at {weed.endpoint}")
+            ing = {"frames_per_video": args.frames_per_video}
+            backends: dict[str, dict[str, Any]] = {
+                "filesystem": {"ingest": ing},
+                "s3": {"ingest": ing, "store": {"backend": "s3", "s3": s3d}},
+            }
+            svc = ServiceProcess("ingestor", service_config(
+                broker, ING, root, tmp / "setup.toml", metrics={"enabled": False, "port": 0}),
+                tmp / "setup.log").start()
+            svc.wait_event("ingestor_ready", 30)
+            assert svc.stop() == 0
+            results: dict[str, list[float]] = {"filesystem": [], "s3": []}
+            upload_s: list[float] = []
+            order = ["filesystem", "s3", "s3", "filesystem"]
+            for rnd in range(args.rounds):
+                backend = order[rnd % 4]
+                pool = PublisherPool(pub_spec(broker, devices, jpegs, frames=args.frames,
+                                              window=8, boot_id=rnd + 1), args.pub_procs)
+                pool.wait_connected()
+                pub = pool.join()
+                assert pub.frames_acked == n, pub
+                secs, up = drain(broker, tmp, f"r{rnd}-{backend}", n, root / backend,
+                                 sections=backends[backend], batches=batches)
+                fps = n / secs
+                results[backend].append(fps)
+                extra = ""
+                if up is not None:
+                    upload_s.append(up)
+                    extra = f"; last of {batches} packs uploaded at {up:.2f} s"
+                print(f"round {rnd + 1} {backend:10s}: {n} frames durable in {secs:.2f} s = "
+                      f"{fps:,.0f} frames/s{extra}")
+            fs = statistics.median(results["filesystem"])
+            s3m = statistics.median(results["s3"])
+            print(f"median: filesystem {fs:,.0f} frames/s, s3 {s3m:,.0f} frames/s, "
+                  f"ratio s3/filesystem {s3m / fs:.3f} (goal >= 0.90)")
+            if upload_s:
+                print(f"S3: frames acked+durable to all packs uploaded: median "
+                      f"{statistics.median(upload_s):.2f} s; object-store PUTs per frame "
+                      f"{batches / n:.4f}")
+        finally:
+            weed.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
