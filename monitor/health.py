@@ -12,9 +12,14 @@ the moment the observer started, which errs on the late side, never the early on
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from config.settings import AlertSettings
 from contract.events import MAX_JSON_INT, Status, safe_text
@@ -136,6 +141,29 @@ def _parse_json(payload: bytes) -> dict[str, Any] | None:
     return status.to_obj() if status is not None else None
 
 
+def parse_alert(rule: str, subject: str, payload: bytes) -> Alert | None:
+    """An alert from its retained body (``Alert.payload()``); None for an empty payload.
+
+    Args:
+        rule: Rule from the topic.
+        subject: Subject from the topic.
+        payload: The body.
+
+    Returns:
+        The alert (fields the body lacks or spoils are zero or empty).
+    """
+    body = _parse_json(payload) if payload else None
+    if body is None:
+        return None
+    since = body.get("since_ms")
+    value, threshold = body.get("value"), body.get("threshold")
+    return Alert(rule, subject, str(body.get("message", "")),
+                 float(value) if isinstance(value, int | float) else 0.0,
+                 float(threshold) if isinstance(threshold, int | float) else 0.0,
+                 severity=str(body.get("severity", "warning")),
+                 since_ms=since if isinstance(since, int) else 0)
+
+
 def _parse_count(payload: bytes) -> int | None:
     text = payload[:24].strip()
     if not text.isdigit() or len(payload) > 24:
@@ -242,6 +270,8 @@ class HealthModel:
         self.rates: dict[str, RateWindow] = {}
         self.broker_dropped = CounterWindow(rate_window_ms)
         self.guard_kicks: dict[str, CounterWindow] = {}
+        self.published: dict[tuple[str, str], Alert] = {}
+        """Alerts found retained on the alert topics (what the monitor published)."""
         self.frames_observable = False
         """Frames can be seen (storage scanned, or frame topics followed); without it the
         no-frame rule stays silent rather than cry wolf."""
@@ -298,6 +328,26 @@ class HealthModel:
                 rw.add(now_ms, *counters)
             return True
         return False
+
+    def apply_alert(self, rule: str, subject: str, payload: bytes) -> bool:
+        """Take a retained alert (``<alert prefix>/<rule>/<subject>``) into account.
+
+        Args:
+            rule: Rule from the topic.
+            subject: Subject from the topic.
+            payload: The body (empty: the alert was cleared).
+
+        Returns:
+            True when the names are valid ones.
+        """
+        if not (DEVICE_ID_RE.fullmatch(rule) and DEVICE_ID_RE.fullmatch(subject)):
+            return False
+        alert = parse_alert(rule, subject, payload)
+        if alert is None:
+            self.published.pop((rule, subject), None)
+        elif len(self.published) < 100_000:
+            self.published[(rule, subject)] = alert
+        return True
 
     def _apply_sys(self, topic: str, payload: bytes, now_ms: int) -> bool:
         count = _parse_count(payload)
@@ -449,18 +499,14 @@ class AlertBook:
             subject: Subject from the topic.
             payload: The retained body (empty: nothing to adopt).
         """
-        body = _parse_json(payload) if payload else None
-        if body is None:
+        alert = parse_alert(rule, subject, payload)
+        if alert is None:
             self.active.pop((rule, subject), None)
             self._adopted.discard((rule, subject))
             return
         self._adopted.add((rule, subject))
-        since = body.get("since_ms")
-        self.active[(rule, subject)] = Alert(
-            rule, subject, str(body.get("message", "")), 0.0, 0.0,
-            severity=str(body.get("severity", "warning")),
-            since_ms=since if isinstance(since, int) else 0,
-        )
+        self.active[(rule, subject)] = Alert(rule, subject, alert.message, 0.0, 0.0,
+                                             severity=alert.severity, since_ms=alert.since_ms)
 
     def update(self, current: list[Alert], now_ms: int) -> AlertChanges:
         """Diff the firing alerts against the active ones.
@@ -493,22 +539,25 @@ class AlertBook:
 
 
 def format_duration(seconds: float) -> str:
-    """Short human duration: ``42s``, ``5m``, ``3h``, ``2d``.
+    """Exact short duration in its two largest units: ``42s``, ``5m07s``, ``1h02m``, ``3d04h``.
 
     Args:
-        seconds: Duration.
+        seconds: Duration (negative counts as zero).
 
     Returns:
         The text.
     """
-    s = max(0.0, seconds)
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f}m"
-    if s < 36 * 3600:
-        return f"{s / 3600:.0f}h"
-    return f"{s / 86400:.0f}d"
+    try:
+        s = int(max(0.0, seconds))
+    except (OverflowError, ValueError):
+        return "?"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86_400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86_400}d{s % 86_400 // 3600:02d}h"
 
 
 def format_bytes(n: float) -> str:
@@ -537,13 +586,41 @@ def _cell(value: object) -> str:
     return "-" if value is None or value == "" else safe_text(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
-    return lines
+RETAINED_MARK = "\u2265"
+"""Prefix of a FOR cell whose state was already set when observation began."""
+
+DETAILS_WIDTH = 72
+"""Service details are wrapped between ``key=value`` pairs at about this width."""
+
+
+def _for_cell(model: HealthModel, view: DeviceView | ServiceView, now_ms: int) -> str:
+    if view.since_ms is not None:
+        return format_duration((now_ms - view.since_ms) / 1000)
+    # Seen first as a retained message: it held at least since observation began.
+    return RETAINED_MARK + format_duration((now_ms - model.started_ms) / 1000)
+
+
+def service_details(status: dict[str, Any], width: int = DETAILS_WIDTH) -> str:
+    """Every scalar field of a service status but its state, sorted, never cut.
+
+    Args:
+        status: The ``svc/<name>/status`` JSON.
+        width: Lines break between two ``key=value`` pairs beyond this width.
+
+    Returns:
+        ``key=value`` pairs, a comma between them, one line per row of the cell ("-": none).
+    """
+    pairs = [safe_text(f"{k}={v}") for k, v in sorted(status.items())
+             if k != "state" and isinstance(v, int | float | str)]
+    lines: list[str] = []
+    for pair in pairs:
+        if lines and len(lines[-1]) + 2 + len(pair) <= width:
+            lines[-1] += ", " + pair
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(pair)
+    return "\n".join(lines) or "-"
 
 
 def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
@@ -555,6 +632,11 @@ def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
     age = (f", {format_duration((now_ms - last) / 1000)} ago"
            if isinstance(last, int) and 0 < last < 2 * now_ms else "")
     return f"{name} ({_cell(video.get('frames', '?'))} fr{age})"
+
+
+DEVICE_HEADER = ["DEVICE", "STATE", "FOR", "LAST FRAME", "RSSI", "HEAP", "QUEUE",
+                 "FRAMES TODAY", "LAST VIDEO"]
+SERVICE_HEADER = ["SERVICE", "STATE", "FOR", "DETAILS"]
 
 
 def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
@@ -570,61 +652,120 @@ def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
     rows = []
     for dev in sorted(model.devices.values(), key=lambda d: d.device):
         st = dev.status
-        since = (format_duration((now_ms - dev.since_ms) / 1000)
-                 if dev.since_ms is not None else "-")
         age = (format_duration((now_ms - dev.last_frame_ms) / 1000) + " ago"
                if dev.last_frame_ms is not None else "never")
         heap = st.get("heap_free")
         rows.append([
-            safe_text(dev.device), safe_text(dev.state), since, age, _cell(st.get("rssi")),
-            format_bytes(heap) if isinstance(heap, int) else "-", _cell(st.get("queue")),
-            _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
+            safe_text(dev.device), safe_text(dev.state), _for_cell(model, dev, now_ms), age,
+            _cell(st.get("rssi")), format_bytes(heap) if isinstance(heap, int) else "-",
+            _cell(st.get("queue")), _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
         ])
     return rows
 
 
-def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None) -> str:
-    """The ``camstack status`` report.
+def service_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
+    """Rows of the service table (details complete, wrapped between pairs).
+
+    Args:
+        model: Current knowledge.
+        now_ms: Reference time for ages.
+
+    Returns:
+        One row per service, sorted by name.
+    """
+    return [[safe_text(svc.name), safe_text(svc.state), _for_cell(model, svc, now_ms),
+             service_details(svc.status)]
+            for svc in sorted(model.services.values(), key=lambda s: s.name)]
+
+
+_STATE_STYLES = {ONLINE: "green", OFFLINE: "red", "degraded": "red"}
+
+
+def _rich_table(header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0),
+                  header_style="bold")
+    for h in header:
+        table.add_column(h, overflow="fold", no_wrap=h != "DETAILS")
+    for row in rows:
+        table.add_row(*(Text(c, style=_STATE_STYLES.get(c, "") if i == 1 else "")
+                        for i, c in enumerate(row)))
+    return table
+
+
+def status_renderables(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None,
+                       *, alerts_note: str | None = None) -> list[RenderableType]:
+    """The ``camstack status`` report as rich renderables (tables and lines).
+
+    Text from devices and services is always a :class:`rich.text.Text` (never markup),
+    cleaned by :func:`safe_text`.
 
     Args:
         model: Current knowledge.
         now_ms: Reference time for ages.
         alerts: Alerts to list (none: the section is left out).
+        alerts_note: Where the alerts come from (printed above them).
+
+    Returns:
+        What to print, in order.
+    """
+    when = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out: list[RenderableType] = [Text(f"camstack status at {when}"), Text("")]
+    out.append(_rich_table(DEVICE_HEADER, device_rows(model, now_ms)))
+    if not model.devices:
+        out.append(Text("(no device has reported yet)"))
+    out.append(Text(""))
+    out.append(_rich_table(SERVICE_HEADER, service_rows(model, now_ms)))
+    if not model.services:
+        out.append(Text("(no service has reported yet)"))
+    views: list[DeviceView | ServiceView] = [*model.devices.values(), *model.services.values()]
+    if any(v.since_ms is None for v in views):
+        out.append(Text(f"{RETAINED_MARK}: the state was already set when observation began "
+                        "(a retained message); counted since the start of observation"))
+    out.append(Text(""))
+    if model.disk is not None:
+        d = model.disk
+        out.append(Text(f"storage {d.path}: {d.percent:.1f}% used, "
+                        f"{format_bytes(d.free_bytes)} free of {format_bytes(d.total_bytes)}"))
+    else:
+        out.append(Text("storage: not reachable from here"))
+    if alerts is not None:
+        out.append(Text(""))
+        if alerts_note:
+            out.append(Text(safe_text(alerts_note, 400)))
+        if alerts:
+            out.append(Text(f"{len(alerts)} alert(s):"))
+            for a in sorted(alerts, key=lambda a: (a.rule, a.subject)):
+                since = (f" for {format_duration((now_ms - a.since_ms) / 1000)}"
+                         if 0 < a.since_ms <= now_ms else "")
+                out.append(Text(safe_text(f"  [{a.severity}] {a.rule}/{a.subject}{since}: "
+                                          f"{a.message}", 400),
+                                style="red" if a.severity == "critical" else "yellow"))
+        else:
+            out.append(Text("no alerts"))
+    return out
+
+
+PLAIN_WIDTH = 250
+"""Width of the plain-text report: wide enough that no table row is wrapped."""
+
+
+def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None,
+                  *, alerts_note: str | None = None) -> str:
+    """The ``camstack status`` report as plain text (no colours, no escape codes).
+
+    Args:
+        model: Current knowledge.
+        now_ms: Reference time for ages.
+        alerts: Alerts to list (none: the section is left out).
+        alerts_note: Where the alerts come from.
 
     Returns:
         The text, ending with a newline.
     """
-    when = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    out = [f"camstack status at {when}", ""]
-    out += _table(["DEVICE", "STATE", "FOR", "LAST FRAME", "RSSI", "HEAP", "QUEUE",
-                   "FRAMES TODAY", "LAST VIDEO"], device_rows(model, now_ms))
-    if not model.devices:
-        out.append("(no device has reported yet)")
-    out.append("")
-    svc_rows = []
-    for svc in sorted(model.services.values(), key=lambda s: s.name):
-        since = (format_duration((now_ms - svc.since_ms) / 1000)
-                 if svc.since_ms is not None else "-")
-        details = ", ".join(f"{k}={v}" for k, v in sorted(svc.status.items())
-                            if k != "state" and isinstance(v, int | float | str))
-        svc_rows.append([safe_text(svc.name), safe_text(svc.state), since,
-                         safe_text(details, 100) or "-"])
-    out += _table(["SERVICE", "STATE", "FOR", "DETAILS"], svc_rows)
-    if not model.services:
-        out.append("(no service has reported yet)")
-    out.append("")
-    if model.disk is not None:
-        d = model.disk
-        out.append(f"storage {d.path}: {d.percent:.1f}% used, {format_bytes(d.free_bytes)} free "
-                   f"of {format_bytes(d.total_bytes)}")
-    else:
-        out.append("storage: not reachable from here")
-    if alerts is not None:
-        out.append("")
-        if alerts:
-            out.append(f"{len(alerts)} alert(s):")
-            out += [safe_text(f"  [{a.severity}] {a.rule}/{a.subject}: {a.message}", 400)
-                    for a in alerts]
-        else:
-            out.append("no alerts")
-    return "\n".join(out) + "\n"
+    console = Console(file=io.StringIO(), width=PLAIN_WIDTH, color_system=None,
+                      force_terminal=False, markup=False, highlight=False, emoji=False,
+                      soft_wrap=False)
+    for item in status_renderables(model, now_ms, alerts, alerts_note=alerts_note):
+        console.print(item)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

@@ -218,12 +218,19 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
     last_msg = [time.monotonic()]
     lock = threading.Lock()
 
+    alert_prefix = settings.alert_prefix
+
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with lock:
-            apply_message(model, msg)
+            parts = msg.topic.split("/")
+            if parts[0] == alert_prefix:
+                if len(parts) == 3 and msg.retain:
+                    model.apply_alert(parts[1], parts[2], bytes(msg.payload))
+            else:
+                apply_message(model, msg)
             last_msg[0] = time.monotonic()
 
-    topics = [*_topics(m.topic_prefix), *SYS_TOPICS]
+    topics = [*_topics(m.topic_prefix), *SYS_TOPICS, f"{alert_prefix}/#"]
     subacks = threading.Semaphore(0)
     client = make_client(mqtt_settings)
     client.on_message = on_message
@@ -251,8 +258,49 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
     return model
 
 
+@dataclass(frozen=True)
+class StatusAlerts:
+    """The alerts ``camstack status`` shows and where they come from."""
+
+    alerts: list[Alert]
+    source: str
+    """``monitor`` (its retained alerts) or ``evaluated`` (from this one snapshot)."""
+    note: str
+
+
+def status_alerts(model: HealthModel, settings: MonitorSettings, now: int) -> StatusAlerts:
+    """What the monitor published, or (no monitor status retained) the rules evaluated here.
+
+    Args:
+        model: The picture from :func:`collect_status` (retained alerts included).
+        settings: Monitor settings (its account names the monitor's status topic).
+        now: Reference time.
+
+    Returns:
+        The alerts, their source and a one-line note saying so.
+    """
+    account = settings.mqtt.username or MONITOR_ACCOUNT
+    mon = model.services.get(account)
+    topic = svc_status_topic(account)
+    if mon is not None and mon.state != "unknown":
+        alerts = sorted(model.published.values(), key=lambda a: (a.rule, a.subject))
+        note = (f"alerts as published by the monitor ({settings.alert_prefix}/#, retained; "
+                f"{topic} says {mon.state})")
+        if mon.state != "online":
+            note += ": it is not running, they may be out of date"
+        return StatusAlerts(alerts, "monitor", note)
+    evaluated = {(a.rule, a.subject): a for a in evaluate(model, settings.alerts, now)}
+    stale = [a for k, a in model.published.items() if k not in evaluated]
+    note = (f"no monitor status retained ({topic}): alerts evaluated from this one-shot "
+            "snapshot (states seen retained count from now, so time-based rules stay quiet)")
+    if stale:
+        note += f"; {len(stale)} more found retained on {settings.alert_prefix}/#"
+    alerts = sorted([*evaluated.values(), *stale], key=lambda a: (a.rule, a.subject))
+    return StatusAlerts(alerts, "evaluated", note)
+
+
 def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -> str:
-    """The ``camstack status`` text (with the alerts that hold right now).
+    """The ``camstack status`` text (with the monitor's alerts, or evaluated ones).
 
     Args:
         settings: Monitor settings.
@@ -263,7 +311,8 @@ def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -
     """
     model = collect_status(settings, account=account)
     t = now_ms()
-    return format_status(model, t, evaluate(model, settings.alerts, t))
+    shown = status_alerts(model, settings, t)
+    return format_status(model, t, shown.alerts, alerts_note=shown.note)
 
 
 class Monitor:

@@ -226,7 +226,7 @@ def test_status_table_lists_devices_services_storage_and_alerts() -> None:
     text = format_status(m, T0 + 60_000, alerts)
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("c1 "))
-    for cell in ("online", "-61", "120.6 KiB", "2s ago", "118", "c1_a_b.mp4 (60 fr, 60s ago)"):
+    for cell in ("online", "-61", "120.6 KiB", "2s ago", "118", "c1_a_b.mp4 (60 fr, 1m00s ago)"):
         assert cell in row, cell
     assert next(line for line in lines if line.startswith("c2 ")).split()[1] == "offline"
     assert any(line.startswith("encoder") and "videos=3" in line for line in lines)
@@ -240,8 +240,49 @@ def test_empty_status_says_so() -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(s) for s in (0, 89, 120, 7200, 3 * 86400)] == [
-        "0s", "89s", "2m", "2h", "3d"]
+    assert [format_duration(s) for s in (0, 59.9, 89, 120, 3720, 7200, 3 * 86400 + 4 * 3600,
+                                         -5, 10**30)] == [
+        "0s", "59s", "1m29s", "2m00s", "1h02m", "2h00m", "3d04h", "0s",
+        f"{10**30 // 86400}d{10**30 % 86400 // 3600:02d}h"]
+
+
+def test_service_for_column_and_complete_sorted_details() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("svc/ingestor/status", _j({"state": "online", "zeta": 1, "alpha": "x" * 30,
+                                        "frames_stored": 123456789, "rejected": 5,
+                                        "pending_frames": 0, "unacked_chunks": 0,
+                                        "storage_ok": True, "ts_ms": T0}), T0, retained=True)
+    m.apply("svc/encoder/status", _j({"state": "online"}), T0 + 1000)
+    m.apply("svc/encoder/status", _j({"state": "offline"}), T0 + 2000)
+    text = format_status(m, T0 + 3_722_000)
+    lines = text.splitlines()
+    ing = lines.index(next(line for line in lines if line.startswith("ingestor ")))
+    assert lines[ing].split()[2] == "\u22651h02m"          # retained: since observation began
+    assert next(line for line in lines if line.startswith("encoder ")).split()[1:3] == [
+        "offline", "1h02m"]
+    # Every pair is there, whole, in key order, wrapped between pairs only.
+    details = " ".join(line[line.index("alpha="):] if "alpha=" in line else line.strip()
+                       for line in lines[ing:ing + 4] if line.strip())
+    pairs = [p.strip() for p in details.split(",")]
+    keys = [p.split("=")[0] for p in pairs if "=" in p]
+    assert keys[:5] == ["alpha", "frames_stored", "pending_frames", "rejected", "storage_ok"]
+    assert "alpha=" + "x" * 30 in pairs and "zeta=1" in details
+    assert "since the start of observation" in text
+
+
+def test_status_lists_given_alerts_with_their_age_and_source_note() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply_alert("disk_full", "storage", _j({"rule": "disk_full", "subject": "storage",
+                                              "severity": "critical", "message": "full",
+                                              "value": 95, "threshold": 90,
+                                              "since_ms": T0}))
+    assert m.apply_alert("no_frame", "c1", _j({"message": "quiet", "since_ms": T0}))
+    assert m.apply_alert("no_frame", "c1", b"")  # cleared
+    assert not m.apply_alert("no frame", "c1", b"{}")
+    text = format_status(m, T0 + 3_720_000, list(m.published.values()),
+                         alerts_note="alerts as published by the monitor")
+    assert "alerts as published by the monitor\n1 alert(s):" in text
+    assert "[critical] disk_full/storage for 1h02m: full" in text
 
 
 JSON_ANY = st.recursive(
