@@ -487,7 +487,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     paths.broker_conf.write_text(conf, encoding="utf-8")
     docs = service_documents(
         demo_settings, layout, storage_root=paths.storage, host="localhost", port=tls_port,
-        log_format="json", metrics_ports={"ingestor": 0, "encoder": 0},
+        log_format="json", metrics_ports={"ingestor": 0, "encoder": 0, "monitor": 0},
         sections={"ingestor": {"ingest": {"frames_per_video": opts.frames_per_video}},
                   "encoder": {"encode": {"fps": opts.playback_fps}},
                   "monitor": {"alerts": {"no_frame_s": 30.0}},

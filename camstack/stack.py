@@ -38,7 +38,7 @@ CONTAINER_DATA = Path("/data")
 COMPOSE_BROKER_HOST = "broker"
 """The broker's name on the compose network (must be in the server certificate)."""
 
-METRICS_PORTS = {"ingestor": 9101, "encoder": 9102}
+METRICS_PORTS = {"ingestor": 9101, "encoder": 9102, "monitor": 9103}
 
 WEB_ACCOUNT = "operator-web"
 """The web service's own account (the operator role: reads everything, sends commands)."""

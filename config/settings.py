@@ -405,6 +405,7 @@ class MonitorSettings(_ServiceSettings):
     mqtt: MqttSettings = MqttSettings(username="operator-monitor")
     storage: StorageSettings = StorageSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings(port=9103)
     alerts: AlertSettings = AlertSettings()
     interval_s: float = Field(default=15.0, gt=0, le=3600, description="Rule evaluation period.")
     alert_prefix: str = Field(

@@ -27,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from config.settings import IngestorSettings
 from contract.events import ReadyEvent
 from contract.layout import FrameKey, FrameMeta, frame_time
-from contract.topics import all_devices, ready_topic, service_status_topic
+from contract.topics import all_devices, parse_device_topic, ready_topic, service_status_topic
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
 from ingestor.messages import AckTokens, Announce, Job, Mailbox, Sealed, StorageState, WriteQueue
@@ -267,26 +267,32 @@ class NetworkLoop:
         token = self.ledger.hold(mid) if qos > 0 else NO_TOKEN
         parts = topic.split("/")
         device = parts[1] if len(parts) == 3 else topic
+        parsed = parse_device_topic(topic, self.prefix)
+        # The metric label: an account id (the ACL lets only it publish there), else "-".
+        account = parsed[0] if parsed is not None and parsed[1] == "frame" else None
         if retain:
             # A retained frame is a replay the broker keeps for every new subscriber,
             # not a capture: it would come back after each restart (docs/security.md).
-            self._reject_chunk(device, "retained", "retained message on a frame topic", token)
+            self._reject_chunk(device, "retained", "retained message on a frame topic", token,
+                               account)
             return
         try:
             res = self.assembler.feed(device, payload, token, time.monotonic())
-            self._handle(res, token)
+            self._handle(res, token, account)
         except Exception as exc:  # one message never stops the service
             log.exception("chunk_failed", device=device)
-            self._reject_chunk(device, "internal_error", type(exc).__name__, token)
+            self._reject_chunk(device, "internal_error", type(exc).__name__, token, account)
 
-    def _reject_chunk(self, device: str, reason: str, detail: str, token: AckToken) -> None:
+    def _reject_chunk(self, device: str, reason: str, detail: str, token: AckToken,
+                      account: str | None) -> None:
         # Acknowledged at once: a message that can never be stored must not come back.
         self.counters.rejected += 1
-        self.metrics.rejections.labels(reason).inc()
+        self.metrics.rejected(reason, account)
         log.warning("frame_rejected", device=device, reason=reason, detail=detail)
         self._release([token])
 
-    def _handle(self, res: FeedResult[AckToken], token: AckToken) -> None:
+    def _handle(self, res: FeedResult[AckToken], token: AckToken,
+                account: str | None = None) -> None:
         st = res.status
         if st is Status.COMPLETE and res.frame is not None:
             self._submit(res.frame)
@@ -298,7 +304,7 @@ class NetworkLoop:
                 self._release([token])  # that frame is durable already
         elif st is Status.REJECTED and res.reason is not None:
             self.counters.rejected += 1
-            self.metrics.rejections.labels(res.reason.value).inc()
+            self.metrics.rejected(res.reason.value, account)
             log.warning("frame_rejected", device=res.device, reason=res.reason.value,
                         detail=res.detail, boot_id=res.key[1] if res.key else None,
                         seq=res.key[2] if res.key else None)

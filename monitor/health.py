@@ -47,8 +47,63 @@ SYS_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it could not queue for a subscriber (queue full)."""
 SYS_GUARD_KICKED_PREFIX = "$SYS/broker/camstack/guard/kicked/"
 """Per-client count of disconnects by the broker's ingress guard (broker/plugin)."""
-SYS_TOPICS = (SYS_DROPPED_TOPIC, SYS_GUARD_KICKED_PREFIX + "+")
+SYS_GUARD_KICKS_TOPIC = "$SYS/broker/camstack/guard/kicks"
+"""Total disconnects by the ingress guard since the broker started."""
+SYS_LOAD_PREFIX = "$SYS/broker/load/"
+"""Mosquitto's moving averages: ``load/<what>/<1min|5min|15min>`` (per minute)."""
+
+BROKER_SYS: dict[str, tuple[str, str, str]] = {
+    # $SYS topic (Mosquitto 2.0.11 src/sys_tree.c, and the guard plugin): metric name
+    # after camstack_broker_, kind, help.
+    "$SYS/broker/clients/connected": ("clients_connected", "gauge", "Clients connected."),
+    "$SYS/broker/clients/disconnected": (
+        "clients_disconnected", "gauge", "Persistent clients (sessions) not connected."),
+    "$SYS/broker/clients/maximum": (
+        "clients_maximum", "gauge", "Most clients connected at once since the start."),
+    "$SYS/broker/messages/received": (
+        "messages_received", "counter", "MQTT packets of any kind received."),
+    "$SYS/broker/messages/sent": ("messages_sent", "counter", "MQTT packets of any kind sent."),
+    "$SYS/broker/publish/messages/received": (
+        "publish_received", "counter", "PUBLISH messages received."),
+    "$SYS/broker/publish/messages/sent": ("publish_sent", "counter", "PUBLISH messages sent."),
+    SYS_DROPPED_TOPIC: (
+        "publish_dropped", "counter",
+        "PUBLISH messages dropped for a subscriber whose queue was full (or offline)."),
+    "$SYS/broker/bytes/received": ("bytes_received", "counter", "Bytes received."),
+    "$SYS/broker/bytes/sent": ("bytes_sent", "counter", "Bytes sent."),
+    "$SYS/broker/retained messages/count": (
+        "retained_messages", "gauge", "Retained messages held."),
+    "$SYS/broker/subscriptions/count": ("subscriptions", "gauge", "Subscriptions."),
+    "$SYS/broker/store/messages/bytes": (
+        "stored_message_bytes", "gauge", "Payload bytes of messages held (retained, queued)."),
+    "$SYS/broker/uptime": ("uptime_seconds", "gauge", "Seconds since the broker started."),
+    SYS_GUARD_KICKS_TOPIC: (
+        "guard_kicks", "counter", "Clients disconnected by the ingress guard (over budget)."),
+}
+"""The broker figures the monitor exports as ``camstack_broker_*``."""
+
+SYS_TOPICS = (*BROKER_SYS, SYS_GUARD_KICKED_PREFIX + "+", SYS_LOAD_PREFIX + "#")
 """``$SYS`` topics the monitor follows."""
+
+MAX_SYS_VALUES = 256
+"""Distinct ``$SYS`` readings kept (the known topics and the load averages)."""
+
+
+def _parse_sys_number(payload: bytes) -> float | None:
+    """A ``$SYS`` reading: ``"123"``, ``"12.34"`` or ``"5 seconds"`` (the uptime)."""
+    if len(payload) > 32:
+        return None
+    try:
+        text = payload.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    text = text.removesuffix(" seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_JSON_INT else None
+
 
 _MAX_INTERVAL_S = 7 * 86_400.0
 """A device's own capture interval stretches its no-frame limit at most this far."""
@@ -270,6 +325,8 @@ class HealthModel:
         self.rates: dict[str, RateWindow] = {}
         self.broker_dropped = CounterWindow(rate_window_ms)
         self.guard_kicks: dict[str, CounterWindow] = {}
+        self.broker_values: dict[str, float] = {}
+        """Latest reading of each followed ``$SYS`` topic (:data:`BROKER_SYS`, load)."""
         self.published: dict[tuple[str, str], Alert] = {}
         """Alerts found retained on the alert topics (what the monitor published)."""
         self.frames_observable = False
@@ -351,8 +408,14 @@ class HealthModel:
 
     def _apply_sys(self, topic: str, payload: bytes, now_ms: int) -> bool:
         count = _parse_count(payload)
-        if topic == SYS_DROPPED_TOPIC:
-            if count is not None:
+        if topic in BROKER_SYS or (topic.startswith(SYS_LOAD_PREFIX)
+                                   and topic.count("/") == 5):
+            value = _parse_sys_number(payload)
+            if value is None:
+                return False
+            if topic in self.broker_values or len(self.broker_values) < MAX_SYS_VALUES:
+                self.broker_values[topic] = value
+            if topic == SYS_DROPPED_TOPIC and count is not None:
                 self.broker_dropped.add(now_ms, count)
             return True
         if topic.startswith(SYS_GUARD_KICKED_PREFIX):

@@ -24,7 +24,9 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import start_http_server
 
+from config.metrics import metrics_port_guard
 from config.settings import MonitorSettings
 from contract.events import safe_text
 from contract.topics import service_status_topic as svc_status_topic
@@ -38,6 +40,7 @@ from monitor.health import (
     evaluate,
     format_status,
 )
+from monitor.metrics import MonitorMetrics
 from mqttclient import (
     MqttConnectError,
     connect_blocking,
@@ -178,17 +181,21 @@ def apply_storage(model: HealthModel, root: Path, now: int) -> None:
             dev.last_video = facts.last_video
 
 
-def apply_message(model: HealthModel, msg: mqtt.MQTTMessage) -> None:
+def apply_message(model: HealthModel, msg: mqtt.MQTTMessage) -> bool:
     """Take one message into ``model``; a message that fails is logged and skipped.
 
     Args:
         model: The picture to update.
         msg: A status, video or ``$SYS`` message.
+
+    Returns:
+        False when the message could not be used (bad name or payload, or it failed).
     """
     try:
-        model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+        return model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
     except Exception as exc:  # one message never stops the monitor or the report
         log.warning("message_rejected", topic=safe_text(msg.topic), error=type(exc).__name__)
+        return False
 
 
 def _topics(prefix: str) -> list[str]:
@@ -322,8 +329,10 @@ class Monitor:
         settings: Monitor settings.
     """
 
-    def __init__(self, settings: MonitorSettings) -> None:
+    def __init__(self, settings: MonitorSettings, *, metrics: MonitorMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or MonitorMetrics()
+        self.metrics_port: int | None = None
         self.account = settings.mqtt.username or "operator-monitor"
         self.prefix = settings.mqtt.topic_prefix
         self.model = HealthModel(self.prefix, started_ms=now_ms())
@@ -334,6 +343,25 @@ class Monitor:
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._connected = threading.Event()
+        self.metrics.watch_broker(self._broker_values)
+
+    def _broker_values(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.model.broker_values)
+
+    def start_metrics(self) -> None:
+        """Serve ``/metrics`` when ``[metrics] enabled`` (call it in the main thread).
+
+        A port already taken is one line naming the setting and exit 2.
+        """
+        m = self.settings.metrics
+        if not m.enabled:
+            return
+        with metrics_port_guard(m):
+            server, _thread = start_http_server(m.port, addr=m.host,
+                                                registry=self.metrics.registry)
+        self.metrics_port = int(server.server_port)
+        log.info("metrics_listening", host=m.host, port=self.metrics_port)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags,
                     rc: ReasonCode, _p: Properties | None) -> None:
@@ -349,7 +377,8 @@ class Monitor:
         parts = msg.topic.split("/")
         with self._lock:
             if parts[0] != self.settings.alert_prefix:
-                apply_message(self.model, msg)
+                if not apply_message(self.model, msg):
+                    self.metrics.messages_rejected.inc()
             elif len(parts) == 3 and msg.retain:
                 # Our own alerts, retained from an earlier run (or echoed back now).
                 try:
@@ -387,6 +416,7 @@ class Monitor:
             apply_storage(self.model, self.settings.storage.root, t)
             changes = self.book.update(evaluate(self.model, self.settings.alerts, t), t)
             active = list(self.book.active.values())
+            self.metrics.evaluated(self.model, active, t)
         prefix = self.settings.alert_prefix
         for a in changes.raised:
             log.warning("alert_raised", rule=a.rule, subject=a.subject, message=a.message,

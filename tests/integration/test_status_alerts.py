@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from camstack.brokerproc import BrokerHandle
 from camstack.cli import _status
 from camstack.mqttwait import Collector
 from camstack.sim import SimCamera, SimConfig
-from config.settings import AlertSettings, MonitorSettings, StorageSettings
+from config.settings import AlertSettings, MetricsSettings, MonitorSettings, StorageSettings
 from monitor.service import STATUS_ACCOUNT, Monitor
 
 pytestmark = pytest.mark.integration
@@ -38,6 +41,7 @@ def test_status_lists_the_three_alerts_the_monitor_published(
     mon_settings = MonitorSettings(
         mqtt=broker.mqtt_settings("operator-stmon", client_id="operator-stmon"),
         storage=StorageSettings(root=storage), interval_s=0.3,
+        metrics=MetricsSettings(port=0),
         alerts=AlertSettings(device_offline_s=0.5, no_frame_s=3600, service_offline_s=3600,
                              disk_percent=0.01))
     expected = {f"device_offline/{d}" for d in devices} | {"disk_full/storage"}
@@ -50,6 +54,7 @@ def test_status_lists_the_three_alerts_the_monitor_published(
         return {t.split("/", 1)[1] for t, present in latest.items() if present}
 
     mon = Monitor(mon_settings)
+    mon.start_metrics()
     runner = threading.Thread(target=mon.run, daemon=True)
     runner.start()
     try:
@@ -80,6 +85,30 @@ def test_status_lists_the_three_alerts_the_monitor_published(
         text = capsys.readouterr().out
         assert "no monitor status retained (svc/operator-nomon/status)" in text
         assert "3 more found retained on alerts/#" in text or "more found retained" in text
+
+        # The monitor's endpoint: its alerts by rule, devices by state, and the broker's
+        # $SYS figures (published every sys_interval_s).
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            url = f"http://127.0.0.1:{mon.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                fams = text_string_to_metric_families(resp.read().decode())
+                return {(x.name, tuple(sorted(x.labels.items()))): x.value
+                        for f in fams for x in f.samples}
+
+        deadline = time.monotonic() + 30
+        m = scrape()
+        while (("camstack_broker_clients_connected", ()) not in m
+               or ("camstack_broker_messages_received_total", ()) not in m):
+            assert time.monotonic() < deadline, sorted(k[0] for k in m)
+            time.sleep(0.5)
+            m = scrape()
+        assert m[("camstack_monitor_alerts_active", (("rule", "device_offline"),))] >= 2
+        assert m[("camstack_monitor_alerts_active", (("rule", "disk_full"),))] == 1
+        assert m[("camstack_monitor_devices", (("state", "offline"),))] >= 2
+        assert m[("camstack_monitor_last_evaluation_timestamp_seconds", ())] > time.time() - 60
+        assert m[("camstack_broker_clients_connected", ())] >= 2  # monitor, watcher
+        assert m[("camstack_broker_messages_received_total", ())] > 0
+        assert any(k[0] == "camstack_broker_load" and ("window", "1min") in k[1] for k in m)
     finally:
         mon.stop_event.set()
         runner.join(15)
