@@ -50,7 +50,7 @@ from camstack.supervise import (
 from camstack.systemd import install_hint, render_units, systemd_version, write_units
 from config.loader import ConfigError, load_or_exit, load_settings
 from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
-from monitor.health import format_status, status_renderables
+from monitor.health import device_health, format_status, status_renderables
 from monitor.service import collect_status, now_ms, status_alerts
 
 COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd")
@@ -375,7 +375,8 @@ def _status(settings: MonitorSettings, *, as_json: bool) -> int:
             "devices": {d.device: {"state": d.state, "since_ms": d.since_ms,
                                    "last_frame_ms": d.last_frame_ms,
                                    "frames_today": d.frames_today, "status": d.status,
-                                   "last_video": d.last_video}
+                                   "last_video": d.last_video,
+                                   "health": device_health(model, d, t).cause}
                         for d in model.devices.values()},
             "services": {s.name: {"state": s.state, "since_ms": s.since_ms, "status": s.status}
                          for s in model.services.values()},

@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from config.settings import IngestorSettings
 from contract.events import ReadyEvent
+from contract.ids import is_device_id
 from contract.layout import FrameKey, FrameMeta, frame_time
 from contract.topics import all_devices, parse_device_topic, ready_topic, service_status_topic
 from ingestor.acks import AckLedger, AckToken
@@ -37,6 +38,11 @@ from ingestor.writer import Counters
 from mqttclient import connect_properties, make_client, publish_json
 
 log = structlog.get_logger("ingestor")
+
+MAX_DEVICE_COUNTS = 10_000
+"""Devices whose frames and rejections are counted (account ids; later ones are not)."""
+STATUS_DEVICES = 32
+"""Devices with the most rejections listed in the retained status (for the monitor)."""
 
 NO_TOKEN = AckToken(generation=-1, serial=0, mid=0)
 """Token of a QoS 0 message: nothing to acknowledge (the ledger ignores other generations)."""
@@ -96,6 +102,9 @@ class NetworkLoop:
         self._announces: dict[str, _Pending] = {}
         self._status_at = 0.0
         self._received = 0
+        # Per-device frames (complete) and rejections, for the monitor's health causes.
+        self._device_frames: dict[str, int] = {}
+        self._device_rejected: dict[str, int] = {}
         self._client = make_client(settings.mqtt, manual_ack=True, will_topic=self.status_topic)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -288,6 +297,7 @@ class NetworkLoop:
         # Acknowledged at once: a message that can never be stored must not come back.
         self.counters.rejected += 1
         self.metrics.rejected(reason, account)
+        self._count_device(self._device_rejected, account)
         log.warning("frame_rejected", device=device, reason=reason, detail=detail)
         self._release([token])
 
@@ -305,6 +315,7 @@ class NetworkLoop:
         elif st is Status.REJECTED and res.reason is not None:
             self.counters.rejected += 1
             self.metrics.rejected(res.reason.value, account)
+            self._count_device(self._device_rejected, account)
             log.warning("frame_rejected", device=res.device, reason=res.reason.value,
                         detail=res.detail, boot_id=res.key[1] if res.key else None,
                         seq=res.key[2] if res.key else None)
@@ -331,7 +342,20 @@ class NetworkLoop:
                 else:
                     self._client.ack(t.mid, 1)
 
+    @staticmethod
+    def _count_device(counts: dict[str, int], account: str | None) -> None:
+        if account is not None and (account in counts or len(counts) < MAX_DEVICE_COUNTS):
+            counts[account] = counts.get(account, 0) + 1
+
+    def _device_rejections(self) -> dict[str, dict[str, int]]:
+        worst = sorted(self._device_rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+        worst = worst[:STATUS_DEVICES]
+        return {"device_rejected": dict(worst),
+                "device_frames": {d: self._device_frames.get(d, 0) for d, _ in worst}}
+
     def _submit(self, frame: CompleteFrame[AckToken]) -> None:
+        if is_device_id(frame.device):
+            self._count_device(self._device_frames, frame.device)
         t = frame_time(frame.capture_ms, frame.clock_synced, int(time.time() * 1000))
         if frame.clock_synced and not t.clock_synced:
             self.metrics.clock_untrusted.labels(frame.device).inc()
@@ -393,6 +417,7 @@ class NetworkLoop:
             "partial_frames": self.assembler.partial_frames,
             "pending_frames": len(self.queue), "unacked_chunks": self.ledger.held,
             "storage_ok": self._storage_ok, "ts_ms": int(time.time() * 1000),
+            **self._device_rejections(),
         }
 
     def _publish_status(self, state: str | None = None) -> mqtt.MQTTMessageInfo | None:

@@ -128,6 +128,11 @@ class DeviceView:
     last_frame_ms: int | None = None
     frames_today: int | None = None
     last_video: dict[str, Any] | None = None
+    boot_id: int | None = None
+    resets: deque[tuple[int | None, str]] = field(default_factory=lambda: deque(maxlen=64))
+    """``(time or None when seen retained, reset_reason)`` of each boot seen."""
+    drops: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+    """Times the device went from online to offline while observed."""
 
 
 @dataclass
@@ -323,6 +328,8 @@ class HealthModel:
         self.disk: DiskUsage | None = None
         self.rate_window_ms = rate_window_ms
         self.rates: dict[str, RateWindow] = {}
+        self.device_rates: dict[str, RateWindow] = {}
+        """Per-device rejected share (the ingestor's ``device_rejected``/``device_frames``)."""
         self.broker_dropped = CounterWindow(rate_window_ms)
         self.guard_kicks: dict[str, CounterWindow] = {}
         self.broker_values: dict[str, float] = {}
@@ -367,7 +374,11 @@ class HealthModel:
             body = _parse_json(payload) if payload else None
             # The will says only {"state":"offline"}: keep the last known rssi, heap…
             dev.status = {**dev.status, **body} if body else {}
+            self._note_boot(dev, body or {}, now_ms, retained)
+            was = dev.state
             self._set_state(dev, (body or {}).get("state", UNKNOWN), now_ms, retained)
+            if was == ONLINE and dev.state == OFFLINE and not retained:
+                dev.drops.append(now_ms)
             return True
         if parts[0] == self.prefix and parts[2] == "video":
             body = _parse_json(payload) if payload else None
@@ -379,12 +390,40 @@ class HealthModel:
             body = _parse_json(payload) if payload else None
             svc.status = body or {}
             self._set_state(svc, (body or {}).get("state", UNKNOWN), now_ms, retained)
+            self._note_device_rejections(svc.status, now_ms)
             counters = service_counters(svc.status)
             if counters is not None:
                 rw = self.rates.setdefault(parts[1], RateWindow(self.rate_window_ms))
                 rw.add(now_ms, *counters)
             return True
         return False
+
+    def _note_boot(self, dev: DeviceView, body: dict[str, Any], now_ms: int,
+                   retained: bool) -> None:
+        boot = body.get("boot_id")
+        if not isinstance(boot, int) or boot == dev.boot_id:
+            return
+        reason = body.get("reset_reason")
+        dev.boot_id = boot
+        dev.resets.append((None if retained else now_ms,
+                           reason if isinstance(reason, str) else UNKNOWN))
+
+    def _note_device_rejections(self, status: dict[str, Any], now_ms: int) -> None:
+        rejected, frames = status.get("device_rejected"), status.get("device_frames")
+        if not isinstance(rejected, dict):
+            return
+        frames = frames if isinstance(frames, dict) else {}
+        for device, rej in rejected.items():
+            acc = frames.get(device, 0)
+            if not (isinstance(rej, int) and isinstance(acc, int)
+                    and DEVICE_ID_RE.fullmatch(device)):
+                continue
+            window = self.device_rates.get(device)
+            if window is None:
+                if len(self.device_rates) >= 10_000:
+                    continue
+                window = self.device_rates[device] = RateWindow(self.rate_window_ms)
+            window.add(now_ms, acc, rej)
 
     def apply_alert(self, rule: str, subject: str, payload: bytes) -> bool:
         """Take a retained alert (``<alert prefix>/<rule>/<subject>``) into account.
@@ -601,6 +640,132 @@ class AlertBook:
         return changes
 
 
+# ------------------------------------------------------------------ device health
+WEAK_RSSI_DBM = -75
+"""Below this RSSI a camera's Wi-Fi is weak (retries, slow uploads, drops)."""
+RESET_WINDOW_MS = 24 * 3600 * 1000
+"""Resets are counted over this window (24h, as the cause says)."""
+DROP_WINDOW_MS = 3600 * 1000
+"""Reconnects (online → offline while observed) are counted over this window (1h)."""
+MAX_DROPS = 3
+"""This many reconnects within :data:`DROP_WINDOW_MS` is a problem."""
+SICK_REJECTION_RATE = 0.05
+"""A camera whose rejected share is above this (over the rate window) is sick…"""
+SICK_REJECTION_MIN_FRAMES = 20
+"""…once this many of its frames were judged."""
+MIN_FRAME_GAP_S = 120.0
+"""A frame gap is a problem beyond 3 frame intervals, and never below this."""
+
+BAD_RESETS: dict[str, tuple[str, str]] = {
+    # ESP-IDF's esp_reset_reason() names (the firmware's reset_reason): (kind, words).
+    "brownout": ("brownout", "brown-out"),
+    "panic": ("panic", "crash (panic)"),
+    "task_wdt": ("watchdog", "task watchdog"),
+    "int_wdt": ("watchdog", "interrupt watchdog"),
+    "wdt": ("watchdog", "watchdog"),
+}
+"""Reset reasons that say something is wrong (power-on, software and deep-sleep do not)."""
+
+HEALTH_KINDS = ("ok", "offline", "brownout", "panic", "watchdog", "weak_wifi", "reconnects",
+                "rejections", "frame_gap")
+"""Every problem kind: the bounded ``cause`` label of the health metric."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a camera is sick."""
+
+    kind: str
+    """One of :data:`HEALTH_KINDS`."""
+    text: str
+    """Short words for people: ``brown-out resets (3 in 24h)``, ``weak Wi-Fi (\u221282 dBm)``."""
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    """A camera's health: its problems, most telling first."""
+
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """No problem."""
+        return not self.problems
+
+    @property
+    def kind(self) -> str:
+        """The first problem's kind, or ``ok``."""
+        return self.problems[0].kind if self.problems else "ok"
+
+    @property
+    def cause(self) -> str:
+        """The problems in words (``ok`` when there is none)."""
+        return "; ".join(p.text for p in self.problems) or "ok"
+
+
+def _reset_problems(model: HealthModel, dev: DeviceView, now_ms: int) -> list[Problem]:
+    out: list[Problem] = []
+    recent: dict[str, list[int | None]] = {}
+    for ts, reason in dev.resets:
+        # A reset seen retained happened before observation began: it ages from there.
+        at = ts if ts is not None else model.started_ms
+        if reason in BAD_RESETS and now_ms - at <= RESET_WINDOW_MS:
+            recent.setdefault(reason, []).append(ts)
+    for reason, times in sorted(recent.items(), key=lambda kv: -len(kv[1])):
+        kind, words = BAD_RESETS[reason]
+        if len(times) > 1:
+            text = f"{words} resets ({len(times)} in 24h)"
+        elif times[0] is not None:
+            text = f"{words} reset {format_duration((now_ms - times[0]) / 1000)} ago"
+        else:
+            text = f"last reset: {words}"
+        out.append(Problem(kind, text))
+    return out
+
+
+def device_health(model: HealthModel, dev: DeviceView, now_ms: int) -> DeviceHealth:
+    """Why a camera is sick, from what it and the ingestor report.
+
+    Looks at its state, its reset reasons (brown-out, panic, watchdogs), its RSSI, how
+    often it dropped off, the share of its frames the ingestor rejected, and the gap
+    since its last frame.
+
+    Args:
+        model: Current knowledge.
+        dev: The camera.
+        now_ms: Reference time.
+
+    Returns:
+        Its problems, most telling first (offline, resets, Wi-Fi, reconnects,
+        rejections, frame gap).
+    """
+    problems: list[Problem] = []
+    if dev.state == OFFLINE:
+        problems.append(Problem("offline", "offline for "
+                                + format_duration((now_ms - model.since(dev)) / 1000)))
+    problems += _reset_problems(model, dev, now_ms)
+    rssi = dev.status.get("rssi")
+    if isinstance(rssi, int | float) and not isinstance(rssi, bool) and rssi < WEAK_RSSI_DBM:
+        problems.append(Problem("weak_wifi", f"weak Wi-Fi (\u2212{abs(round(rssi))} dBm)"))
+    drops = sum(1 for t in dev.drops if now_ms - t <= DROP_WINDOW_MS)
+    if drops >= MAX_DROPS:
+        problems.append(Problem("reconnects", f"reconnects ({drops} in 1h)"))
+    window = model.device_rates.get(dev.device)
+    if window is not None:
+        rate, total = window.rate()
+        if total >= SICK_REJECTION_MIN_FRAMES and rate > SICK_REJECTION_RATE:
+            problems.append(Problem("rejections", f"rejected frames {rate:.0%}"))
+    if dev.state == ONLINE and model.frames_observable:
+        interval = dev.status.get("interval_ms")
+        limit = MIN_FRAME_GAP_S
+        if isinstance(interval, int | float) and interval > 0:
+            limit = max(limit, min(3 * interval / 1000, _MAX_INTERVAL_S))
+        gap_s = (now_ms - max(dev.last_frame_ms or 0, model.since(dev))) / 1000
+        if gap_s >= limit:
+            problems.append(Problem("frame_gap", f"no frame for {format_duration(gap_s)}"))
+    return DeviceHealth(tuple(problems))
+
+
 def format_duration(seconds: float) -> str:
     """Exact short duration in its two largest units: ``42s``, ``5m07s``, ``1h02m``, ``3d04h``.
 
@@ -698,7 +863,7 @@ def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
 
 
 DEVICE_HEADER = ["DEVICE", "STATE", "FOR", "LAST FRAME", "RSSI", "HEAP", "QUEUE",
-                 "FRAMES TODAY", "LAST VIDEO"]
+                 "FRAMES TODAY", "LAST VIDEO", "HEALTH"]
 SERVICE_HEADER = ["SERVICE", "STATE", "FOR", "DETAILS"]
 
 
@@ -722,6 +887,7 @@ def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
             safe_text(dev.device), safe_text(dev.state), _for_cell(model, dev, now_ms), age,
             _cell(st.get("rssi")), format_bytes(heap) if isinstance(heap, int) else "-",
             _cell(st.get("queue")), _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
+            safe_text(device_health(model, dev, now_ms).cause),
         ])
     return rows
 

@@ -13,7 +13,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.health import BROKER_SYS, RULES, SYS_LOAD_PREFIX, Alert, HealthModel
+from monitor.health import (
+    BROKER_SYS,
+    RULES,
+    SYS_LOAD_PREFIX,
+    Alert,
+    HealthModel,
+    device_health,
+)
 
 
 class BrokerCollector(Collector):
@@ -83,6 +90,12 @@ class MonitorMetrics:
             "Notifications dropped because the delivery queue was full.", registry=r)
         self.webhook_queue = Gauge("camstack_monitor_webhook_queue",
                                    "Notifications waiting for delivery.", registry=r)
+        self.device_health = Gauge(
+            "camstack_monitor_device_health",
+            "1 for each camera's current health cause (ok, offline, brownout, panic, "
+            "watchdog, weak_wifi, reconnects, rejections, frame_gap); `camstack status` "
+            "and Home Assistant say it in words.", ["device", "cause"], registry=r)
+        self._health: dict[str, str] = {}
         self._states: set[str] = set()
         for rule in RULES:
             self.alerts_active.labels(rule).set(0)
@@ -116,4 +129,11 @@ class MonitorMetrics:
         for state in self._states | set(states):
             self.devices.labels(state).set(states.get(state, 0))
         self._states |= set(states)
+        health = {d: device_health(model, dev, now_ms).kind for d, dev in model.devices.items()}
+        for device, kind in self._health.items():
+            if health.get(device) != kind:
+                self.device_health.remove(device, kind)
+        for device, kind in health.items():
+            self.device_health.labels(device, kind).set(1)
+        self._health = health
         self.last_evaluation.set(now_ms / 1000)

@@ -73,3 +73,17 @@ def test_alerts_by_rule_and_devices_by_state() -> None:
     text = generate_latest(mm.registry).decode()
     assert _sample(text, 'camstack_monitor_devices{state="offline"}') == 0
     assert _sample(text, 'camstack_monitor_alerts_active{rule="no_frame"}') == 0
+
+
+def test_device_health_cause_is_one_bounded_label_per_device() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("cam/a/status", json.dumps({"state": "online", "rssi": -60}).encode(), T0)
+    mm = MonitorMetrics()
+    mm.evaluated(m, [], T0)
+    text = generate_latest(mm.registry).decode()
+    assert _sample(text, 'camstack_monitor_device_health{cause="ok",device="a"}') == 1
+    m.apply("cam/a/status", json.dumps({"state": "online", "rssi": -85}).encode(), T0)
+    mm.evaluated(m, [], T0)
+    text = generate_latest(mm.registry).decode()
+    assert _sample(text, 'camstack_monitor_device_health{cause="weak_wifi",device="a"}') == 1
+    assert 'cause="ok"' not in text
