@@ -397,6 +397,22 @@ class AlertSettings(_Section):
     service_offline_s: float = Field(
         default=60.0, gt=0, description="Alert when a known service has been offline this long."
     )
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", max_length=2048,
+        description="Also POST raised and cleared alerts here, in Alertmanager's webhook "
+        "format (none: MQTT only).",
+    )
+    webhook_token_file: Path | None = Field(
+        default=None, description="File holding a bearer token sent with each POST.")
+    webhook_queue: int = Field(
+        default=100, ge=1, le=100_000,
+        description="Notifications waiting for delivery at most; more are dropped (counted).")
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=120, description="Per request.")
+    webhook_max_attempts: int = Field(
+        default=5, ge=1, le=100,
+        description="Tries of one notification (network errors, 429, 5xx) before giving up.")
+    webhook_backoff_s: float = Field(
+        default=1.0, gt=0, le=600, description="First wait between tries, doubled each time.")
 
 
 class MonitorSettings(_ServiceSettings):

@@ -41,6 +41,7 @@ from monitor.health import (
     format_status,
 )
 from monitor.metrics import MonitorMetrics
+from monitor.webhook import WebhookSender
 from mqttclient import (
     MqttConnectError,
     connect_blocking,
@@ -322,6 +323,34 @@ def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -
     return format_status(model, t, shown.alerts, alerts_note=shown.note)
 
 
+def webhook_sender(settings: MonitorSettings, metrics: MonitorMetrics) -> WebhookSender | None:
+    """The webhook delivery of ``[alerts] webhook_url``, or None when it is not set.
+
+    Args:
+        settings: Monitor settings.
+        metrics: Where deliveries are counted.
+
+    Returns:
+        The (not yet started) sender.
+
+    Raises:
+        SystemExit: When the token file cannot be read (exit 2, one line).
+    """
+    a = settings.alerts
+    if a.webhook_url is None:
+        return None
+    token = None
+    if a.webhook_token_file is not None:
+        try:
+            token = a.webhook_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"error: alerts.webhook_token_file {a.webhook_token_file}: "
+                             f"{exc.strerror or exc}") from None
+    return WebhookSender(a.webhook_url, metrics, token=token, queue_size=a.webhook_queue,
+                         timeout_s=a.webhook_timeout_s, max_attempts=a.webhook_max_attempts,
+                         backoff_s=a.webhook_backoff_s)
+
+
 class Monitor:
     """The long-running alert evaluator.
 
@@ -344,6 +373,7 @@ class Monitor:
         self._client.on_connect = self._on_connect
         self._connected = threading.Event()
         self.metrics.watch_broker(self._broker_values)
+        self.webhook = webhook_sender(settings, self.metrics)
 
     def _broker_values(self) -> dict[str, float]:
         with self._lock:
@@ -423,6 +453,10 @@ class Monitor:
                         value=a.value, threshold=a.threshold)
             publish_json(self._client, alert_topic(prefix, a.rule, a.subject), a.payload(),
                          retain=True)
+        if self.webhook is not None:
+            # Queued only: delivery happens on its own thread, never here.
+            self.webhook.notify(changes.raised, "firing", t)
+            self.webhook.notify(changes.cleared, "resolved", t)
         for a in changes.cleared:
             log.info("alert_cleared", rule=a.rule, subject=a.subject)
             # An empty retained message deletes the retained alert.
@@ -438,7 +472,11 @@ class Monitor:
         Returns:
             Exit code: 0 after a stop.
         """
+        if self.webhook is not None:
+            self.webhook.start()
         if not self._connect():
+            if self.webhook is not None:
+                self.webhook.stop()
             return 0
         # Let the retained picture (and our old alerts) arrive before judging.
         self._connected.wait(5)
@@ -453,5 +491,7 @@ class Monitor:
         wait_published(info, 5.0)
         self._client.disconnect()
         self._client.loop_stop()
+        if self.webhook is not None:
+            self.webhook.stop(self.settings.alerts.webhook_timeout_s)
         log.info("monitor_stopped")
         return 0

@@ -17,6 +17,7 @@ from camstack.mqttwait import Collector
 from camstack.sim import SimCamera, SimConfig
 from config.settings import AlertSettings, MetricsSettings, MonitorSettings, StorageSettings
 from monitor.service import STATUS_ACCOUNT, Monitor
+from tests.unit.test_webhook import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +39,13 @@ def test_status_lists_the_three_alerts_the_monitor_published(
         cam.stop()  # leaves the retained {"state":"offline"}
     storage = tmp_path / "storage"
     storage.mkdir()
+    hook = Receiver()
     mon_settings = MonitorSettings(
         mqtt=broker.mqtt_settings("operator-stmon", client_id="operator-stmon"),
         storage=StorageSettings(root=storage), interval_s=0.3,
         metrics=MetricsSettings(port=0),
         alerts=AlertSettings(device_offline_s=0.5, no_frame_s=3600, service_offline_s=3600,
-                             disk_percent=0.01))
+                             disk_percent=0.01, webhook_url=hook.url))
     expected = {f"device_offline/{d}" for d in devices} | {"disk_full/storage"}
     watcher = broker.client("operator-stwatch", client_id="operator-stwatch")
     col = Collector(watcher)
@@ -60,6 +62,17 @@ def test_status_lists_the_three_alerts_the_monitor_published(
     try:
         assert col.wait_for(lambda ms: expected <= published(ms), timeout=20), published(
             col.messages)
+        # The same alerts went to the webhook, in Alertmanager's format.
+        def hooked() -> set[str]:
+            return {f"{a['labels']['alertname']}/{a['labels']['subject']}"
+                    for b in hook.bodies if b["status"] == "firing" for a in b["alerts"]}
+
+        deadline = time.monotonic() + 10
+        while not expected <= hooked():
+            assert time.monotonic() < deadline, hook.bodies
+            time.sleep(0.05)
+        assert all(b["version"] == "4" for b in hook.bodies)
+
         # The status command with the thresholds of a default config: evaluated on its
         # own from a one-shot snapshot, none of the three would fire (retained offline
         # states count from now, the disk is not 90 % full). It shows what was published.
@@ -116,4 +129,5 @@ def test_status_lists_the_three_alerts_the_monitor_published(
             watcher.publish(f"alerts/{name}", b"", qos=1, retain=True).wait_for_publish(5)
         watcher.disconnect()
         watcher.loop_stop()
+        hook.server.shutdown()
     assert not runner.is_alive()
