@@ -415,6 +415,27 @@ class AlertSettings(_Section):
         default=1.0, gt=0, le=600, description="First wait between tries, doubled each time.")
 
 
+class HomeAssistantSettings(_Section):
+    """Home Assistant MQTT discovery, published by ``python -m monitor`` (opt-in)."""
+
+    enabled: bool = Field(
+        default=False, description="Publish discovery configs and states for every camera.")
+    discovery_prefix: TopicPrefix = Field(
+        default="homeassistant",
+        description="Home Assistant's discovery prefix (the operator ACL allows homeassistant/#).")
+    web_base_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", max_length=1024,
+        description="Base URL of the web page: the image entity points at its thumbnails "
+        "when the monitor cannot read them from storage.root (none: no image entity then).")
+    image_max_bytes: int = Field(
+        default=200_000, ge=1024, le=4 * 1024 * 1024,
+        description="Largest thumbnail sent as an MQTT image (below the broker's max packet).")
+    accounts_file: Path | None = Field(
+        default=None,
+        description="The broker's accounts.json, if readable: revoked cameras are removed "
+        "from Home Assistant at once (otherwise when their retained status is deleted).")
+
+
 class MonitorSettings(_ServiceSettings):
     """Everything ``camstack status`` and ``python -m monitor`` read."""
 
@@ -423,6 +444,7 @@ class MonitorSettings(_ServiceSettings):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings(port=9103)
     alerts: AlertSettings = AlertSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     interval_s: float = Field(default=15.0, gt=0, le=3600, description="Rule evaluation period.")
     alert_prefix: str = Field(
         default="alerts", pattern=r"^[A-Za-z0-9_-]{1,64}$",

@@ -741,8 +741,7 @@ def device_health(model: HealthModel, dev: DeviceView, now_ms: int) -> DeviceHea
     """
     problems: list[Problem] = []
     if dev.state == OFFLINE:
-        problems.append(Problem("offline", "offline for "
-                                + format_duration((now_ms - model.since(dev)) / 1000)))
+        problems.append(Problem("offline", "offline"))  # for how long: the FOR column
     problems += _reset_problems(model, dev, now_ms)
     rssi = dev.status.get("rssi")
     if isinstance(rssi, int | float) and not isinstance(rssi, bool) and rssi < WEAK_RSSI_DBM:

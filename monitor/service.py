@@ -29,17 +29,20 @@ from prometheus_client import start_http_server
 from config.metrics import metrics_port_guard
 from config.settings import MonitorSettings
 from contract.events import safe_text
+from contract.topics import HA_STATE_PREFIX
 from contract.topics import service_status_topic as svc_status_topic
 from monitor.health import (
     SYS_TOPICS,
     Alert,
     AlertBook,
+    DeviceView,
     DiskUsage,
     HealthModel,
     alert_topic,
     evaluate,
     format_status,
 )
+from monitor.homeassistant import Image, Publisher, is_camera
 from monitor.metrics import MonitorMetrics
 from monitor.webhook import WebhookSender
 from mqttclient import (
@@ -374,6 +377,10 @@ class Monitor:
         self._connected = threading.Event()
         self.metrics.watch_broker(self._broker_values)
         self.webhook = webhook_sender(settings, self.metrics)
+        ha = settings.homeassistant
+        self.ha = (Publisher(ha.discovery_prefix, svc_status_topic(self.account))
+                   if ha.enabled else None)
+        self._images: dict[str, tuple[str, Image | None]] = {}
 
     def _broker_values(self) -> dict[str, float]:
         with self._lock:
@@ -398,7 +405,11 @@ class Monitor:
         if rc.is_failure:
             log.warning("mqtt_refused", reason=str(rc))
             return
-        for topic in [*_topics(self.prefix), *SYS_TOPICS, f"{self.settings.alert_prefix}/#"]:
+        topics = [*_topics(self.prefix), *SYS_TOPICS, f"{self.settings.alert_prefix}/#"]
+        if self.ha is not None:
+            # Our retained configs and states from an earlier run: kept or cleared.
+            topics += [f"{self.ha.prefix}/+/+/+/config", f"{HA_STATE_PREFIX}/#"]
+        for topic in topics:
             client.subscribe(topic, qos=1)
         self._connected.set()
         log.info("mqtt_connected")
@@ -406,7 +417,12 @@ class Monitor:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
         with self._lock:
-            if parts[0] != self.settings.alert_prefix:
+            if self.ha is not None and self.ha.owns(msg.topic):
+                if msg.retain:
+                    self.ha.adopt(msg.topic, bytes(msg.payload))
+            elif self.ha is not None and parts[0] == self.ha.prefix:
+                pass  # another integration's discovery config
+            elif parts[0] != self.settings.alert_prefix:
                 if not apply_message(self.model, msg):
                     self.metrics.messages_rejected.inc()
             elif len(parts) == 3 and msg.retain:
@@ -464,7 +480,63 @@ class Monitor:
                                  retain=True)
         publish_json(self._client, svc_status_topic(self.account), self._status("online"),
                      retain=True)
+        if self.ha is not None:
+            self._publish_homeassistant(active, t)
         return active
+
+    def _image(self, dev: DeviceView) -> Image | None:
+        """The camera's latest thumbnail for Home Assistant (read once per video)."""
+        video = dev.last_video or {}
+        loc, batch = video.get("location"), video.get("batch")
+        key = f"{loc}|{batch}"
+        cached = self._images.get(dev.device)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ha = self.settings.homeassistant
+        image: Image | None = None
+        if isinstance(loc, str) and loc.endswith(".mp4") and ".." not in loc.split("/"):
+            thumb = self.settings.storage.root / (loc[:-4] + ".jpg")
+            try:
+                if thumb.stat().st_size <= ha.image_max_bytes:
+                    image = Image(jpeg=thumb.read_bytes())
+            except OSError:
+                pass
+        if image is None and ha.web_base_url and isinstance(batch, str) and batch:
+            image = Image(url=f"{ha.web_base_url.rstrip('/')}/thumbs/{dev.device}/{batch}.jpg")
+        if image is None and cached is None:
+            log.info("homeassistant_no_image", device=dev.device,
+                     reason="no readable thumbnail under storage.root and no "
+                     "homeassistant.web_base_url" if loc else "no video yet")
+        self._images[dev.device] = (key, image)
+        return image
+
+    def _revoked(self) -> set[str]:
+        path = self.settings.homeassistant.accounts_file
+        if path is None:
+            return set()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(raw, dict):
+            return set()
+        return {name for name, acc in raw.items()
+                if isinstance(acc, dict) and acc.get("kind") == "device" and acc.get("revoked")}
+
+    def _publish_homeassistant(self, active: list[Alert], t: int) -> None:
+        assert self.ha is not None
+        gone = self._revoked()
+        with self._lock:
+            cams = [dev for dev in self.model.devices.values() if is_camera(dev)]
+        images = {dev.device: self._image(dev) for dev in cams}
+        with self._lock:
+            desired = self.ha.desired(self.model, active, t, images, gone)
+            changes = self.ha.changes(desired)
+        for topic, payload in changes:
+            self._client.publish(topic, payload, qos=1, retain=True)
+        if changes:
+            log.info("homeassistant_published", messages=len(changes),
+                     removed=sum(1 for _t, p in changes if not p))
 
     def run(self) -> int:
         """Connect (retrying until the broker answers), evaluate until stopped.

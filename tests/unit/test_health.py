@@ -422,7 +422,7 @@ def test_frame_gap_and_offline_and_status_column() -> None:
     h = device_health(m, m.devices["c1"], T0 + 181_000)
     assert h.kind == "frame_gap" and h.cause == "no frame for 3m01s"
     m.apply("cam/c2/status", _j({"state": "offline"}), T0)
-    assert device_health(m, m.devices["c2"], T0 + 60_000).cause == "offline for 1m00s"
+    assert device_health(m, m.devices["c2"], T0 + 60_000).cause == "offline"
     text = format_status(m, T0 + 181_000)
     assert "HEALTH" in text.splitlines()[2]
     row = next(line for line in text.splitlines() if line.startswith("c1 "))
