@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import psutil
 from PIL import Image
 
 from broker.accounts import Account, hash_password, new_password
@@ -111,20 +112,19 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
     The ingestor writes through a child process (ingestor/diskproc.py): ``tree`` counts it.
     """
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = float(t.user + t.system)
     return own + (sum(cpu_seconds(c, tree) for c in children(pid)) if tree else 0.0)
 
 
 def children(pid: int) -> list[int]:
     """Live child processes of ``pid``."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            out += [int(x) for x in (task / "children").read_text().split()]
-    return out
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def tree_kib(pid: int, key: str) -> int:

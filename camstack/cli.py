@@ -18,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from rich.console import Console
+
 from broker import cli as broker_cli
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
@@ -51,8 +53,8 @@ from camstack.supervise import (
 from camstack.systemd import install_hint, render_units, systemd_version, write_units
 from config.loader import load_or_exit
 from config.settings import BrokerSettings, MonitorSettings, MqttSettings, TlsSettings
-from monitor.health import evaluate, format_status
-from monitor.service import collect_status, now_ms
+from monitor.health import device_health, format_status, status_renderables
+from monitor.service import collect_status, now_ms, status_alerts
 
 COMMANDS = ("service-config", "simulate", "status", "demo", "up", "ctl", "cmd", "systemd",
             *CATALOG_COMMANDS)
@@ -373,23 +375,31 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
 def _status(settings: MonitorSettings, *, as_json: bool) -> int:
     model = collect_status(settings)
     t = now_ms()
-    alerts = evaluate(model, settings.alerts, t)
+    shown = status_alerts(model, settings, t)
     if as_json:
         print(json.dumps({
             "devices": {d.device: {"state": d.state, "since_ms": d.since_ms,
                                    "last_frame_ms": d.last_frame_ms,
                                    "frames_today": d.frames_today, "status": d.status,
-                                   "last_video": d.last_video}
+                                   "last_video": d.last_video,
+                                   "health": device_health(model, d, t).cause}
                         for d in model.devices.values()},
-            "services": {s.name: {"state": s.state, "status": s.status}
+            "services": {s.name: {"state": s.state, "since_ms": s.since_ms, "status": s.status}
                          for s in model.services.values()},
+            "observed_from_ms": model.started_ms,
             "disk": None if model.disk is None else {
                 "path": model.disk.path, "percent": round(model.disk.percent, 2),
                 "free_bytes": model.disk.free_bytes},
-            "alerts": [a.payload() for a in alerts],
+            "alerts_source": shown.source,
+            "alerts": [a.payload() for a in shown.alerts],
         }, indent=2))
+    elif sys.stdout.isatty():
+        # Colours and the terminal's width (rich); plain text otherwise.
+        console = Console(markup=False, highlight=False, emoji=False)
+        for item in status_renderables(model, t, shown.alerts, alerts_note=shown.note):
+            console.print(item)
     else:
-        sys.stdout.write(format_status(model, t, alerts))
+        sys.stdout.write(format_status(model, t, shown.alerts, alerts_note=shown.note))
     return 0
 
 

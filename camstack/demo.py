@@ -496,7 +496,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     cloud_sections = cloud.sections if cloud is not None else {}
     docs = service_documents(
         demo_settings, layout, storage_root=paths.storage, host="localhost", port=tls_port,
-        log_format="json", metrics_ports={"ingestor": 0, "encoder": 0},
+        log_format="json", metrics_ports={"ingestor": 0, "encoder": 0, "monitor": 0},
         sections={"ingestor": {"ingest": {"frames_per_video": opts.frames_per_video},
                                **cloud_sections},
                   "encoder": {"encode": {"fps": opts.playback_fps}, **cloud_sections},

@@ -19,6 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import tomlkit
+import tomlkit.exceptions
+
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
@@ -39,7 +42,7 @@ CONTAINER_DATA = Path("/data")
 COMPOSE_BROKER_HOST = "broker"
 """The broker's name on the compose network (must be in the server certificate)."""
 
-METRICS_PORTS = {"ingestor": 9101, "encoder": 9102}
+METRICS_PORTS = {"ingestor": 9101, "encoder": 9102, "monitor": 9103}
 
 WEB_ACCOUNT = "operator-web"
 """The web service's own account (the operator role: reads everything, sends commands)."""
@@ -208,6 +211,50 @@ def web_sections(layout: Layout, *, host: str = "127.0.0.1",
     }
 
 
+def _toml_plain(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, list):
+        return [_toml_plain(x) for x in v]
+    return v
+
+
+def _merge_into(table: Any, doc: dict[str, Any]) -> None:
+    for key, value in doc.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            if key not in table or not isinstance(table[key], dict):
+                table[key] = tomlkit.table()
+            _merge_into(table[key], value)
+        elif key not in table or table[key] != _toml_plain(value):
+            table[key] = _toml_plain(value)
+
+
+def merge_toml(existing: str, doc: dict[str, Any]) -> str:
+    """Re-render ``doc`` into an existing config, keeping its comments and extra keys.
+
+    Values camstack renders replace the file's; keys and tables only the file has
+    (settings the user added) and every comment stay where they are (tomlkit).
+
+    Args:
+        existing: The file's text.
+        doc: The rendered document.
+
+    Returns:
+        The new text.
+
+    Raises:
+        BrokerToolError: When the file is not valid TOML (fix it or remove it).
+    """
+    try:
+        parsed = tomlkit.parse(existing)
+    except tomlkit.exceptions.ParseError as exc:
+        raise BrokerToolError(f"cannot re-render into an invalid TOML file: {exc}") from None
+    _merge_into(parsed, doc)
+    return tomlkit.dumps(parsed)
+
+
 def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool = False,
                     header: str | None = None) -> list[Path]:
     """Write each document as ``<dest>/<name>.toml``.
@@ -215,7 +262,7 @@ def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool 
     Args:
         docs: From :func:`service_documents`.
         dest: Folder.
-        force: Overwrite existing files.
+        force: Re-render existing files (their comments and extra keys are kept).
         header: Comment lines on top (default: how to re-render).
 
     Returns:
@@ -229,8 +276,11 @@ def write_documents(docs: dict[str, dict[str, Any]], dest: Path, *, force: bool 
         path = dest / f"{name}.toml"
         if path.exists() and not force:
             continue
+        text = header + to_toml(doc)
+        if path.exists():
+            text = merge_toml(path.read_text(encoding="utf-8"), doc)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(header + to_toml(doc), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         written.append(path)
     return written

@@ -533,6 +533,43 @@ class AlertSettings(_Section):
     service_offline_s: float = Field(
         default=60.0, gt=0, description="Alert when a known service has been offline this long."
     )
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", max_length=2048,
+        description="Also POST raised and cleared alerts here, in Alertmanager's webhook "
+        "format (none: MQTT only).",
+    )
+    webhook_token_file: Path | None = Field(
+        default=None, description="File holding a bearer token sent with each POST.")
+    webhook_queue: int = Field(
+        default=100, ge=1, le=100_000,
+        description="Notifications waiting for delivery at most; more are dropped (counted).")
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=120, description="Per request.")
+    webhook_max_attempts: int = Field(
+        default=5, ge=1, le=100,
+        description="Tries of one notification (network errors, 429, 5xx) before giving up.")
+    webhook_backoff_s: float = Field(
+        default=1.0, gt=0, le=600, description="First wait between tries, doubled each time.")
+
+
+class HomeAssistantSettings(_Section):
+    """Home Assistant MQTT discovery, published by ``python -m monitor`` (opt-in)."""
+
+    enabled: bool = Field(
+        default=False, description="Publish discovery configs and states for every camera.")
+    discovery_prefix: TopicPrefix = Field(
+        default="homeassistant",
+        description="Home Assistant's discovery prefix (the operator ACL allows homeassistant/#).")
+    web_base_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", max_length=1024,
+        description="Base URL of the web page: the image entity points at its thumbnails "
+        "when the monitor cannot read them from storage.root (none: no image entity then).")
+    image_max_bytes: int = Field(
+        default=200_000, ge=1024, le=4 * 1024 * 1024,
+        description="Largest thumbnail sent as an MQTT image (below the broker's max packet).")
+    accounts_file: Path | None = Field(
+        default=None,
+        description="The broker's accounts.json, if readable: revoked cameras are removed "
+        "from Home Assistant at once (otherwise when their retained status is deleted).")
 
 
 class MonitorSettings(_ServiceSettings):
@@ -541,7 +578,9 @@ class MonitorSettings(_ServiceSettings):
     mqtt: MqttSettings = MqttSettings(username="operator-monitor")
     storage: StorageSettings = StorageSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings(port=9103)
     alerts: AlertSettings = AlertSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     interval_s: float = Field(default=15.0, gt=0, le=3600, description="Rule evaluation period.")
     alert_prefix: str = Field(
         default="alerts", pattern=r"^[A-Za-z0-9_-]{1,64}$",

@@ -71,6 +71,17 @@ def alert_topic(alert_prefix: str, rule: str, subject: str) -> str:
     return f"{alert_prefix}/{rule}/{subject}"
 
 
+HA_DISCOVERY_PREFIX = "homeassistant"
+"""Home Assistant's MQTT discovery prefix (its default); the monitor writes configs there."""
+HA_STATE_PREFIX = "camstack/ha"
+"""Where the monitor publishes the states its Home Assistant entities read."""
+
+
+def ha_state_topic(device: str, name: str) -> str:
+    """A Home Assistant state topic of one camera: ``camstack/ha/<device>/<name>``."""
+    return f"{HA_STATE_PREFIX}/{device}/{name}"
+
+
 def parse_device_topic(topic: str, prefix: str) -> tuple[str, DeviceTopicKind] | None:
     """``(device, kind)`` of a device topic, or None for anything else.
 
@@ -108,7 +119,10 @@ def role_acl_lines(prefix: str) -> dict[str, list[str]]:
                      f"topic write {all_devices(prefix, 'ready')}", own],
         "encoder": [f"topic read {all_devices(prefix, 'ready')}",
                     f"topic write {all_devices(prefix, 'video')}", own],
+        # The monitor (an operator) also writes Home Assistant's discovery configs and the
+        # states they point at; devices have pattern lines only, so they never can.
         "operator": ["topic read #", "topic read $SYS/#",
                      f"topic write {all_devices(prefix, 'cmd')}", "topic readwrite alerts/#",
+                     f"topic write {HA_DISCOVERY_PREFIX}/#", f"topic write {HA_STATE_PREFIX}/#",
                      own],
     }

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from contract.ids import is_device_id
+
+NO_DEVICE = "-"
+"""``device`` label of a rejection whose topic names no device account."""
+
+MAX_DEVICE_LABELS = 10_000
+"""Distinct ``device`` values of the rejection counter at most; later ones count as "-"."""
+
 
 class IngestMetrics:
     """Every counter, gauge and histogram the ingestor exports.
@@ -23,8 +31,10 @@ class IngestMetrics:
                                      "Frames durably stored.", ["device"], registry=r)
         self.bytes_stored = Counter("camstack_ingestor_bytes_stored_total",
                                     "JPEG bytes durably stored.", ["device"], registry=r)
-        self.rejections = Counter("camstack_ingestor_rejections_total",
-                                  "Frames or chunks refused, by reason.", ["reason"], registry=r)
+        self.rejections = Counter(
+            "camstack_ingestor_rejections_total",
+            "Frames or chunks refused, by reason and device (the account id of the frame "
+            "topic; \"-\" for a topic that names none).", ["reason", "device"], registry=r)
         self.discarded = Counter("camstack_ingestor_chunks_discarded_total",
                                  "Further chunks of frames already rejected.", registry=r)
         self.drops = Counter("camstack_ingestor_drops_total",
@@ -76,3 +86,22 @@ class IngestMetrics:
             "camstack_ingestor_upload_backlog",
             "Sealed batches not yet finished (catalog row, upload, release).", registry=r)
         self.storage_available.set(1)
+        self._rejecting: set[str] = set()
+
+    def rejected(self, reason: str, device: str | None) -> None:
+        """Count one rejection.
+
+        The label set stays bounded: ``device`` is an account id (the broker's ACL lets
+        only that account publish on ``<prefix>/<id>/frame``), anything else is ``-``,
+        and at most :data:`MAX_DEVICE_LABELS` devices get a series of their own.
+
+        Args:
+            reason: Why (an enum value of the assembler or the ingestor).
+            device: The device id parsed from the topic, or None.
+        """
+        label = NO_DEVICE
+        if (device is not None and is_device_id(device)
+                and (device in self._rejecting or len(self._rejecting) < MAX_DEVICE_LABELS)):
+            self._rejecting.add(device)
+            label = device
+        self.rejections.labels(reason, label).inc()

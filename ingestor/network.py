@@ -26,8 +26,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from config.settings import IngestorSettings
 from contract.events import ReadyEvent
+from contract.ids import is_device_id
 from contract.layout import FrameKey, FrameMeta, frame_time
-from contract.topics import all_devices, ready_topic, service_status_topic
+from contract.topics import all_devices, parse_device_topic, ready_topic, service_status_topic
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
 from ingestor.messages import (
@@ -46,6 +47,11 @@ from ingestor.writer import Counters
 from mqttclient import connect_properties, make_client, publish_json
 
 log = structlog.get_logger("ingestor")
+
+MAX_DEVICE_COUNTS = 10_000
+"""Devices whose frames and rejections are counted (account ids; later ones are not)."""
+STATUS_DEVICES = 32
+"""Devices with the most rejections listed in the retained status (for the monitor)."""
 
 NO_TOKEN = AckToken(generation=-1, serial=0, mid=0)
 """Token of a QoS 0 message: nothing to acknowledge (the ledger ignores other generations)."""
@@ -107,6 +113,9 @@ class NetworkLoop:
         self._announces: dict[str, _Pending] = {}
         self._status_at = 0.0
         self._received = 0
+        # Per-device frames (complete) and rejections, for the monitor's health causes.
+        self._device_frames: dict[str, int] = {}
+        self._device_rejected: dict[str, int] = {}
         self._client = make_client(settings.mqtt, manual_ack=True, will_topic=self.status_topic)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -278,26 +287,33 @@ class NetworkLoop:
         token = self.ledger.hold(mid) if qos > 0 else NO_TOKEN
         parts = topic.split("/")
         device = parts[1] if len(parts) == 3 else topic
+        parsed = parse_device_topic(topic, self.prefix)
+        # The metric label: an account id (the ACL lets only it publish there), else "-".
+        account = parsed[0] if parsed is not None and parsed[1] == "frame" else None
         if retain:
             # A retained frame is a replay the broker keeps for every new subscriber,
             # not a capture: it would come back after each restart (docs/security.md).
-            self._reject_chunk(device, "retained", "retained message on a frame topic", token)
+            self._reject_chunk(device, "retained", "retained message on a frame topic", token,
+                               account)
             return
         try:
             res = self.assembler.feed(device, payload, token, time.monotonic())
-            self._handle(res, token)
+            self._handle(res, token, account)
         except Exception as exc:  # one message never stops the service
             log.exception("chunk_failed", device=device)
-            self._reject_chunk(device, "internal_error", type(exc).__name__, token)
+            self._reject_chunk(device, "internal_error", type(exc).__name__, token, account)
 
-    def _reject_chunk(self, device: str, reason: str, detail: str, token: AckToken) -> None:
+    def _reject_chunk(self, device: str, reason: str, detail: str, token: AckToken,
+                      account: str | None) -> None:
         # Acknowledged at once: a message that can never be stored must not come back.
         self.counters.rejected += 1
-        self.metrics.rejections.labels(reason).inc()
+        self.metrics.rejected(reason, account)
+        self._count_device(self._device_rejected, account)
         log.warning("frame_rejected", device=device, reason=reason, detail=detail)
         self._release([token])
 
-    def _handle(self, res: FeedResult[AckToken], token: AckToken) -> None:
+    def _handle(self, res: FeedResult[AckToken], token: AckToken,
+                account: str | None = None) -> None:
         st = res.status
         if st is Status.COMPLETE and res.frame is not None:
             self._submit(res.frame)
@@ -309,7 +325,8 @@ class NetworkLoop:
                 self._release([token])  # that frame is durable already
         elif st is Status.REJECTED and res.reason is not None:
             self.counters.rejected += 1
-            self.metrics.rejections.labels(res.reason.value).inc()
+            self.metrics.rejected(res.reason.value, account)
+            self._count_device(self._device_rejected, account)
             log.warning("frame_rejected", device=res.device, reason=res.reason.value,
                         detail=res.detail, boot_id=res.key[1] if res.key else None,
                         seq=res.key[2] if res.key else None)
@@ -336,7 +353,20 @@ class NetworkLoop:
                 else:
                     self._client.ack(t.mid, 1)
 
+    @staticmethod
+    def _count_device(counts: dict[str, int], account: str | None) -> None:
+        if account is not None and (account in counts or len(counts) < MAX_DEVICE_COUNTS):
+            counts[account] = counts.get(account, 0) + 1
+
+    def _device_rejections(self) -> dict[str, dict[str, int]]:
+        worst = sorted(self._device_rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+        worst = worst[:STATUS_DEVICES]
+        return {"device_rejected": dict(worst),
+                "device_frames": {d: self._device_frames.get(d, 0) for d, _ in worst}}
+
     def _submit(self, frame: CompleteFrame[AckToken]) -> None:
+        if is_device_id(frame.device):
+            self._count_device(self._device_frames, frame.device)
         t = frame_time(frame.capture_ms, frame.clock_synced, int(time.time() * 1000))
         if frame.clock_synced and not t.clock_synced:
             self.metrics.clock_untrusted.labels(frame.device).inc()
@@ -403,6 +433,7 @@ class NetworkLoop:
             "storage_ok": self._storage_ok, "upload_ok": self._upload_ok,
             **({"reason": self._upload_reason} if not self._upload_ok else {}),
             "ts_ms": int(time.time() * 1000),
+            **self._device_rejections(),
         }
 
     def _publish_status(self, state: str | None = None) -> mqtt.MQTTMessageInfo | None:

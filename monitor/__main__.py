@@ -10,6 +10,8 @@ import signal
 import sys
 from types import FrameType
 
+from prometheus_client import disable_created_metrics
+
 from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import MonitorSettings
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_or_exit(MonitorSettings, config)
     configure_logging(settings.log.level, settings.log.format,
                       service=settings.mqtt.username or "operator-monitor")
+    # One series per counter: no `_created` twin of every `_total`.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     mon = Monitor(settings)
+    mon.start_metrics()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
         mon.stop_event.set()

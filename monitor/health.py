@@ -12,9 +12,14 @@ the moment the observer started, which errs on the late side, never the early on
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from config.settings import AlertSettings
 from contract.events import MAX_JSON_INT, Status, safe_text
@@ -42,8 +47,63 @@ SYS_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it could not queue for a subscriber (queue full)."""
 SYS_GUARD_KICKED_PREFIX = "$SYS/broker/camstack/guard/kicked/"
 """Per-client count of disconnects by the broker's ingress guard (broker/plugin)."""
-SYS_TOPICS = (SYS_DROPPED_TOPIC, SYS_GUARD_KICKED_PREFIX + "+")
+SYS_GUARD_KICKS_TOPIC = "$SYS/broker/camstack/guard/kicks"
+"""Total disconnects by the ingress guard since the broker started."""
+SYS_LOAD_PREFIX = "$SYS/broker/load/"
+"""Mosquitto's moving averages: ``load/<what>/<1min|5min|15min>`` (per minute)."""
+
+BROKER_SYS: dict[str, tuple[str, str, str]] = {
+    # $SYS topic (Mosquitto 2.0.11 src/sys_tree.c, and the guard plugin): metric name
+    # after camstack_broker_, kind, help.
+    "$SYS/broker/clients/connected": ("clients_connected", "gauge", "Clients connected."),
+    "$SYS/broker/clients/disconnected": (
+        "clients_disconnected", "gauge", "Persistent clients (sessions) not connected."),
+    "$SYS/broker/clients/maximum": (
+        "clients_maximum", "gauge", "Most clients connected at once since the start."),
+    "$SYS/broker/messages/received": (
+        "messages_received", "counter", "MQTT packets of any kind received."),
+    "$SYS/broker/messages/sent": ("messages_sent", "counter", "MQTT packets of any kind sent."),
+    "$SYS/broker/publish/messages/received": (
+        "publish_received", "counter", "PUBLISH messages received."),
+    "$SYS/broker/publish/messages/sent": ("publish_sent", "counter", "PUBLISH messages sent."),
+    SYS_DROPPED_TOPIC: (
+        "publish_dropped", "counter",
+        "PUBLISH messages dropped for a subscriber whose queue was full (or offline)."),
+    "$SYS/broker/bytes/received": ("bytes_received", "counter", "Bytes received."),
+    "$SYS/broker/bytes/sent": ("bytes_sent", "counter", "Bytes sent."),
+    "$SYS/broker/retained messages/count": (
+        "retained_messages", "gauge", "Retained messages held."),
+    "$SYS/broker/subscriptions/count": ("subscriptions", "gauge", "Subscriptions."),
+    "$SYS/broker/store/messages/bytes": (
+        "stored_message_bytes", "gauge", "Payload bytes of messages held (retained, queued)."),
+    "$SYS/broker/uptime": ("uptime_seconds", "gauge", "Seconds since the broker started."),
+    SYS_GUARD_KICKS_TOPIC: (
+        "guard_kicks", "counter", "Clients disconnected by the ingress guard (over budget)."),
+}
+"""The broker figures the monitor exports as ``camstack_broker_*``."""
+
+SYS_TOPICS = (*BROKER_SYS, SYS_GUARD_KICKED_PREFIX + "+", SYS_LOAD_PREFIX + "#")
 """``$SYS`` topics the monitor follows."""
+
+MAX_SYS_VALUES = 256
+"""Distinct ``$SYS`` readings kept (the known topics and the load averages)."""
+
+
+def _parse_sys_number(payload: bytes) -> float | None:
+    """A ``$SYS`` reading: ``"123"``, ``"12.34"`` or ``"5 seconds"`` (the uptime)."""
+    if len(payload) > 32:
+        return None
+    try:
+        text = payload.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    text = text.removesuffix(" seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_JSON_INT else None
+
 
 _MAX_INTERVAL_S = 7 * 86_400.0
 """A device's own capture interval stretches its no-frame limit at most this far."""
@@ -68,6 +128,11 @@ class DeviceView:
     last_frame_ms: int | None = None
     frames_today: int | None = None
     last_video: dict[str, Any] | None = None
+    boot_id: int | None = None
+    resets: deque[tuple[int | None, str]] = field(default_factory=lambda: deque(maxlen=64))
+    """``(time or None when seen retained, reset_reason)`` of each boot seen."""
+    drops: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+    """Times the device went from online to offline while observed."""
 
 
 @dataclass
@@ -134,6 +199,29 @@ def _parse_json(payload: bytes) -> dict[str, Any] | None:
     # within 2^53, printable bounded text, one level of nesting at most.
     status = Status.parse(payload)
     return status.to_obj() if status is not None else None
+
+
+def parse_alert(rule: str, subject: str, payload: bytes) -> Alert | None:
+    """An alert from its retained body (``Alert.payload()``); None for an empty payload.
+
+    Args:
+        rule: Rule from the topic.
+        subject: Subject from the topic.
+        payload: The body.
+
+    Returns:
+        The alert (fields the body lacks or spoils are zero or empty).
+    """
+    body = _parse_json(payload) if payload else None
+    if body is None:
+        return None
+    since = body.get("since_ms")
+    value, threshold = body.get("value"), body.get("threshold")
+    return Alert(rule, subject, str(body.get("message", "")),
+                 float(value) if isinstance(value, int | float) else 0.0,
+                 float(threshold) if isinstance(threshold, int | float) else 0.0,
+                 severity=str(body.get("severity", "warning")),
+                 since_ms=since if isinstance(since, int) else 0)
 
 
 def _parse_count(payload: bytes) -> int | None:
@@ -240,8 +328,14 @@ class HealthModel:
         self.disk: DiskUsage | None = None
         self.rate_window_ms = rate_window_ms
         self.rates: dict[str, RateWindow] = {}
+        self.device_rates: dict[str, RateWindow] = {}
+        """Per-device rejected share (the ingestor's ``device_rejected``/``device_frames``)."""
         self.broker_dropped = CounterWindow(rate_window_ms)
         self.guard_kicks: dict[str, CounterWindow] = {}
+        self.broker_values: dict[str, float] = {}
+        """Latest reading of each followed ``$SYS`` topic (:data:`BROKER_SYS`, load)."""
+        self.published: dict[tuple[str, str], Alert] = {}
+        """Alerts found retained on the alert topics (what the monitor published)."""
         self.frames_observable = False
         """Frames can be seen (storage scanned, or frame topics followed); without it the
         no-frame rule stays silent rather than cry wolf."""
@@ -280,7 +374,11 @@ class HealthModel:
             body = _parse_json(payload) if payload else None
             # The will says only {"state":"offline"}: keep the last known rssi, heap…
             dev.status = {**dev.status, **body} if body else {}
+            self._note_boot(dev, body or {}, now_ms, retained)
+            was = dev.state
             self._set_state(dev, (body or {}).get("state", UNKNOWN), now_ms, retained)
+            if was == ONLINE and dev.state == OFFLINE and not retained:
+                dev.drops.append(now_ms)
             return True
         if parts[0] == self.prefix and parts[2] == "video":
             body = _parse_json(payload) if payload else None
@@ -292,6 +390,7 @@ class HealthModel:
             body = _parse_json(payload) if payload else None
             svc.status = body or {}
             self._set_state(svc, (body or {}).get("state", UNKNOWN), now_ms, retained)
+            self._note_device_rejections(svc.status, now_ms)
             counters = service_counters(svc.status)
             if counters is not None:
                 rw = self.rates.setdefault(parts[1], RateWindow(self.rate_window_ms))
@@ -299,10 +398,63 @@ class HealthModel:
             return True
         return False
 
+    def _note_boot(self, dev: DeviceView, body: dict[str, Any], now_ms: int,
+                   retained: bool) -> None:
+        boot = body.get("boot_id")
+        if not isinstance(boot, int) or boot == dev.boot_id:
+            return
+        reason = body.get("reset_reason")
+        dev.boot_id = boot
+        dev.resets.append((None if retained else now_ms,
+                           reason if isinstance(reason, str) else UNKNOWN))
+
+    def _note_device_rejections(self, status: dict[str, Any], now_ms: int) -> None:
+        rejected, frames = status.get("device_rejected"), status.get("device_frames")
+        if not isinstance(rejected, dict):
+            return
+        frames = frames if isinstance(frames, dict) else {}
+        for device, rej in rejected.items():
+            acc = frames.get(device, 0)
+            if not (isinstance(rej, int) and isinstance(acc, int)
+                    and DEVICE_ID_RE.fullmatch(device)):
+                continue
+            window = self.device_rates.get(device)
+            if window is None:
+                if len(self.device_rates) >= 10_000:
+                    continue
+                window = self.device_rates[device] = RateWindow(self.rate_window_ms)
+            window.add(now_ms, acc, rej)
+
+    def apply_alert(self, rule: str, subject: str, payload: bytes) -> bool:
+        """Take a retained alert (``<alert prefix>/<rule>/<subject>``) into account.
+
+        Args:
+            rule: Rule from the topic.
+            subject: Subject from the topic.
+            payload: The body (empty: the alert was cleared).
+
+        Returns:
+            True when the names are valid ones.
+        """
+        if not (DEVICE_ID_RE.fullmatch(rule) and DEVICE_ID_RE.fullmatch(subject)):
+            return False
+        alert = parse_alert(rule, subject, payload)
+        if alert is None:
+            self.published.pop((rule, subject), None)
+        elif len(self.published) < 100_000:
+            self.published[(rule, subject)] = alert
+        return True
+
     def _apply_sys(self, topic: str, payload: bytes, now_ms: int) -> bool:
         count = _parse_count(payload)
-        if topic == SYS_DROPPED_TOPIC:
-            if count is not None:
+        if topic in BROKER_SYS or (topic.startswith(SYS_LOAD_PREFIX)
+                                   and topic.count("/") == 5):
+            value = _parse_sys_number(payload)
+            if value is None:
+                return False
+            if topic in self.broker_values or len(self.broker_values) < MAX_SYS_VALUES:
+                self.broker_values[topic] = value
+            if topic == SYS_DROPPED_TOPIC and count is not None:
                 self.broker_dropped.add(now_ms, count)
             return True
         if topic.startswith(SYS_GUARD_KICKED_PREFIX):
@@ -449,18 +601,14 @@ class AlertBook:
             subject: Subject from the topic.
             payload: The retained body (empty: nothing to adopt).
         """
-        body = _parse_json(payload) if payload else None
-        if body is None:
+        alert = parse_alert(rule, subject, payload)
+        if alert is None:
             self.active.pop((rule, subject), None)
             self._adopted.discard((rule, subject))
             return
         self._adopted.add((rule, subject))
-        since = body.get("since_ms")
-        self.active[(rule, subject)] = Alert(
-            rule, subject, str(body.get("message", "")), 0.0, 0.0,
-            severity=str(body.get("severity", "warning")),
-            since_ms=since if isinstance(since, int) else 0,
-        )
+        self.active[(rule, subject)] = Alert(rule, subject, alert.message, 0.0, 0.0,
+                                             severity=alert.severity, since_ms=alert.since_ms)
 
     def update(self, current: list[Alert], now_ms: int) -> AlertChanges:
         """Diff the firing alerts against the active ones.
@@ -492,23 +640,151 @@ class AlertBook:
         return changes
 
 
-def format_duration(seconds: float) -> str:
-    """Short human duration: ``42s``, ``5m``, ``3h``, ``2d``.
+# ------------------------------------------------------------------ device health
+WEAK_RSSI_DBM = -75
+"""Below this RSSI a camera's Wi-Fi is weak (retries, slow uploads, drops)."""
+RESET_WINDOW_MS = 24 * 3600 * 1000
+"""Resets are counted over this window (24h, as the cause says)."""
+DROP_WINDOW_MS = 3600 * 1000
+"""Reconnects (online → offline while observed) are counted over this window (1h)."""
+MAX_DROPS = 3
+"""This many reconnects within :data:`DROP_WINDOW_MS` is a problem."""
+SICK_REJECTION_RATE = 0.05
+"""A camera whose rejected share is above this (over the rate window) is sick…"""
+SICK_REJECTION_MIN_FRAMES = 20
+"""…once this many of its frames were judged."""
+MIN_FRAME_GAP_S = 120.0
+"""A frame gap is a problem beyond 3 frame intervals, and never below this."""
+
+BAD_RESETS: dict[str, tuple[str, str]] = {
+    # ESP-IDF's esp_reset_reason() names (the firmware's reset_reason): (kind, words).
+    "brownout": ("brownout", "brown-out"),
+    "panic": ("panic", "crash (panic)"),
+    "task_wdt": ("watchdog", "task watchdog"),
+    "int_wdt": ("watchdog", "interrupt watchdog"),
+    "wdt": ("watchdog", "watchdog"),
+}
+"""Reset reasons that say something is wrong (power-on, software and deep-sleep do not)."""
+
+HEALTH_KINDS = ("ok", "offline", "brownout", "panic", "watchdog", "weak_wifi", "reconnects",
+                "rejections", "frame_gap")
+"""Every problem kind: the bounded ``cause`` label of the health metric."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a camera is sick."""
+
+    kind: str
+    """One of :data:`HEALTH_KINDS`."""
+    text: str
+    """Short words for people: ``brown-out resets (3 in 24h)``, ``weak Wi-Fi (\u221282 dBm)``."""
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    """A camera's health: its problems, most telling first."""
+
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """No problem."""
+        return not self.problems
+
+    @property
+    def kind(self) -> str:
+        """The first problem's kind, or ``ok``."""
+        return self.problems[0].kind if self.problems else "ok"
+
+    @property
+    def cause(self) -> str:
+        """The problems in words (``ok`` when there is none)."""
+        return "; ".join(p.text for p in self.problems) or "ok"
+
+
+def _reset_problems(model: HealthModel, dev: DeviceView, now_ms: int) -> list[Problem]:
+    out: list[Problem] = []
+    recent: dict[str, list[int | None]] = {}
+    for ts, reason in dev.resets:
+        # A reset seen retained happened before observation began: it ages from there.
+        at = ts if ts is not None else model.started_ms
+        if reason in BAD_RESETS and now_ms - at <= RESET_WINDOW_MS:
+            recent.setdefault(reason, []).append(ts)
+    for reason, times in sorted(recent.items(), key=lambda kv: -len(kv[1])):
+        kind, words = BAD_RESETS[reason]
+        if len(times) > 1:
+            text = f"{words} resets ({len(times)} in 24h)"
+        elif times[0] is not None:
+            text = f"{words} reset {format_duration((now_ms - times[0]) / 1000)} ago"
+        else:
+            text = f"last reset: {words}"
+        out.append(Problem(kind, text))
+    return out
+
+
+def device_health(model: HealthModel, dev: DeviceView, now_ms: int) -> DeviceHealth:
+    """Why a camera is sick, from what it and the ingestor report.
+
+    Looks at its state, its reset reasons (brown-out, panic, watchdogs), its RSSI, how
+    often it dropped off, the share of its frames the ingestor rejected, and the gap
+    since its last frame.
 
     Args:
-        seconds: Duration.
+        model: Current knowledge.
+        dev: The camera.
+        now_ms: Reference time.
+
+    Returns:
+        Its problems, most telling first (offline, resets, Wi-Fi, reconnects,
+        rejections, frame gap).
+    """
+    problems: list[Problem] = []
+    if dev.state == OFFLINE:
+        problems.append(Problem("offline", "offline"))  # for how long: the FOR column
+    problems += _reset_problems(model, dev, now_ms)
+    rssi = dev.status.get("rssi")
+    if isinstance(rssi, int | float) and not isinstance(rssi, bool) and rssi < WEAK_RSSI_DBM:
+        problems.append(Problem("weak_wifi", f"weak Wi-Fi (\u2212{abs(round(rssi))} dBm)"))
+    drops = sum(1 for t in dev.drops if now_ms - t <= DROP_WINDOW_MS)
+    if drops >= MAX_DROPS:
+        problems.append(Problem("reconnects", f"reconnects ({drops} in 1h)"))
+    window = model.device_rates.get(dev.device)
+    if window is not None:
+        rate, total = window.rate()
+        if total >= SICK_REJECTION_MIN_FRAMES and rate > SICK_REJECTION_RATE:
+            problems.append(Problem("rejections", f"rejected frames {rate:.0%}"))
+    if dev.state == ONLINE and model.frames_observable:
+        interval = dev.status.get("interval_ms")
+        limit = MIN_FRAME_GAP_S
+        if isinstance(interval, int | float) and interval > 0:
+            limit = max(limit, min(3 * interval / 1000, _MAX_INTERVAL_S))
+        gap_s = (now_ms - max(dev.last_frame_ms or 0, model.since(dev))) / 1000
+        if gap_s >= limit:
+            problems.append(Problem("frame_gap", f"no frame for {format_duration(gap_s)}"))
+    return DeviceHealth(tuple(problems))
+
+
+def format_duration(seconds: float) -> str:
+    """Exact short duration in its two largest units: ``42s``, ``5m07s``, ``1h02m``, ``3d04h``.
+
+    Args:
+        seconds: Duration (negative counts as zero).
 
     Returns:
         The text.
     """
-    s = max(0.0, seconds)
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f}m"
-    if s < 36 * 3600:
-        return f"{s / 3600:.0f}h"
-    return f"{s / 86400:.0f}d"
+    try:
+        s = int(max(0.0, seconds))
+    except (OverflowError, ValueError):
+        return "?"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86_400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86_400}d{s % 86_400 // 3600:02d}h"
 
 
 def format_bytes(n: float) -> str:
@@ -537,13 +813,41 @@ def _cell(value: object) -> str:
     return "-" if value is None or value == "" else safe_text(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
-    return lines
+RETAINED_MARK = "\u2265"
+"""Prefix of a FOR cell whose state was already set when observation began."""
+
+DETAILS_WIDTH = 72
+"""Service details are wrapped between ``key=value`` pairs at about this width."""
+
+
+def _for_cell(model: HealthModel, view: DeviceView | ServiceView, now_ms: int) -> str:
+    if view.since_ms is not None:
+        return format_duration((now_ms - view.since_ms) / 1000)
+    # Seen first as a retained message: it held at least since observation began.
+    return RETAINED_MARK + format_duration((now_ms - model.started_ms) / 1000)
+
+
+def service_details(status: dict[str, Any], width: int = DETAILS_WIDTH) -> str:
+    """Every scalar field of a service status but its state, sorted, never cut.
+
+    Args:
+        status: The ``svc/<name>/status`` JSON.
+        width: Lines break between two ``key=value`` pairs beyond this width.
+
+    Returns:
+        ``key=value`` pairs, a comma between them, one line per row of the cell ("-": none).
+    """
+    pairs = [safe_text(f"{k}={v}") for k, v in sorted(status.items())
+             if k != "state" and isinstance(v, int | float | str)]
+    lines: list[str] = []
+    for pair in pairs:
+        if lines and len(lines[-1]) + 2 + len(pair) <= width:
+            lines[-1] += ", " + pair
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(pair)
+    return "\n".join(lines) or "-"
 
 
 def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
@@ -555,6 +859,11 @@ def _video_cell(video: dict[str, Any] | None, now_ms: int) -> str:
     age = (f", {format_duration((now_ms - last) / 1000)} ago"
            if isinstance(last, int) and 0 < last < 2 * now_ms else "")
     return f"{name} ({_cell(video.get('frames', '?'))} fr{age})"
+
+
+DEVICE_HEADER = ["DEVICE", "STATE", "FOR", "LAST FRAME", "RSSI", "HEAP", "QUEUE",
+                 "FRAMES TODAY", "LAST VIDEO", "HEALTH"]
+SERVICE_HEADER = ["SERVICE", "STATE", "FOR", "DETAILS"]
 
 
 def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
@@ -570,61 +879,121 @@ def device_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
     rows = []
     for dev in sorted(model.devices.values(), key=lambda d: d.device):
         st = dev.status
-        since = (format_duration((now_ms - dev.since_ms) / 1000)
-                 if dev.since_ms is not None else "-")
         age = (format_duration((now_ms - dev.last_frame_ms) / 1000) + " ago"
                if dev.last_frame_ms is not None else "never")
         heap = st.get("heap_free")
         rows.append([
-            safe_text(dev.device), safe_text(dev.state), since, age, _cell(st.get("rssi")),
-            format_bytes(heap) if isinstance(heap, int) else "-", _cell(st.get("queue")),
-            _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
+            safe_text(dev.device), safe_text(dev.state), _for_cell(model, dev, now_ms), age,
+            _cell(st.get("rssi")), format_bytes(heap) if isinstance(heap, int) else "-",
+            _cell(st.get("queue")), _cell(dev.frames_today), _video_cell(dev.last_video, now_ms),
+            safe_text(device_health(model, dev, now_ms).cause),
         ])
     return rows
 
 
-def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None) -> str:
-    """The ``camstack status`` report.
+def service_rows(model: HealthModel, now_ms: int) -> list[list[str]]:
+    """Rows of the service table (details complete, wrapped between pairs).
+
+    Args:
+        model: Current knowledge.
+        now_ms: Reference time for ages.
+
+    Returns:
+        One row per service, sorted by name.
+    """
+    return [[safe_text(svc.name), safe_text(svc.state), _for_cell(model, svc, now_ms),
+             service_details(svc.status)]
+            for svc in sorted(model.services.values(), key=lambda s: s.name)]
+
+
+_STATE_STYLES = {ONLINE: "green", OFFLINE: "red", "degraded": "red"}
+
+
+def _rich_table(header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0),
+                  header_style="bold")
+    for h in header:
+        table.add_column(h, overflow="fold", no_wrap=h != "DETAILS")
+    for row in rows:
+        table.add_row(*(Text(c, style=_STATE_STYLES.get(c, "") if i == 1 else "")
+                        for i, c in enumerate(row)))
+    return table
+
+
+def status_renderables(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None,
+                       *, alerts_note: str | None = None) -> list[RenderableType]:
+    """The ``camstack status`` report as rich renderables (tables and lines).
+
+    Text from devices and services is always a :class:`rich.text.Text` (never markup),
+    cleaned by :func:`safe_text`.
 
     Args:
         model: Current knowledge.
         now_ms: Reference time for ages.
         alerts: Alerts to list (none: the section is left out).
+        alerts_note: Where the alerts come from (printed above them).
+
+    Returns:
+        What to print, in order.
+    """
+    when = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out: list[RenderableType] = [Text(f"camstack status at {when}"), Text("")]
+    out.append(_rich_table(DEVICE_HEADER, device_rows(model, now_ms)))
+    if not model.devices:
+        out.append(Text("(no device has reported yet)"))
+    out.append(Text(""))
+    out.append(_rich_table(SERVICE_HEADER, service_rows(model, now_ms)))
+    if not model.services:
+        out.append(Text("(no service has reported yet)"))
+    views: list[DeviceView | ServiceView] = [*model.devices.values(), *model.services.values()]
+    if any(v.since_ms is None for v in views):
+        out.append(Text(f"{RETAINED_MARK}: the state was already set when observation began "
+                        "(a retained message); counted since the start of observation"))
+    out.append(Text(""))
+    if model.disk is not None:
+        d = model.disk
+        out.append(Text(f"storage {d.path}: {d.percent:.1f}% used, "
+                        f"{format_bytes(d.free_bytes)} free of {format_bytes(d.total_bytes)}"))
+    else:
+        out.append(Text("storage: not reachable from here"))
+    if alerts is not None:
+        out.append(Text(""))
+        if alerts_note:
+            out.append(Text(safe_text(alerts_note, 400)))
+        if alerts:
+            out.append(Text(f"{len(alerts)} alert(s):"))
+            for a in sorted(alerts, key=lambda a: (a.rule, a.subject)):
+                since = (f" for {format_duration((now_ms - a.since_ms) / 1000)}"
+                         if 0 < a.since_ms <= now_ms else "")
+                out.append(Text(safe_text(f"  [{a.severity}] {a.rule}/{a.subject}{since}: "
+                                          f"{a.message}", 400),
+                                style="red" if a.severity == "critical" else "yellow"))
+        else:
+            out.append(Text("no alerts"))
+    return out
+
+
+PLAIN_WIDTH = 250
+"""Width of the plain-text report: wide enough that no table row is wrapped."""
+
+
+def format_status(model: HealthModel, now_ms: int, alerts: list[Alert] | None = None,
+                  *, alerts_note: str | None = None) -> str:
+    """The ``camstack status`` report as plain text (no colours, no escape codes).
+
+    Args:
+        model: Current knowledge.
+        now_ms: Reference time for ages.
+        alerts: Alerts to list (none: the section is left out).
+        alerts_note: Where the alerts come from.
 
     Returns:
         The text, ending with a newline.
     """
-    when = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    out = [f"camstack status at {when}", ""]
-    out += _table(["DEVICE", "STATE", "FOR", "LAST FRAME", "RSSI", "HEAP", "QUEUE",
-                   "FRAMES TODAY", "LAST VIDEO"], device_rows(model, now_ms))
-    if not model.devices:
-        out.append("(no device has reported yet)")
-    out.append("")
-    svc_rows = []
-    for svc in sorted(model.services.values(), key=lambda s: s.name):
-        since = (format_duration((now_ms - svc.since_ms) / 1000)
-                 if svc.since_ms is not None else "-")
-        details = ", ".join(f"{k}={v}" for k, v in sorted(svc.status.items())
-                            if k != "state" and isinstance(v, int | float | str))
-        svc_rows.append([safe_text(svc.name), safe_text(svc.state), since,
-                         safe_text(details, 100) or "-"])
-    out += _table(["SERVICE", "STATE", "FOR", "DETAILS"], svc_rows)
-    if not model.services:
-        out.append("(no service has reported yet)")
-    out.append("")
-    if model.disk is not None:
-        d = model.disk
-        out.append(f"storage {d.path}: {d.percent:.1f}% used, {format_bytes(d.free_bytes)} free "
-                   f"of {format_bytes(d.total_bytes)}")
-    else:
-        out.append("storage: not reachable from here")
-    if alerts is not None:
-        out.append("")
-        if alerts:
-            out.append(f"{len(alerts)} alert(s):")
-            out += [safe_text(f"  [{a.severity}] {a.rule}/{a.subject}: {a.message}", 400)
-                    for a in alerts]
-        else:
-            out.append("no alerts")
-    return "\n".join(out) + "\n"
+    console = Console(file=io.StringIO(), width=PLAIN_WIDTH, color_system=None,
+                      force_terminal=False, markup=False, highlight=False, emoji=False,
+                      soft_wrap=False)
+    for item in status_renderables(model, now_ms, alerts, alerts_note=alerts_note):
+        console.print(item)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

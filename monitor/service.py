@@ -24,20 +24,27 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import start_http_server
 
+from config.metrics import metrics_port_guard
 from config.settings import MonitorSettings
 from contract.events import safe_text
+from contract.topics import HA_STATE_PREFIX
 from contract.topics import service_status_topic as svc_status_topic
 from monitor.health import (
     SYS_TOPICS,
     Alert,
     AlertBook,
+    DeviceView,
     DiskUsage,
     HealthModel,
     alert_topic,
     evaluate,
     format_status,
 )
+from monitor.homeassistant import Image, Publisher, is_camera
+from monitor.metrics import MonitorMetrics
+from monitor.webhook import WebhookSender
 from mqttclient import (
     MqttConnectError,
     connect_blocking,
@@ -178,17 +185,21 @@ def apply_storage(model: HealthModel, root: Path, now: int) -> None:
             dev.last_video = facts.last_video
 
 
-def apply_message(model: HealthModel, msg: mqtt.MQTTMessage) -> None:
+def apply_message(model: HealthModel, msg: mqtt.MQTTMessage) -> bool:
     """Take one message into ``model``; a message that fails is logged and skipped.
 
     Args:
         model: The picture to update.
         msg: A status, video or ``$SYS`` message.
+
+    Returns:
+        False when the message could not be used (bad name or payload, or it failed).
     """
     try:
-        model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
+        return model.apply(msg.topic, bytes(msg.payload), now_ms(), retained=bool(msg.retain))
     except Exception as exc:  # one message never stops the monitor or the report
         log.warning("message_rejected", topic=safe_text(msg.topic), error=type(exc).__name__)
+        return False
 
 
 def _topics(prefix: str) -> list[str]:
@@ -218,12 +229,19 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
     last_msg = [time.monotonic()]
     lock = threading.Lock()
 
+    alert_prefix = settings.alert_prefix
+
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with lock:
-            apply_message(model, msg)
+            parts = msg.topic.split("/")
+            if parts[0] == alert_prefix:
+                if len(parts) == 3 and msg.retain:
+                    model.apply_alert(parts[1], parts[2], bytes(msg.payload))
+            else:
+                apply_message(model, msg)
             last_msg[0] = time.monotonic()
 
-    topics = [*_topics(m.topic_prefix), *SYS_TOPICS]
+    topics = [*_topics(m.topic_prefix), *SYS_TOPICS, f"{alert_prefix}/#"]
     subacks = threading.Semaphore(0)
     client = make_client(mqtt_settings)
     client.on_message = on_message
@@ -251,8 +269,49 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
     return model
 
 
+@dataclass(frozen=True)
+class StatusAlerts:
+    """The alerts ``camstack status`` shows and where they come from."""
+
+    alerts: list[Alert]
+    source: str
+    """``monitor`` (its retained alerts) or ``evaluated`` (from this one snapshot)."""
+    note: str
+
+
+def status_alerts(model: HealthModel, settings: MonitorSettings, now: int) -> StatusAlerts:
+    """What the monitor published, or (no monitor status retained) the rules evaluated here.
+
+    Args:
+        model: The picture from :func:`collect_status` (retained alerts included).
+        settings: Monitor settings (its account names the monitor's status topic).
+        now: Reference time.
+
+    Returns:
+        The alerts, their source and a one-line note saying so.
+    """
+    account = settings.mqtt.username or MONITOR_ACCOUNT
+    mon = model.services.get(account)
+    topic = svc_status_topic(account)
+    if mon is not None and mon.state != "unknown":
+        alerts = sorted(model.published.values(), key=lambda a: (a.rule, a.subject))
+        note = (f"alerts as published by the monitor ({settings.alert_prefix}/#, retained; "
+                f"{topic} says {mon.state})")
+        if mon.state != "online":
+            note += ": it is not running, they may be out of date"
+        return StatusAlerts(alerts, "monitor", note)
+    evaluated = {(a.rule, a.subject): a for a in evaluate(model, settings.alerts, now)}
+    stale = [a for k, a in model.published.items() if k not in evaluated]
+    note = (f"no monitor status retained ({topic}): alerts evaluated from this one-shot "
+            "snapshot (states seen retained count from now, so time-based rules stay quiet)")
+    if stale:
+        note += f"; {len(stale)} more found retained on {settings.alert_prefix}/#"
+    alerts = sorted([*evaluated.values(), *stale], key=lambda a: (a.rule, a.subject))
+    return StatusAlerts(alerts, "evaluated", note)
+
+
 def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -> str:
-    """The ``camstack status`` text (with the alerts that hold right now).
+    """The ``camstack status`` text (with the monitor's alerts, or evaluated ones).
 
     Args:
         settings: Monitor settings.
@@ -263,7 +322,36 @@ def status_report(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT) -
     """
     model = collect_status(settings, account=account)
     t = now_ms()
-    return format_status(model, t, evaluate(model, settings.alerts, t))
+    shown = status_alerts(model, settings, t)
+    return format_status(model, t, shown.alerts, alerts_note=shown.note)
+
+
+def webhook_sender(settings: MonitorSettings, metrics: MonitorMetrics) -> WebhookSender | None:
+    """The webhook delivery of ``[alerts] webhook_url``, or None when it is not set.
+
+    Args:
+        settings: Monitor settings.
+        metrics: Where deliveries are counted.
+
+    Returns:
+        The (not yet started) sender.
+
+    Raises:
+        SystemExit: When the token file cannot be read (exit 2, one line).
+    """
+    a = settings.alerts
+    if a.webhook_url is None:
+        return None
+    token = None
+    if a.webhook_token_file is not None:
+        try:
+            token = a.webhook_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"error: alerts.webhook_token_file {a.webhook_token_file}: "
+                             f"{exc.strerror or exc}") from None
+    return WebhookSender(a.webhook_url, metrics, token=token, queue_size=a.webhook_queue,
+                         timeout_s=a.webhook_timeout_s, max_attempts=a.webhook_max_attempts,
+                         backoff_s=a.webhook_backoff_s)
 
 
 class Monitor:
@@ -273,8 +361,10 @@ class Monitor:
         settings: Monitor settings.
     """
 
-    def __init__(self, settings: MonitorSettings) -> None:
+    def __init__(self, settings: MonitorSettings, *, metrics: MonitorMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or MonitorMetrics()
+        self.metrics_port: int | None = None
         self.account = settings.mqtt.username or "operator-monitor"
         self.prefix = settings.mqtt.topic_prefix
         self.model = HealthModel(self.prefix, started_ms=now_ms())
@@ -285,13 +375,41 @@ class Monitor:
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._connected = threading.Event()
+        self.metrics.watch_broker(self._broker_values)
+        self.webhook = webhook_sender(settings, self.metrics)
+        ha = settings.homeassistant
+        self.ha = (Publisher(ha.discovery_prefix, svc_status_topic(self.account))
+                   if ha.enabled else None)
+        self._images: dict[str, tuple[str, Image | None]] = {}
+
+    def _broker_values(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.model.broker_values)
+
+    def start_metrics(self) -> None:
+        """Serve ``/metrics`` when ``[metrics] enabled`` (call it in the main thread).
+
+        A port already taken is one line naming the setting and exit 2.
+        """
+        m = self.settings.metrics
+        if not m.enabled:
+            return
+        with metrics_port_guard(m):
+            server, _thread = start_http_server(m.port, addr=m.host,
+                                                registry=self.metrics.registry)
+        self.metrics_port = int(server.server_port)
+        log.info("metrics_listening", host=m.host, port=self.metrics_port)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags,
                     rc: ReasonCode, _p: Properties | None) -> None:
         if rc.is_failure:
             log.warning("mqtt_refused", reason=str(rc))
             return
-        for topic in [*_topics(self.prefix), *SYS_TOPICS, f"{self.settings.alert_prefix}/#"]:
+        topics = [*_topics(self.prefix), *SYS_TOPICS, f"{self.settings.alert_prefix}/#"]
+        if self.ha is not None:
+            # Our retained configs and states from an earlier run: kept or cleared.
+            topics += [f"{self.ha.prefix}/+/+/+/config", f"{HA_STATE_PREFIX}/#"]
+        for topic in topics:
             client.subscribe(topic, qos=1)
         self._connected.set()
         log.info("mqtt_connected")
@@ -299,8 +417,14 @@ class Monitor:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
         with self._lock:
-            if parts[0] != self.settings.alert_prefix:
-                apply_message(self.model, msg)
+            if self.ha is not None and self.ha.owns(msg.topic):
+                if msg.retain:
+                    self.ha.adopt(msg.topic, bytes(msg.payload))
+            elif self.ha is not None and parts[0] == self.ha.prefix:
+                pass  # another integration's discovery config
+            elif parts[0] != self.settings.alert_prefix:
+                if not apply_message(self.model, msg):
+                    self.metrics.messages_rejected.inc()
             elif len(parts) == 3 and msg.retain:
                 # Our own alerts, retained from an earlier run (or echoed back now).
                 try:
@@ -338,12 +462,17 @@ class Monitor:
             apply_storage(self.model, self.settings.storage.root, t)
             changes = self.book.update(evaluate(self.model, self.settings.alerts, t), t)
             active = list(self.book.active.values())
+            self.metrics.evaluated(self.model, active, t)
         prefix = self.settings.alert_prefix
         for a in changes.raised:
             log.warning("alert_raised", rule=a.rule, subject=a.subject, message=a.message,
                         value=a.value, threshold=a.threshold)
             publish_json(self._client, alert_topic(prefix, a.rule, a.subject), a.payload(),
                          retain=True)
+        if self.webhook is not None:
+            # Queued only: delivery happens on its own thread, never here.
+            self.webhook.notify(changes.raised, "firing", t)
+            self.webhook.notify(changes.cleared, "resolved", t)
         for a in changes.cleared:
             log.info("alert_cleared", rule=a.rule, subject=a.subject)
             # An empty retained message deletes the retained alert.
@@ -351,7 +480,63 @@ class Monitor:
                                  retain=True)
         publish_json(self._client, svc_status_topic(self.account), self._status("online"),
                      retain=True)
+        if self.ha is not None:
+            self._publish_homeassistant(active, t)
         return active
+
+    def _image(self, dev: DeviceView) -> Image | None:
+        """The camera's latest thumbnail for Home Assistant (read once per video)."""
+        video = dev.last_video or {}
+        loc, batch = video.get("location"), video.get("batch")
+        key = f"{loc}|{batch}"
+        cached = self._images.get(dev.device)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ha = self.settings.homeassistant
+        image: Image | None = None
+        if isinstance(loc, str) and loc.endswith(".mp4") and ".." not in loc.split("/"):
+            thumb = self.settings.storage.root / (loc[:-4] + ".jpg")
+            try:
+                if thumb.stat().st_size <= ha.image_max_bytes:
+                    image = Image(jpeg=thumb.read_bytes())
+            except OSError:
+                pass
+        if image is None and ha.web_base_url and isinstance(batch, str) and batch:
+            image = Image(url=f"{ha.web_base_url.rstrip('/')}/thumbs/{dev.device}/{batch}.jpg")
+        if image is None and cached is None:
+            log.info("homeassistant_no_image", device=dev.device,
+                     reason="no readable thumbnail under storage.root and no "
+                     "homeassistant.web_base_url" if loc else "no video yet")
+        self._images[dev.device] = (key, image)
+        return image
+
+    def _revoked(self) -> set[str]:
+        path = self.settings.homeassistant.accounts_file
+        if path is None:
+            return set()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(raw, dict):
+            return set()
+        return {name for name, acc in raw.items()
+                if isinstance(acc, dict) and acc.get("kind") == "device" and acc.get("revoked")}
+
+    def _publish_homeassistant(self, active: list[Alert], t: int) -> None:
+        assert self.ha is not None
+        gone = self._revoked()
+        with self._lock:
+            cams = [dev for dev in self.model.devices.values() if is_camera(dev)]
+        images = {dev.device: self._image(dev) for dev in cams}
+        with self._lock:
+            desired = self.ha.desired(self.model, active, t, images, gone)
+            changes = self.ha.changes(desired)
+        for topic, payload in changes:
+            self._client.publish(topic, payload, qos=1, retain=True)
+        if changes:
+            log.info("homeassistant_published", messages=len(changes),
+                     removed=sum(1 for _t, p in changes if not p))
 
     def run(self) -> int:
         """Connect (retrying until the broker answers), evaluate until stopped.
@@ -359,7 +544,11 @@ class Monitor:
         Returns:
             Exit code: 0 after a stop.
         """
+        if self.webhook is not None:
+            self.webhook.start()
         if not self._connect():
+            if self.webhook is not None:
+                self.webhook.stop()
             return 0
         # Let the retained picture (and our old alerts) arrive before judging.
         self._connected.wait(5)
@@ -374,5 +563,7 @@ class Monitor:
         wait_published(info, 5.0)
         self._client.disconnect()
         self._client.loop_stop()
+        if self.webhook is not None:
+            self.webhook.stop(self.settings.alerts.webhook_timeout_s)
         log.info("monitor_stopped")
         return 0

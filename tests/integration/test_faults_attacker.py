@@ -107,7 +107,7 @@ def _monitor(broker: BrokerHandle, tmp_path: Path, root: Path, account: str) -> 
     cfg = tmp_path / "monitor.toml"
     service_config(broker, account, root, cfg)
     data = tomllib.loads(cfg.read_text())
-    del data["metrics"]  # the monitor serves none
+    data["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": 0}
     data["interval_s"] = 0.3
     data["alerts"] = {"device_offline_s": 0.5, "no_frame_s": 0.5, "service_offline_s": 3600,
                       "disk_percent": 100}

@@ -128,7 +128,8 @@ def test_shuffled_duplicated_chunks_stored_byte_identical_bad_ones_rejected(
             assert paths[0].name.startswith(f"{T0 + seq * 1000:013d}_")
     m = scrape(svc)
     for reason in ("crc_mismatch", "not_jpeg", "header_mismatch", "too_large"):
-        assert m[("camstack_ingestor_rejections_total", (("reason", reason),))] == 1
+        assert m[("camstack_ingestor_rejections_total",
+                  (("device", bad_dev), ("reason", reason)))] == 1
     assert sum(v for (n, lab), v in m.items() if n == "camstack_ingestor_frames_stored_total") == 12
     # Gauges are refreshed a few times a second: wait, do not sample once.
     wait_until(lambda: scrape(svc)[("camstack_ingestor_unacked_chunks", ())] == 0, 10, "all acked")

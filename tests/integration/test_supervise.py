@@ -66,7 +66,8 @@ class Up:
         tweaks: dict[str, dict[str, dict[str, object]]] = {"ingestor": {"metrics": {"port": 0},
                                "ingest": {"frames_per_video": 20, "idle_seal_s": 1.0}},
                   "encoder": {"metrics": {"port": 0},
-                              "encode": {"preset": "ultrafast", "decode_threads": 1}}}
+                              "encode": {"preset": "ultrafast", "decode_threads": 1}},
+                  "monitor": {"metrics": {"port": 0}}}
         for name, sections in tweaks.items():
             path = self.data / "config" / f"{name}.toml"
             doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -221,7 +222,7 @@ def _service_config(tmp: Path, name: str, port: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("service", ["encoder", "ingestor"])
+@pytest.mark.parametrize("service", ["encoder", "ingestor", "monitor"])
 def test_metrics_port_taken_is_one_line_naming_the_setting(tmp_path: Path,
                                                            service: str) -> None:
     with socket.socket() as taken:

@@ -24,6 +24,7 @@ from monitor.health import (
     DiskUsage,
     HealthModel,
     alert_topic,
+    device_health,
     evaluate,
     format_duration,
     format_status,
@@ -226,7 +227,7 @@ def test_status_table_lists_devices_services_storage_and_alerts() -> None:
     text = format_status(m, T0 + 60_000, alerts)
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("c1 "))
-    for cell in ("online", "-61", "120.6 KiB", "2s ago", "118", "c1_a_b.mp4 (60 fr, 60s ago)"):
+    for cell in ("online", "-61", "120.6 KiB", "2s ago", "118", "c1_a_b.mp4 (60 fr, 1m00s ago)"):
         assert cell in row, cell
     assert next(line for line in lines if line.startswith("c2 ")).split()[1] == "offline"
     assert any(line.startswith("encoder") and "videos=3" in line for line in lines)
@@ -240,8 +241,49 @@ def test_empty_status_says_so() -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(s) for s in (0, 89, 120, 7200, 3 * 86400)] == [
-        "0s", "89s", "2m", "2h", "3d"]
+    assert [format_duration(s) for s in (0, 59.9, 89, 120, 3720, 7200, 3 * 86400 + 4 * 3600,
+                                         -5, 10**30)] == [
+        "0s", "59s", "1m29s", "2m00s", "1h02m", "2h00m", "3d04h", "0s",
+        f"{10**30 // 86400}d{10**30 % 86400 // 3600:02d}h"]
+
+
+def test_service_for_column_and_complete_sorted_details() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply("svc/ingestor/status", _j({"state": "online", "zeta": 1, "alpha": "x" * 30,
+                                        "frames_stored": 123456789, "rejected": 5,
+                                        "pending_frames": 0, "unacked_chunks": 0,
+                                        "storage_ok": True, "ts_ms": T0}), T0, retained=True)
+    m.apply("svc/encoder/status", _j({"state": "online"}), T0 + 1000)
+    m.apply("svc/encoder/status", _j({"state": "offline"}), T0 + 2000)
+    text = format_status(m, T0 + 3_722_000)
+    lines = text.splitlines()
+    ing = lines.index(next(line for line in lines if line.startswith("ingestor ")))
+    assert lines[ing].split()[2] == "\u22651h02m"          # retained: since observation began
+    assert next(line for line in lines if line.startswith("encoder ")).split()[1:3] == [
+        "offline", "1h02m"]
+    # Every pair is there, whole, in key order, wrapped between pairs only.
+    details = " ".join(line[line.index("alpha="):] if "alpha=" in line else line.strip()
+                       for line in lines[ing:ing + 4] if line.strip())
+    pairs = [p.strip() for p in details.split(",")]
+    keys = [p.split("=")[0] for p in pairs if "=" in p]
+    assert keys[:5] == ["alpha", "frames_stored", "pending_frames", "rejected", "storage_ok"]
+    assert "alpha=" + "x" * 30 in pairs and "zeta=1" in details
+    assert "since the start of observation" in text
+
+
+def test_status_lists_given_alerts_with_their_age_and_source_note() -> None:
+    m = HealthModel(started_ms=T0)
+    m.apply_alert("disk_full", "storage", _j({"rule": "disk_full", "subject": "storage",
+                                              "severity": "critical", "message": "full",
+                                              "value": 95, "threshold": 90,
+                                              "since_ms": T0}))
+    assert m.apply_alert("no_frame", "c1", _j({"message": "quiet", "since_ms": T0}))
+    assert m.apply_alert("no_frame", "c1", b"")  # cleared
+    assert not m.apply_alert("no frame", "c1", b"{}")
+    text = format_status(m, T0 + 3_720_000, list(m.published.values()),
+                         alerts_note="alerts as published by the monitor")
+    assert "alerts as published by the monitor\n1 alert(s):" in text
+    assert "[critical] disk_full/storage for 1h02m: full" in text
 
 
 JSON_ANY = st.recursive(
@@ -313,3 +355,75 @@ def test_broker_drops_and_guard_kicks_raise_alerts_and_clear() -> None:
     assert evaluate(m, RULES, T0 + 110_000) == []
     assert not m.apply(SYS_DROPPED_TOPIC + "x", b"1", T0)
     assert not m.apply(SYS_GUARD_KICKED_PREFIX + "cam9", b"1" * 400, T0)
+
+
+def _status(m: HealthModel, dev: str, t: int, retained: bool = False, **fields: object) -> None:
+    m.apply(f"cam/{dev}/status", _j({"state": "online", **fields}), t, retained=retained)
+
+
+def test_healthy_camera_says_ok() -> None:
+    m = HealthModel(started_ms=T0)
+    m.frames_observable = True
+    _status(m, "c1", T0, rssi=-60, boot_id=1, reset_reason="poweron", interval_ms=1000)
+    m.note_frame("c1", T0 + 5000)
+    h = device_health(m, m.devices["c1"], T0 + 10_000)
+    assert h.ok and h.cause == "ok" and h.kind == "ok"
+
+
+def test_brownout_resets_weak_wifi_and_reconnects_are_causes() -> None:
+    m = HealthModel(started_ms=T0)
+    # Seen retained first: the current boot's reason, time unknown.
+    _status(m, "c1", T0, retained=True, boot_id=1, reset_reason="brownout", rssi=-82)
+    h = device_health(m, m.devices["c1"], T0)
+    assert [p.text for p in h.problems] == ["last reset: brown-out",
+                                            "weak Wi-Fi (\u221282 dBm)"]
+    for i, boot in enumerate((2, 3), start=1):
+        m.apply("cam/c1/status", _j({"state": "offline"}), T0 + i * 600_000)
+        _status(m, "c1", T0 + i * 600_000 + 1000, boot_id=boot, reset_reason="brownout",
+                rssi=-82)
+    m.apply("cam/c1/status", _j({"state": "offline"}), T0 + 1_900_000)
+    _status(m, "c1", T0 + 1_901_000, boot_id=4, reset_reason="task_wdt", rssi=-82)
+    h = device_health(m, m.devices["c1"], T0 + 2_000_000)
+    assert h.kind == "brownout"
+    assert h.cause == ("brown-out resets (3 in 24h); task watchdog reset 1m39s ago; "
+                       "weak Wi-Fi (\u221282 dBm); reconnects (3 in 1h)")
+    # A day later the resets and reconnects have aged out; the Wi-Fi is still weak.
+    h = device_health(m, m.devices["c1"], T0 + 2_000_000 + 86_400_000)
+    assert h.cause == "weak Wi-Fi (\u221282 dBm)"
+
+
+def test_software_and_power_on_resets_are_not_problems() -> None:
+    m = HealthModel(started_ms=T0)
+    for boot, reason in enumerate(("poweron", "sw", "deepsleep", "\x1b[2J")):
+        _status(m, "c1", T0 + boot, boot_id=boot, reset_reason=reason)
+    assert device_health(m, m.devices["c1"], T0 + 10).ok
+
+
+def test_rejected_share_comes_from_the_ingestor_status() -> None:
+    m = HealthModel(started_ms=T0)
+    _status(m, "c1", T0)
+    _status(m, "c2", T0)
+    for i, (f1, r1, f2) in enumerate(((0, 0, 0), (88, 12, 100), (176, 24, 200))):
+        m.apply("svc/ingestor/status", _j({
+            "state": "online", "frames_stored": f1 + f2, "rejected": r1,
+            "device_rejected": {"c1": r1, "c2": 0, "bad id!": 5},
+            "device_frames": {"c1": f1, "c2": f2}}), T0 + i * 1000)
+    assert device_health(m, m.devices["c1"], T0 + 3000).cause == "rejected frames 12%"
+    assert device_health(m, m.devices["c2"], T0 + 3000).ok
+    assert "bad id!" not in m.device_rates
+
+
+def test_frame_gap_and_offline_and_status_column() -> None:
+    m = HealthModel(started_ms=T0)
+    m.frames_observable = True
+    _status(m, "c1", T0, interval_ms=60_000)
+    m.note_frame("c1", T0)
+    assert device_health(m, m.devices["c1"], T0 + 179_000).ok   # 3 intervals not yet over
+    h = device_health(m, m.devices["c1"], T0 + 181_000)
+    assert h.kind == "frame_gap" and h.cause == "no frame for 3m01s"
+    m.apply("cam/c2/status", _j({"state": "offline"}), T0)
+    assert device_health(m, m.devices["c2"], T0 + 60_000).cause == "offline"
+    text = format_status(m, T0 + 181_000)
+    assert "HEALTH" in text.splitlines()[2]
+    row = next(line for line in text.splitlines() if line.startswith("c1 "))
+    assert row.endswith("no frame for 3m01s")

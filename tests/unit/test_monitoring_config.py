@@ -20,7 +20,8 @@ import yaml  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from encoder.metrics import EncoderMetrics
-from ingestor.metrics import IngestMetrics
+from ingestor.metrics import NO_DEVICE, IngestMetrics
+from monitor.metrics import MonitorMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"
@@ -38,8 +39,15 @@ def exposed(registry: CollectorRegistry) -> set[str]:
     return out
 
 
+def monitor_registry() -> CollectorRegistry:
+    mon = MonitorMetrics()
+    mon.watch_broker(dict)  # the broker's families exist before any $SYS reading
+    return mon.registry
+
+
 def metric_names() -> set[str]:
-    return exposed(IngestMetrics().registry) | exposed(EncoderMetrics().registry)
+    return (exposed(IngestMetrics().registry) | exposed(EncoderMetrics().registry)
+            | exposed(monitor_registry()))
 
 
 def rule_exprs() -> dict[str, str]:
@@ -64,14 +72,34 @@ def test_names_come_from_the_definitions() -> None:
     assert "camstack_ingestor_store_seconds_bucket" in names
     assert "camstack_ingestor_connected" in names
     assert "camstack_encoder_failures_total" in names
+    assert "camstack_monitor_alerts_active" in names
+    assert "camstack_broker_publish_dropped_total" in names
+    assert "camstack_broker_clients_connected" in names
     # The checker itself catches a name that does not exist.
     assert unknown_names({"x": "rate(ingestor_frames_total[5m])"}, names) == [
         "x: ingestor_frames_total"]
 
 
+def test_rejections_are_labelled_by_account_with_bounded_devices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ingestor.metrics.MAX_DEVICE_LABELS", 2)
+    m = IngestMetrics()
+    for device in ("cam01", "cam01", None, "a/b", "cam02", "cam03"):
+        m.rejected("crc_mismatch", device)
+    samples = {tuple(sorted(s.labels.items())): s.value for fam in m.registry.collect()
+               if fam.name == "camstack_ingestor_rejections" for s in fam.samples
+               if s.name.endswith("_total")}
+    assert samples == {
+        (("device", "cam01"), ("reason", "crc_mismatch")): 2,
+        (("device", "cam02"), ("reason", "crc_mismatch")): 1,
+        # no topic device, a name that is no account id, and one past the bound:
+        (("device", NO_DEVICE), ("reason", "crc_mismatch")): 3,
+    }
+
+
 def test_alert_rules_use_real_metric_names() -> None:
     exprs = rule_exprs()
-    assert len(exprs) >= 10
+    assert len(exprs) >= 15
     assert unknown_names(exprs, metric_names()) == []
 
 
@@ -91,6 +119,10 @@ def test_dashboard_queries_use_real_metric_names() -> None:
         "chunks_received", "duplicate_chunks", "chunks_discarded", "inflight_bytes",
         "commit_group_frames", "batches_announced", "capture_time_untrusted", "storage_errors",
     )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"}
+    assert {f for f in families if f.startswith("camstack_broker_")} >= {
+        "camstack_broker_clients_connected", "camstack_broker_publish_dropped",
+        "camstack_broker_messages_received", "camstack_broker_guard_kicks",
+        "camstack_broker_load", "camstack_broker_bytes_received"}
     assert set(unused) <= allowed_unused, sorted(set(unused) - allowed_unused)
 
 
