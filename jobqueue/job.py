@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from contract.ids import is_device_id, is_safe_name
@@ -31,6 +33,17 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_RE = re.compile(r"(?P<prefix>[A-Za-z0-9_-]{1,64}/)(?P<device>[^/]{1,64})/"
                      r"(?P<batch>[^/]{1,160})\.tar")
 _FIELDS = {"v", "device", "batch", "pack_key", "sha256"}
+
+
+class Outcome(StrEnum):
+    """What the encode function made of one job (every runner maps it the same way)."""
+
+    OK = "ok"
+    """Done, or found done already (a redelivery): acknowledge."""
+    RETRY = "retry"
+    """Failed for now (store or database away): deliver again later."""
+    POISON = "poison"
+    """Can never succeed (corrupt pack, bad manifest): quarantine now."""
 
 
 def pack_key(device: str, batch: str, prefix: str = DEFAULT_PACK_PREFIX) -> str:
@@ -154,3 +167,9 @@ def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {k[:40]!r}")
         out[k] = v
     return out
+
+
+EncodeFn = Callable[[EncodeJob], Outcome]
+"""The encode function every runner calls: idempotent per batch (docs/scaling.md)."""
+QuarantineFn = Callable[[EncodeJob, int], None]
+"""Records a job that will never succeed, with how often it was delivered."""

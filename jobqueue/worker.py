@@ -31,7 +31,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import nats.errors
@@ -40,21 +39,13 @@ from nats.aio.msg import Msg
 
 from config.settings import JobQueueSettings
 from jobqueue.errors import MalformedJobError
-from jobqueue.job import DEFAULT_PACK_PREFIX, EncodeJob
+from jobqueue.job import DEFAULT_PACK_PREFIX, EncodeJob, Outcome
 from jobqueue.queue import connect, ensure_stream
 
 log = logging.getLogger("jobqueue.worker")
 
-
-class Outcome(StrEnum):
-    """What the handler made of one job."""
-
-    OK = "ok"
-    """Done (or found done already): ack."""
-    RETRY = "retry"
-    """Failed for now (store or database away): redeliver after ``retry_delay_s``."""
-    POISON = "poison"
-    """Can never succeed (corrupt pack): quarantine now."""
+__all__ = ["Handler", "JobWorker", "Outcome", "Quarantine", "WorkerStats",
+           "run_worker_blocking"]
 
 
 Handler = Callable[[EncodeJob], Outcome]
