@@ -45,6 +45,7 @@ PURE_MODULES = {
     "contract/ids.py", "ingestor/assembler.py", "ingestor/batcher.py", "ingestor/acks.py",
     "monitor/health.py", "encoder/timeline.py", "web/live.py", "web/auth.py",
     "web/commands.py", "jobqueue/job.py", "jobqueue/lambda_handler.py",
+    "jobqueue/backlog.py",
 }
 IMPURE = {"paho", "av", "boto3", "psycopg", "sqlite3", "shutil", "pathlib"}
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from encoder.metrics import EncoderMetrics
 from ingestor.metrics import IngestMetrics
+from jobqueue.metrics import JobQueueMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"
@@ -39,7 +40,8 @@ def exposed(registry: CollectorRegistry) -> set[str]:
 
 
 def metric_names() -> set[str]:
-    return exposed(IngestMetrics().registry) | exposed(EncoderMetrics().registry)
+    return (exposed(IngestMetrics().registry) | exposed(EncoderMetrics().registry)
+            | exposed(JobQueueMetrics().registry))
 
 
 def rule_exprs() -> dict[str, str]:
@@ -64,6 +66,8 @@ def test_names_come_from_the_definitions() -> None:
     assert "camstack_ingestor_store_seconds_bucket" in names
     assert "camstack_ingestor_connected" in names
     assert "camstack_encoder_failures_total" in names
+    assert {"camstack_encode_backlog_oldest_seconds", "camstack_encode_jobs_quarantined",
+            "camstack_jobqueue_malformed_total"} <= names
     # The checker itself catches a name that does not exist.
     assert unknown_names({"x": "rate(ingestor_frames_total[5m])"}, names) == [
         "x: ingestor_frames_total"]
@@ -90,7 +94,9 @@ def test_dashboard_queries_use_real_metric_names() -> None:
     allowed_unused = {f"camstack_ingestor_{n}" for n in (
         "chunks_received", "duplicate_chunks", "chunks_discarded", "inflight_bytes",
         "commit_group_frames", "batches_announced", "capture_time_untrusted", "storage_errors",
-    )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"}
+    )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"} | {
+        "camstack_encode_backlog_batches", "camstack_encode_jobs_pending",
+        "camstack_jobqueue_jobs"}
     assert set(unused) <= allowed_unused, sorted(set(unused) - allowed_unused)
 
 
