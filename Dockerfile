@@ -34,6 +34,7 @@ COPY contract ./contract
 COPY mqttclient ./mqttclient
 COPY objstore ./objstore
 COPY catalog ./catalog
+COPY jobqueue ./jobqueue
 COPY monitor ./monitor
 COPY web ./web
 RUN pip install -c constraints.txt .

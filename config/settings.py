@@ -658,3 +658,59 @@ class WebSettings(_ServiceSettings):
         # The same SQLite file as the ingestor and the encoder unless the file names one.
         object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
         return self
+
+
+# --- Encode job queue, NATS JetStream (issue 13). New sections only, appended. ---
+
+
+class JobQueueSettings(_Section):
+    """The JetStream work queue of encode jobs (docs/scaling.md)."""
+
+    servers: list[str] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16,
+        description="NATS server URLs (nats:// or tls://).")
+    stream: str = Field(default="CAMSTACK_JOBS", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                        description="JetStream stream holding the jobs (WorkQueue retention).")
+    subject_prefix: str = Field(
+        default="camstack.jobs.encode",
+        pattern=r"^[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,7}$",
+        description="Jobs go to <subject_prefix>.<device>.")
+    consumer: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                          description="Durable pull consumer shared by every worker.")
+    duplicate_window_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="The server drops a second job with the same batch id within this long.")
+    ack_wait_s: float = Field(
+        default=60.0, ge=0.5, le=3600,
+        description="A job not acked (nor heartbeated) within this long is redelivered.")
+    heartbeat_s: float = Field(
+        default=20.0, gt=0, le=1200,
+        description="While a job runs, tell the server it is still in progress this often.")
+    max_deliver: int = Field(
+        default=5, ge=1, le=1000,
+        description="Deliveries of one job before it is quarantined instead of handled.")
+    retry_delay_s: float = Field(
+        default=10.0, ge=0, le=3600, description="Redelivery delay of a job that asked to retry.")
+    fetch_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Longest wait of one pull for a job.")
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_job_bytes: int = Field(default=4096, ge=256, le=1024 * 1024,
+                               description="Larger job messages are rejected unread.")
+    credentials_file: Path | None = Field(
+        default=None, description="NATS .creds file (JWT + NKey seed); none: no auth.")
+    tls: bool = Field(default=False, description="Require TLS to the servers.")
+    tls_ca_file: Path | None = Field(default=None, description="CA of the servers' certificate.")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    tls_key_file: Path | None = Field(default=None, description="Its private key.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobQueueSettings:
+        if self.heartbeat_s >= self.ack_wait_s:
+            raise ValueError("heartbeat_s must be below ack_wait_s")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        for url in self.servers:
+            if not re.fullmatch(r"(nats|tls)://[A-Za-z0-9.:\[\]_-]{1,253}", url):
+                raise ValueError(f"servers: {url[:80]!r} is not nats://host[:port] "
+                                 "or tls://host[:port]")
+        return self

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "mqttclient": 2,
     "objstore": 2,
     "catalog": 2,
+    "jobqueue": 2,
     "broker": 3,
     "ingestor": 4,
     "encoder": 4,
@@ -43,7 +44,8 @@ PURE_MODULES = {
     "contract/codec.py", "contract/layout.py", "contract/events.py", "contract/topics.py",
     "contract/ids.py", "ingestor/assembler.py", "ingestor/batcher.py", "ingestor/acks.py",
     "monitor/health.py", "encoder/timeline.py", "web/live.py", "web/auth.py",
-    "web/commands.py",
+    "web/commands.py", "jobqueue/job.py", "jobqueue/lambda_handler.py",
+    "jobqueue/backlog.py",
 }
 IMPURE = {"paho", "av", "boto3", "psycopg", "sqlite3", "shutil", "pathlib"}
 

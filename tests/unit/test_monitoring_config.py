@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from encoder.metrics import EncoderMetrics
 from ingestor.metrics import NO_DEVICE, IngestMetrics
+from jobqueue.metrics import JobQueueMetrics
 from monitor.metrics import MonitorMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def monitor_registry() -> CollectorRegistry:
 
 def metric_names() -> set[str]:
     return (exposed(IngestMetrics().registry) | exposed(EncoderMetrics().registry)
-            | exposed(monitor_registry()))
+            | exposed(monitor_registry()) | exposed(JobQueueMetrics().registry))
 
 
 def rule_exprs() -> dict[str, str]:
@@ -75,6 +76,8 @@ def test_names_come_from_the_definitions() -> None:
     assert "camstack_monitor_alerts_active" in names
     assert "camstack_broker_publish_dropped_total" in names
     assert "camstack_broker_clients_connected" in names
+    assert {"camstack_encode_backlog_oldest_seconds", "camstack_encode_jobs_quarantined",
+            "camstack_jobqueue_malformed_total"} <= names
     # The checker itself catches a name that does not exist.
     assert unknown_names({"x": "rate(ingestor_frames_total[5m])"}, names) == [
         "x: ingestor_frames_total"]
@@ -118,7 +121,9 @@ def test_dashboard_queries_use_real_metric_names() -> None:
     allowed_unused = {f"camstack_ingestor_{n}" for n in (
         "chunks_received", "duplicate_chunks", "chunks_discarded", "inflight_bytes",
         "commit_group_frames", "batches_announced", "capture_time_untrusted", "storage_errors",
-    )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"}
+    )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"} | {
+        "camstack_encode_backlog_batches", "camstack_encode_jobs_pending",
+        "camstack_jobqueue_jobs"}
     assert {f for f in families if f.startswith("camstack_broker_")} >= {
         "camstack_broker_clients_connected", "camstack_broker_publish_dropped",
         "camstack_broker_messages_received", "camstack_broker_guard_kicks",
