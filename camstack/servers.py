@@ -109,7 +109,10 @@ class SeaweedHandle:
             f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
             "-admin.ui=false", "-webdav=false", f"-webdav.port={p['webdav']}",
             "-metricsPort=0", "-s3.metricsPort=0", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64", "-volume.max=8",
+            # Every bucket is a collection with volumes of its own: tests make a bucket
+            # each, and 8 volumes ran out ("No writable volumes and no free volumes
+            # left", an InternalError to S3 clients). Volumes are sparse files.
+            "-master.volumeSizeLimitMB=64", "-volume.max=500",
             f"-filer.localSocket={b / 'filer.sock'}", f"-s3.localSocket={b / 's3.sock'}",
             f"-s3.config={b / 's3.json'}", f"-bucket={self.bucket}",
         ]

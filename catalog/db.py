@@ -116,7 +116,7 @@ class SqliteDriver:
                 check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._wal(busy_timeout_ms / 1000)
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
         except (sqlite3.Error, OSError) as e:
@@ -125,6 +125,21 @@ class SqliteDriver:
             log.warning("catalog_sqlite_not_wal", path=str(path), mode=mode)
         with contextlib.suppress(OSError):
             path.chmod(0o640)
+
+    def _wal(self, patience_s: float) -> str:
+        # Switching a new file to WAL needs it alone: when the ingestor and the encoder
+        # open a fresh catalog at the same moment, one gets SQLITE_BUSY at once (that
+        # pragma does not wait on the busy handler). Try again for the busy timeout.
+        deadline = time.monotonic() + patience_s
+        delay = 0.01
+        while True:
+            try:
+                return str(self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:

@@ -30,20 +30,11 @@ def open_store(settings: ObjectStoreSettings, *, check: bool = True) -> ObjectSt
     Raises:
         StoreConfigError: Naming the setting at fault.
     """
-    try:
-        store: ObjectStore = (
-            S3Store(settings.s3) if settings.backend == "s3" else FilesystemStore(settings.root))
-        if check:
-            store.check()
-    except StoreConfigError as e:
-        # The services' settings section is ``store``: name the key as it is written.
-        if not e.setting.startswith("objstore."):
-            raise
-        setting = "store." + e.setting.removeprefix("objstore.")
-        msg = str(e).removeprefix(f"{e.setting}: ")
-        err = (EndpointUnreachableError(setting, msg) if isinstance(e, EndpointUnreachableError)
-               else StoreConfigError(setting, msg))
-        raise err from None
+    # Errors name the key as the services' settings write it: ``store.s3.bucket``.
+    store: ObjectStore = (
+        S3Store(settings.s3) if settings.backend == "s3" else FilesystemStore(settings.root))
+    if check:
+        store.check()
     return store
 
 

@@ -66,14 +66,14 @@ class FilesystemStore:
         """Create the root when missing and check it is a writable folder.
 
         Raises:
-            StoreConfigError: Naming ``objstore.root``.
+            StoreConfigError: Naming ``store.root``.
         """
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreConfigError("objstore.root", f"cannot create {self.root}: {e}") from e
+            raise StoreConfigError("store.root", f"cannot create {self.root}: {e}") from e
         if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
-            raise StoreConfigError("objstore.root", f"{self.root} is not a writable folder")
+            raise StoreConfigError("store.root", f"{self.root} is not a writable folder")
 
     def _path(self, key: str) -> Path:
         validate_key(key)
@@ -81,7 +81,7 @@ class FilesystemStore:
         # validate_key already rules out '..'; this also refuses symlinked folders.
         real_root = os.path.realpath(self.root)
         if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
-            raise StoreConfigError("objstore.root", f"key {key!r} resolves outside the root")
+            raise StoreConfigError("store.root", f"key {key!r} resolves outside the root")
         return path
 
     def _mkdirs(self, folder: Path) -> None:

@@ -70,10 +70,10 @@ def load_credentials(path: Path, profile: str) -> tuple[str, str]:
         (access key id, secret key).
 
     Raises:
-        StoreConfigError: Naming ``objstore.s3.credentials_file`` when the file or a key
+        StoreConfigError: Naming ``store.s3.credentials_file`` when the file or a key
             is missing (the file's content is never put in the message).
     """
-    setting = "objstore.s3.credentials_file"
+    setting = "store.s3.credentials_file"
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with path.open(encoding="utf-8") as f:
@@ -121,13 +121,13 @@ class S3Store:
     """Objects in one S3 bucket.
 
     Args:
-        settings: The ``objstore.s3`` section.
+        settings: The ``store.s3`` section.
     """
 
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self.bucket = settings.bucket
-        self._cred_setting = "objstore.s3.access_key_id / objstore.s3.secret_access_key"
+        self._cred_setting = "store.s3.access_key_id / store.s3.secret_access_key"
         kwargs: dict[str, Any] = {"region_name": settings.region}
         if settings.access_key_id:
             kwargs["aws_access_key_id"] = settings.access_key_id
@@ -136,7 +136,7 @@ class S3Store:
         elif settings.credentials_file is not None:
             kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = load_credentials(
                 settings.credentials_file, settings.credentials_profile)
-            self._cred_setting = "objstore.s3.credentials_file"
+            self._cred_setting = "store.s3.credentials_file"
             source = "credentials_file"
         else:
             self._cred_setting = "AWS environment credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)"
@@ -177,7 +177,7 @@ class S3Store:
                 raise NotFoundError(key) from None
             if code == "NoSuchBucket":
                 raise StoreConfigError(
-                    "objstore.s3.bucket", f"bucket {self.bucket!r} does not exist") from None
+                    "store.s3.bucket", f"bucket {self.bucket!r} does not exist") from None
             if code in _INTEGRITY:
                 raise IntegrityError(f"{key}: the store rejected the checksum ({code})") from None
             if code in _CREDENTIALS:
@@ -211,7 +211,7 @@ class S3Store:
 
         Raises:
             StoreConfigError: Naming the setting at fault (``EndpointUnreachableError``
-                when nothing answers at ``objstore.s3.endpoint_url``).
+                when nothing answers at ``store.s3.endpoint_url``).
         """
         try:
             self._client.head_bucket(Bucket=self.bucket)
@@ -219,7 +219,7 @@ class S3Store:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise StoreConfigError(
-                    "objstore.s3.bucket", f"bucket {self.bucket!r} does not exist") from None
+                    "store.s3.bucket", f"bucket {self.bucket!r} does not exist") from None
             if code in _CREDENTIALS or code == "400":
                 raise StoreConfigError(
                     self._cred_setting,
@@ -228,7 +228,7 @@ class S3Store:
             self._raise(e, self.bucket)
         except _TRANSPORT as e:
             raise EndpointUnreachableError(
-                "objstore.s3.endpoint_url",
+                "store.s3.endpoint_url",
                 f"nothing answers at {self.settings.endpoint_url or 'aws'} ({type(e).__name__})",
             ) from None
         except bex.BotoCoreError as e:
@@ -427,7 +427,7 @@ class S3Store:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("NotImplemented", "501", "MalformedXML"):
                 raise StoreConfigError(
-                    "objstore.backend", f"this store refuses lifecycle rules ({code})") from None
+                    "store.backend", f"this store refuses lifecycle rules ({code})") from None
             self._raise(e, self.bucket)
         except bex.BotoCoreError as e:
             self._raise(e, self.bucket)

@@ -238,6 +238,7 @@ def create_app(ctx: WebContext) -> ASGIApp:
         csrf = ctx.sessions.csrf_token(session.sid) if session else values.pop("csrf", "")
         html = tpl.render(user=session.user if session else None,
                           role=session.role if session else None, csrf=csrf,
+                          live_seq=ctx.live.seq,
                           path=request.url.path, now_ms=int(time.time() * 1000),
                           frame_sizes=FRAME_SIZES, **values)
         return HTMLResponse(html, status, headers={"cache-control": "no-store"})
@@ -548,10 +549,21 @@ def create_app(ctx: WebContext) -> ASGIApp:
         client = ctx.broadcaster.connect()
         if client is None:
             raise HTTPException(503, "too many live connections")
+        try:
+            since = int(request.query_params.get("since", "-1")[:20])
+        except ValueError:
+            since = -1
+        # Registered first, then the catch-up, both on the event loop that applies
+        # changes: nothing falls between the page's render and this stream.
+        # A number from before a restart of this service: every card is news.
+        catch_up = (ctx.live.cards_since(since if since <= ctx.live.seq else -1)
+                    if since >= 0 else [])
 
         async def stream() -> AsyncIterator[str]:
             try:
                 yield "retry: 3000\n\n"
+                for card in catch_up:
+                    yield f"data: {json.dumps(card, separators=(',', ':'))}\n\n"
                 while True:
                     try:
                         text = await asyncio.wait_for(client.queue.get(), 15)

@@ -42,6 +42,8 @@ class DeviceLive:
     last_frame_ms: int | None = None
     video: VideoEvent | None = None
     history: deque[dict[str, Any]] = field(default_factory=deque)
+    seq: int = 0
+    """The model's change number when this camera last changed."""
 
     def card(self, alerts: int = 0) -> dict[str, Any]:
         """The JSON a browser's card shows."""
@@ -116,6 +118,8 @@ class LiveModel:
         self.alerts: dict[tuple[str, str], AlertLive] = {}
         self.alerts_by_subject: dict[str, int] = {}
         self.counters = Counters()
+        self.seq = 0
+        """Change number: one more for every message that changed something."""
 
     def topics(self) -> list[str]:
         """The subscriptions."""
@@ -148,7 +152,24 @@ class LiveModel:
             change = None
         if change is None:
             self.counters.ignored += 1
+            return None
+        self.seq += 1
+        # A device's card changes with its status, its video and its alerts' count.
+        key = "id" if change.get("type") == "device" else "subject"
+        d = self.devices.get(str(change.get(key)))
+        if d is not None:
+            d.seq = self.seq
         return change
+
+    def cards_since(self, seq: int) -> list[dict[str, Any]]:
+        """The cards of every camera that changed after change number ``seq``.
+
+        A page is rendered at one change number and opens its event stream a moment
+        later; what changed in between is sent first on the new stream, so no update
+        falls between the two.
+        """
+        return [d.card(self.alerts_by_subject.get(d.device, 0))
+                for d in self.devices.values() if d.seq > seq]
 
     def _apply(self, topic: str, payload: bytes, now_ms: int) -> dict[str, Any] | None:
         parsed = parse_device_topic(topic, self.prefix)

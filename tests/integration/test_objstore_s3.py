@@ -109,7 +109,7 @@ def test_credentials_file(seaweedfs: SeaweedHandle, tmp_path: Path) -> None:
 
 
 def test_missing_bucket_named(seaweedfs: SeaweedHandle) -> None:
-    with pytest.raises(StoreConfigError, match=r"objstore\.s3\.bucket"):
+    with pytest.raises(StoreConfigError, match=r"store\.s3\.bucket"):
         open_store(ObjectStoreSettings(
             backend="s3", s3=seaweedfs.s3_settings(bucket="no-such-bucket-here")))
 
@@ -121,7 +121,7 @@ def test_unreachable_endpoint_named_and_fast() -> None:
     s = S3Settings(endpoint_url=f"http://127.0.0.1:{port}", bucket="b", access_key_id="a",
                    secret_access_key="b", connect_timeout_s=1, read_timeout_s=2, max_attempts=2)
     t = time.monotonic()
-    with pytest.raises(EndpointUnreachableError, match=r"objstore\.s3\.endpoint_url"):
+    with pytest.raises(EndpointUnreachableError, match=r"store\.s3\.endpoint_url"):
         S3Store(s).check()
     assert time.monotonic() - t < 15
 

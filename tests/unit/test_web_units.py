@@ -96,3 +96,20 @@ def test_media_stays_inside_the_root(tmp_path: Path) -> None:
     for key in ("videos/link.mp4", "../secret", "videos/../../secret", "/etc/passwd",
                 "videos//ok.mp4", "videos/.x", ""):
         assert inside(root, key) is None, key
+
+
+def test_cards_since_gives_what_changed_after_a_render() -> None:
+    # A page rendered at change n opens its stream a moment later: every card changed
+    # after n comes first on the stream (the race the browser tests once lost).
+    m = LiveModel("cam", "alerts")
+    m.apply("cam/a/status", b'{"state":"online"}', 1)
+    m.apply("cam/b/status", b'{"state":"online"}', 2)
+    rendered_at = m.seq
+    assert m.cards_since(rendered_at) == []
+    m.apply("cam/b/status", b'{"state":"offline"}', 3)
+    m.apply("cam/x/status", b"not json", 4)  # no change, no new number
+    assert [c["id"] for c in m.cards_since(rendered_at)] == ["b"]
+    assert m.cards_since(rendered_at)[0]["state"] == "offline"
+    m.apply("alerts/no_frame/a", b'{"rule":"no_frame","subject":"a","message":"x"}', 5)
+    assert {c["id"] for c in m.cards_since(rendered_at)} == {"a", "b"}
+    assert {c["id"] for c in m.cards_since(-1)} == {"a", "b"}

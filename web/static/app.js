@@ -45,7 +45,9 @@
     }
   }
   function connect() {
-    const es = new EventSource("/events");
+    // Changes since this page was rendered come first on the stream (no gap).
+    const seq = document.body.getAttribute("data-seq") || "-1";
+    const es = new EventSource("/events?since=" + encodeURIComponent(seq));
     es.onopen = function () { if (live) { live.textContent = "● live"; live.className = "live on"; } };
     es.onerror = function () { if (live) { live.textContent = "○ reconnecting"; live.className = "live"; } };
     es.addEventListener("resync", function () { es.close(); location.reload(); });
