@@ -285,8 +285,8 @@ class SimCamera:
     def _run_safely(self) -> None:
         try:
             self.run()
-        except (MqttConnectError, OSError) as exc:
-            self.error = str(exc)
+        except Exception as exc:  # a revoked account, a lost broker: in the summary
+            self.error = f"{type(exc).__name__}: {exc}"
             self.stats.errors += 1
         finally:
             self.finished.set()

@@ -94,7 +94,12 @@ def ensure_device_account(store: AccountStore, device: str, password_dir: Path) 
         The device's password.
     """
     pw_file = password_dir / f"{device}.pass"
-    active = {a.name for a in store.list()}
+    accounts = store.list(include_revoked=True)
+    active = {a.name for a in accounts if a.active}
+    if device not in active and device in {a.name for a in accounts}:
+        # Somebody revoked it on purpose: a simulator must not bring it back unasked.
+        raise BrokerToolError(f"{device} was revoked; use other ids (--device-prefix) or "
+                              f"re-add it with `camstack device add {device} --force`")
     if device in active and pw_file.exists():
         return pw_file.read_text(encoding="utf-8").strip()
     if device in active:

@@ -155,3 +155,17 @@ def test_simulate_command_provisions_and_reports(broker: BrokerHandle) -> None:
         assert report["frames_acked"] == 8 and report["errors"] == 0
         assert report["chunks_duplicated"] > 0
     assert (broker.data_dir / "sim" / "simcli-01.pass").stat().st_mode & 0o777 == 0o600
+
+
+def test_revoking_a_streaming_sim_camera_is_reported_as_its_error(broker: BrokerHandle) -> None:
+    # It used to end its thread with an uncaught RuntimeError while the summary said
+    # 0 errors.
+    dev = "sim-revoked"
+    pw = broker.add_device(dev)
+    cam = SimCamera(dev, broker.mqtt_settings(dev, pw),
+                    SimConfig(fps=20, frames=100, drain_timeout_s=2)).start()
+    assert cam.connected.wait(10)
+    broker.revoke(dev)
+    assert cam.finished.wait(60)
+    assert cam.error is not None and cam.stats.errors == 1
+    assert cam.stats.frames_acked < 100

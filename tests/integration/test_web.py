@@ -310,6 +310,9 @@ def test_login_grid_fills_and_updates_live(site: Site, page: Any) -> None:
     expect(card.locator("[data-f=rssi]")).to_have_text("-61")
     expect(card.locator("img")).to_have_attribute(
         "src", f"/thumbs/webcam01/{site.videos['webcam01/2'].batch}.jpg")
+    # Thumbnails load lazily (a grid of 1,000 cameras): with the session broker's other
+    # devices on the page, this card may start below the fold.
+    card.scroll_into_view_if_needed()
     page.wait_for_function("document.querySelector('[data-device=webcam01] img').naturalWidth"
                            " > 0")
     expect(grid.locator('[data-device="webcam02"] [data-f=alerts]')).to_have_text("1 ⚠")

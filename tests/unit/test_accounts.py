@@ -270,3 +270,16 @@ def test_revoked_device_is_not_silently_rewritten(tmp_path: Path, certdata: Path
     _broker(["--data-dir", str(elsewhere), "server-cert", "camhub.lan"], capsys)
     code, _, err = _add(elsewhere, "cam01", capsys, "--wifi-ssid", "farm")
     assert code == 1 and "exists already" in err
+
+
+def test_simulator_never_brings_back_a_revoked_device(tmp_path: Path) -> None:
+    from broker.errors import BrokerToolError  # noqa: PLC0415
+    from camstack.stack import ensure_device_account  # noqa: PLC0415
+
+    store = AccountStore(tmp_path / "b")
+    pw = ensure_device_account(store, "sim-cam01", tmp_path / "pw")
+    assert ensure_device_account(store, "sim-cam01", tmp_path / "pw") == pw  # reused
+    store.revoke("sim-cam01")
+    with pytest.raises(BrokerToolError, match="revoked"):
+        ensure_device_account(store, "sim-cam01", tmp_path / "pw")
+    assert "sim-cam01" not in {a.name for a in store.list()}
