@@ -232,6 +232,7 @@ class SimCamera:
         self.connected = threading.Event()
         self.finished = threading.Event()
         self._stop = threading.Event()
+        self._refused: str | None = None
         self._rng = random.Random(f"{self.config.faults.seed}/{device}")
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
@@ -312,6 +313,7 @@ class SimCamera:
         client.max_inflight_messages_set(max(20, cfg.window * 4))
         # The queue of unsent chunks is our own window (cfg.window frames), not paho's.
         connect_blocking(client, self.settings, clean_start=True)
+        client.on_connect = self._on_reconnect
         self.connected.set()
         publish_json(client, self.status_topic, self.status_payload(), retain=True)
         period = 1.0 / cfg.fps
@@ -340,11 +342,22 @@ class SimCamera:
                 continue
             self._send_frame(client, seq)
             seq += 1
+        if self._refused is not None:
+            # Revoked (or its password changed): nothing more will be acknowledged.
+            client.loop_stop()
+            raise MqttConnectError(self._refused)
         self._drain(cfg.drain_timeout_s)
         offline = publish_json(client, self.status_topic, {"state": "offline"}, retain=True)
         wait_published(offline, 5.0)
         client.disconnect()
         client.loop_stop()
+
+    def _on_reconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, rc: ReasonCode,
+                      _p: Any) -> None:
+        # paho's own reconnects after a lost connection land here: a refusal is final.
+        if rc.is_failure:
+            self._refused = f"the broker refused {self.device}: {rc}"
+            self._stop.set()
 
     def _send_frame(self, client: mqtt.Client, seq: int) -> None:
         faults = self.config.faults
