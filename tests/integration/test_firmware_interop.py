@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import select
 import shutil
+import socket
 import subprocess
 import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,44 +352,21 @@ class BudgetProxy(TcpProxy):
         self.cut_done = threading.Event()
         super().__init__(host, port)
 
-    def _pump(self, pair: Any) -> None:
-        ends = {pair.client: pair.upstream, pair.upstream: pair.client}
-        open_ends = [pair.client, pair.upstream]
-        while not pair.closed and open_ends:
-            try:
-                readable, _, _ = select.select(open_ends, [], [], 0.1)
-            except (OSError, ValueError):
-                break
-            for s in readable:
-                try:
-                    data = s.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    if pair.blackholed:
-                        open_ends.remove(s)
-                        continue
-                    pair.close()
-                    return
-                if pair.blackholed:
-                    continue
-                cut_now = False
-                if s is pair.client and self.budget is not None:
-                    if len(data) >= self.budget:
-                        data, cut_now = data[:self.budget], True
-                        self.budget = None
-                    else:
-                        self.budget -= len(data)
-                try:
-                    if data:
-                        ends[s].sendall(data)
-                except OSError:
-                    pair.close()
-                    return
-                if cut_now:
-                    self.cut()
-                    self.cut_done.set()
-        pair.close()
+    def _forward(self, pair: Any, src: socket.socket,
+                 data: bytes) -> tuple[bytes, Callable[[], None] | None]:
+        if src is not pair.client or self.budget is None:
+            return data, None
+        if len(data) < self.budget:
+            self.budget -= len(data)
+            return data, None
+        # The last bytes of the budget go through, then the link is cut.
+        keep, self.budget = self.budget, None
+
+        def cut() -> None:
+            self.cut()
+            self.cut_done.set()
+
+        return data[:keep], cut
 
 
 def test_vcam_resends_whole_frame_after_outage_longer_than_partial_timeout(

@@ -549,12 +549,24 @@ class TcpProxy:
                     return
                 if pair.blackholed:
                     continue
+                data, after = self._forward(pair, s, data)
                 try:
-                    ends[s].sendall(data)
+                    if data:
+                        ends[s].sendall(data)
                 except OSError:
                     pair.close()
                     return
+                if after is not None:
+                    after()
         pair.close()
+
+    def _forward(self, pair: _Pair, src: socket.socket,
+                 data: bytes) -> tuple[bytes, Callable[[], None] | None]:
+        """What of ``data`` (read from ``src``) to pass on, and what to do once sent.
+
+        Subclasses shape the traffic here (cut after a byte budget, …).
+        """
+        return data, None
 
     def cut(self) -> None:
         """Swallow everything on open connections; refuse new ones."""
