@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -184,6 +185,19 @@ def _quarantine(job: CloudJob, ref: BatchRef, key: str, reason: str, pack: Path 
     return StoreResult("quarantined", detail=reason)
 
 
+def quarantine_batch(ref: BatchRef, job: CloudJob, reason: str, **detail: Any) -> StoreResult:
+    """Quarantine a batch from outside an encode (a runner giving up on its job).
+
+    The catalog row and ``quarantine/<id>/<batch>/reason.json`` say why; the pack stays
+    where it is (the lifecycle rule on the pack prefix removes it later), so it can be
+    looked at or re-queued by hand.
+    """
+    row = _retry(job, "catalog", ref, lambda: job.catalog.get_batch(ref.device, ref.batch))
+    key = (row.pack_key if row is not None and row.pack_key
+           else pack_key(ref.device, ref.batch, job.pack_prefix))
+    return _quarantine(job, ref, key, reason, None, **detail)
+
+
 def _video_key(job: CloudJob, ref: BatchRef, first_ms: int, last_ms: int) -> str:
     folder = video_dir(ref.device, first_ms)
     stem, alt = video_stems(ref.device, ref.batch, first_ms, last_ms)
@@ -227,9 +241,11 @@ def encode_from_store(ref: BatchRef, job: CloudJob) -> StoreResult:
     if row.state is BatchState.SEALED or not row.pack_sha256:
         bound.warning("batch_not_uploaded")
         return StoreResult("missing", detail="not uploaded")
-    work = job.scratch / f"{ref.device}--{ref.batch}"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "frames").mkdir(parents=True)
+    # A folder of its own per run: the same batch may be in hand twice at once (a job
+    # redelivered while its first delivery still runs in another thread).
+    job.scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{ref.device}--{ref.batch}-", dir=job.scratch))
+    (work / "frames").mkdir()
     try:
         return _encode(ref, job, row.pack_sha256, key, work)
     finally:
