@@ -46,6 +46,7 @@ from camstack.supervise import (
     PROGRAMS,
     conf_path,
     exec_supervisord,
+    local_jetstream_port,
     logs_dir,
     supervisorctl_argv,
     write_supervisord,
@@ -371,7 +372,9 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     if args.render_only:
         print(conf)
         return 0
-    print(f"running {', '.join(PROGRAMS)}; logs in {logs_dir(layout)}, "
+    nats = local_jetstream_port(layout) is not None
+    print(f"running {', '.join((*PROGRAMS, 'nats') if nats else PROGRAMS)}; logs in "
+          f"{logs_dir(layout)}, "
           "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)
     exec_supervisord(conf)
     return 0  # pragma: no cover - exec does not return

@@ -368,6 +368,8 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     layout.storage_root.mkdir(parents=True, exist_ok=True)
     _shared_state(layout)
     (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
+    # The JetStream store of the `nats` service (profile "jetstream").
+    (layout.data_dir / "nats").mkdir(mode=0o750, exist_ok=True)
     written: list[Path] = []
     names = server_cert_names(layout)
     if COMPOSE_BROKER_HOST not in names:
