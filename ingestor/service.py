@@ -33,7 +33,7 @@ from ingestor.network import NetworkLoop
 from ingestor.store import Store
 from ingestor.uploader import Finisher
 from ingestor.writer import Counters, Writer
-from jobqueue import EncodeJob
+from jobqueue import EncodeJob, MalformedJobError
 from jobqueue.queue import JobPublisher
 from objstore import ObjectStore, open_store
 
@@ -103,8 +103,14 @@ class IngestorService:
 
     def _publish_job(self, device: str, batch: str, sha256: str | None) -> None:
         assert self.jobs is not None
-        job = EncodeJob.for_batch(device, batch, sha256=sha256,
-                                  prefix=self.settings.store.pack_prefix)
+        try:
+            job = EncodeJob.for_batch(device, batch, sha256=sha256,
+                                      prefix=self.settings.store.pack_prefix)
+        except MalformedJobError as exc:
+            # Not for want of NATS: retrying cannot help. The ids were checked where they
+            # entered, so this is a bug; the batch stays `uploaded` in the catalog.
+            log.error("job_refused", device=device, batch=batch, error=str(exc))
+            return
         res = self.jobs.publish(job)
         log.info("job_published", device=device, batch=batch, seq=res.seq,
                  duplicate=res.duplicate)

@@ -24,7 +24,7 @@ from camstack.brokerproc import BrokerHandle
 from camstack.procs import ServiceProcess, scrape, service_config
 from camstack.servers import NatsHandle, PostgresHandle, SeaweedHandle, start_nats
 from catalog import BatchState, SealedBatch, open_catalog
-from catalog.signing import load_or_create_key
+from catalog.signing import load_or_create_key, load_public_key, public_key_pem, verify_video
 from config.settings import CatalogSettings, JobQueueSettings
 from contract.layout import pack_key
 from encoder.cloud import BatchRef, CloudJob, encode_from_store, quarantine_batch
@@ -316,7 +316,8 @@ def test_one_batch_encoded_by_two_workers_at_once_is_one_video(
         s3_store: S3Store, nats_server: NatsHandle, tmp_path: Path) -> None:
     """No heartbeats and a short ack_wait: the job is delivered to the second worker
     while the first still holds it, both run the real encode function at once (separate
-    scratch folders, as on two machines), and one video row and one MP4 remain."""
+    scratch folders and x264 thread counts, as on two machines: different bytes), and one
+    video row remains with exactly its MP4, thumbnail and sidecar, which verify."""
     cat = open_catalog(CatalogSettings(path=tmp_path / "catalog.sqlite3"))
     d = f"cam{uid()}"
     batch = f"{d}-20261124T101500Z-0001"
@@ -331,10 +332,11 @@ def test_one_batch_encoded_by_two_workers_at_once_is_one_video(
     calls: list[str] = []
     outcomes: list[str] = []
 
-    def worker_fn(name: str) -> Any:
+    def worker_fn(name: str, threads: int) -> Any:
+        # Different x264 thread counts, as on two different machines: different bytes.
         job = CloudJob(store=s3_store, catalog=cat, scratch=tmp_path / name,
-                       options=EncodeOptions(preset="ultrafast"), signing_key=key,
-                       retry_min_s=0.05)
+                       options=EncodeOptions(preset="ultrafast", threads=threads),
+                       signing_key=key, retry_min_s=0.05)
 
         def handle(j: EncodeJob) -> Outcome:
             with arrived:
@@ -349,7 +351,7 @@ def test_one_batch_encoded_by_two_workers_at_once_is_one_video(
         return handle
 
     s = JobQueueSettings(**jobqueue_section(nats_server, ack_wait_s=1.0, heartbeat_s=0.5))
-    workers = [WorkerThread(s, worker_fn(f"w{i}"), heartbeats=False) for i in range(2)]
+    workers = [WorkerThread(s, worker_fn(f"w{i}", i + 1), heartbeats=False) for i in range(2)]
     try:
         with JobPublisher(s) as pub:
             pub.publish(EncodeJob.for_batch(d, batch))
@@ -360,9 +362,13 @@ def test_one_batch_encoded_by_two_workers_at_once_is_one_video(
         assert len(cat.list_videos(device=d)) == 1
         v = cat.get_video(d, batch)
         assert v is not None and v.frames == 8
-        mp4s = [o.key for o in s3_store.list(f"videos/{d}/") if o.key.endswith(".mp4")]
-        assert mp4s == [v.location]
-        assert probe_video(io.BytesIO(s3_store.get_bytes(v.location))).frames == 8
+        # Exactly the recorded video's objects remain, and they match the signed row.
+        stem = v.location.removesuffix(".mp4")
+        assert sorted(o.key for o in s3_store.list(f"videos/{d}/")) == \
+            sorted(f"{stem}{ext}" for ext in (".jpg", ".json", ".mp4"))
+        mp4 = s3_store.get_bytes(v.location)
+        assert probe_video(io.BytesIO(mp4)).frames == 8
+        assert verify_video(mp4, v, load_public_key(public_key_pem(key))).ok
         assert not s3_store.exists(pack_key(d, batch))
         # A job that keeps failing is quarantined by the runner's hook.
         other = f"{d}-20261124T101500Z-0002"
