@@ -319,6 +319,21 @@ def _sealed_pack(device: str, batch: str, n: int = 4) -> tuple[bytes, str, int]:
     return data, idx.sha256, idx.size
 
 
+def stage_uploaded(store: S3Store, cat: SqlCatalog, device: str, batch: str, *, n: int = 4,
+                   recorded_sha: str | None = None) -> None:
+    """A batch as the ingestor leaves it: pack in the store, catalog row ``uploaded``.
+
+    ``recorded_sha``: the digest the row names instead of the pack's own (a pack altered
+    after its upload).
+    """
+    data, sha, size = _sealed_pack(device, batch, n)
+    cat.record_sealed(SealedBatch(device=device, batch=batch, frames=n, first_capture_ms=T0,
+                                  last_capture_ms=T0 + (n - 1) * 500))
+    store.put_bytes(pack_key(device, batch), data)
+    cat.mark_uploaded(device, batch, pack_key=pack_key(device, batch),
+                      pack_sha256=recorded_sha or sha, pack_bytes=size)
+
+
 def _job(store: S3Store, cat: SqlCatalog, tmp: Path) -> CloudJob:
     return CloudJob(store=store, catalog=cat, scratch=tmp / "scratch",
                     options=EncodeOptions(preset="ultrafast"),
@@ -330,14 +345,9 @@ def test_encode_from_store_is_idempotent_and_quarantines_a_bad_pack(
     d = f"cam{uid()}"
     good, bad = f"{d}-20261124T101500Z-0001", f"{d}-20261124T101500Z-0002"
     job = _job(s3_store, catalog, tmp_path)
-    for batch in (good, bad):
-        data, sha, size = _sealed_pack(d, batch)
-        catalog.record_sealed(SealedBatch(device=d, batch=batch, frames=4,
-                                          first_capture_ms=T0, last_capture_ms=T0 + 1500))
-        s3_store.put_bytes(pack_key(d, batch), data)
-        # The bad one's row names another digest: the pack was altered after upload.
-        catalog.mark_uploaded(d, batch, pack_key=pack_key(d, batch),
-                              pack_sha256=sha if batch == good else "0" * 64, pack_bytes=size)
+    stage_uploaded(s3_store, catalog, d, good)
+    # The bad one's row names another digest: the pack was altered after upload.
+    stage_uploaded(s3_store, catalog, d, bad, recorded_sha="0" * 64)
     first = encode_from_store(BatchRef(d, good), job)
     assert first.outcome == "encoded" and first.event is not None
     again = encode_from_store(BatchRef(d, good), job)  # a redelivered ready event

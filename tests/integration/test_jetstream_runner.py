@@ -36,8 +36,8 @@ from jobqueue.queue import JobPublisher
 from objstore import S3Store
 from tests.integration.test_cloud import (
     T0,
-    _sealed_pack,
     publish_frames,
+    stage_uploaded,
     store_section,
     uid,
     wait_until,
@@ -282,13 +282,8 @@ def test_malformed_and_poison_jobs_are_dealt_with_and_good_ones_flow(
     d = f"cam{uid()}"
     good, bad = f"{d}-20261124T101500Z-0001", f"{d}-20261124T101500Z-0002"
     try:
-        for batch in (good, bad):
-            data, sha, size = _sealed_pack(d, batch)
-            cat.record_sealed(SealedBatch(device=d, batch=batch, frames=4,
-                                          first_capture_ms=T0, last_capture_ms=T0 + 1500))
-            s3_store.put_bytes(pack_key(d, batch), data)
-            cat.mark_uploaded(d, batch, pack_key=pack_key(d, batch),
-                              pack_sha256=sha if batch == good else "0" * 64, pack_bytes=size)
+        stage_uploaded(s3_store, cat, d, good)
+        stage_uploaded(s3_store, cat, d, bad, recorded_sha="0" * 64)
         s = JobQueueSettings(**jq)
         publish_raw(s, f"{s.subject_prefix}.{d}", b'{"v":1,"device":"../etc"}')
         publish_raw(s, f"{s.subject_prefix}.{d}", b"\xff" * 100)
@@ -321,11 +316,7 @@ def test_one_batch_encoded_by_two_workers_at_once_is_one_video(
     cat = open_catalog(CatalogSettings(path=tmp_path / "catalog.sqlite3"))
     d = f"cam{uid()}"
     batch = f"{d}-20261124T101500Z-0001"
-    data, sha, size = _sealed_pack(d, batch, n=8)
-    cat.record_sealed(SealedBatch(device=d, batch=batch, frames=8, first_capture_ms=T0,
-                                  last_capture_ms=T0 + 3500))
-    s3_store.put_bytes(pack_key(d, batch), data)
-    cat.mark_uploaded(d, batch, pack_key=pack_key(d, batch), pack_sha256=sha, pack_bytes=size)
+    stage_uploaded(s3_store, cat, d, batch, n=8)
     key = load_or_create_key(tmp_path / "k.key")
     lock = threading.Lock()
     arrived = threading.Condition(lock)

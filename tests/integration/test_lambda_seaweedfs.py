@@ -101,33 +101,19 @@ def test_handler_entry_point_with_the_encoder_factory_makes_a_video(
     building the wiring once, S3 notifications for real packs in; a signed video row,
     an MP4 in the store and the pack gone out. A redelivered notification is harmless;
     a record received too often is quarantined; no signing key is a clear error."""
-    from camstack.jpegs import make_jpeg  # noqa: PLC0415
     from catalog import open_catalog  # noqa: PLC0415
     from catalog.signing import load_or_create_key  # noqa: PLC0415
     from config.settings import CatalogSettings  # noqa: PLC0415
     from encoder.muxer import probe_video  # noqa: PLC0415
     from jobqueue import lambda_handler  # noqa: PLC0415
+    from tests.integration.test_cloud import stage_uploaded  # noqa: PLC0415
 
-    t0 = 1795515300000
     device = "cam" + secrets.token_hex(3)
     batch, poison = f"{device}-20261124T101500Z-0001", f"{device}-20261124T101500Z-0002"
     db = tmp_path / "catalog.sqlite3"
     catalog = open_catalog(CatalogSettings(path=db))
     for b in (batch, poison):
-        frames = [(f"frames/{t0 + i * 500:013d}_0000cafe_{i:010d}.jpg", make_jpeg(160, 120, i))
-                  for i in range(5)]
-        man = {"v": 1, "device": device, "batch": b, "sealed_ms": t0 + 9000,
-               "first_capture_ms": t0, "last_capture_ms": t0 + 2000,
-               "frames": [{"file": n, "ts_ms": t0 + i * 500, "bytes": len(d),
-                           "crc32": zlib.crc32(d), "boot_id": 0xCAFE, "frame_seq": i,
-                           "capture_ms": t0 + i * 500, "clock_synced": True}
-                          for i, (n, d) in enumerate(frames)]}
-        data, index = pack_bytes(json.dumps(man).encode(), frames)
-        catalog.record_sealed(SealedBatch(device=device, batch=b, frames=5,
-                                          first_capture_ms=t0, last_capture_ms=t0 + 2000))
-        s3_store.put_bytes(f"packs/{device}/{b}.tar", data)
-        catalog.mark_uploaded(device, b, pack_key=f"packs/{device}/{b}.tar",
-                              pack_sha256=index.sha256, pack_bytes=index.size)
+        stage_uploaded(s3_store, catalog, device, b, n=5)
     s3 = seaweedfs.s3_settings(bucket=s3_store.bucket)
     key = tmp_path / "video-signing.key"
     env = {"CAM_LAMBDA_FACTORY": "encoder.lambda_app:make",
