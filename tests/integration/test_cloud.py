@@ -65,7 +65,9 @@ class Stack:
     """An ingestor (root A) and optionally an encoder (root B, its own) on S3 + a catalog."""
 
     def __init__(self, broker: BrokerHandle, tmp: Path, store: dict[str, Any],
-                 catalog: dict[str, Any], *, frames_per_video: int = 6) -> None:
+                 catalog: dict[str, Any], *, frames_per_video: int = 6,
+                 enc_store: dict[str, Any] | None = None,
+                 enc_sections: dict[str, dict[str, Any]] | None = None) -> None:
         self.broker = broker
         self.tmp = tmp
         self.ing_root = tmp / "ingestor-disk"
@@ -80,9 +82,13 @@ class Stack:
             ingest={"frames_per_video": frames_per_video, "upload_retry_s": 0.2,
                     "upload_retry_max_s": 1.0, "status_interval_s": 1.0},
             mqtt={"session_expiry_s": 300}, store=store, catalog=catalog), tmp / "ing.log")
+        sections: dict[str, Any] = {
+            "encode": {"preset": "ultrafast"}, "mqtt": {"session_expiry_s": 300},
+            "work": {"retry_backoff_s": 0.5}, "store": enc_store or store, "catalog": catalog}
+        for name, values in (enc_sections or {}).items():
+            sections[name] = {**sections.get(name, {}), **values}
         enc_cfg = service_config(broker, self.enc_account, self.enc_root, tmp / "enc.toml",
-                                 encode={"preset": "ultrafast"}, mqtt={"session_expiry_s": 300},
-                                 work={"retry_backoff_s": 0.5}, store=store, catalog=catalog)
+                                 **sections)
         enc_cfg.write_text(f'share_group = "enc-{uid()}"\n' + enc_cfg.read_text())
         self.enc = ServiceProcess("encoder", enc_cfg, tmp / "enc.log")
 
