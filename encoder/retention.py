@@ -162,9 +162,20 @@ def _remove_empty_date_dirs(videos_root: Path, today: str) -> None:
                 date_dir.rmdir()  # only succeeds when empty
 
 
+def _mark_row(catalog: SqlCatalog, location: str) -> None:
+    """Mark the catalog row of a deleted local video (best effort: files come first)."""
+    try:
+        row = catalog.video_by_location(location)
+        if row is not None:
+            catalog.mark_video_deleted(row.device, row.batch)
+    except CatalogError as exc:
+        log.warning("retention_row_not_marked", video=location, error=str(exc)[:300])
+
+
 def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetrics | None = None,
           *, now: float | None = None,
-          disk_usage: Callable[[Path], DiskUsage] | None = None) -> list[VideoEntry]:
+          disk_usage: Callable[[Path], DiskUsage] | None = None,
+          catalog: SqlCatalog | None = None) -> list[VideoEntry]:
     """Apply the retention rules once.
 
     Args:
@@ -174,6 +185,8 @@ def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetric
         now: Current time in seconds (tests).
         disk_usage: Usage of the file system holding a path (tests); default
             ``shutil.disk_usage``.
+        catalog: When given, each deleted video's row (found by its location) gets
+            ``deleted_ms``; a catalog outage leaves the row unmarked and is logged.
 
     Returns:
         The entries deleted.
@@ -202,8 +215,11 @@ def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetric
                 continue
             except OSError as exc:
                 log.error("retention_delete_failed", path=str(p), error=str(exc))
-        log.info("video_deleted", rule=rule, video=str(entry.mp4.relative_to(
-            videos_root.parent)), bytes=freed, last_capture_ms=entry.last_ms)
+        location = entry.mp4.relative_to(videos_root.parent).as_posix()
+        log.info("video_deleted", rule=rule, video=location, bytes=freed,
+                 last_capture_ms=entry.last_ms)
+        if catalog is not None and not entry.orphan:
+            _mark_row(catalog, location)
         if metrics is not None:
             metrics.retention_deleted.labels(rule).inc()
             metrics.retention_bytes.inc(freed)

@@ -354,7 +354,8 @@ class EncoderService:
         while not self.stop_event.is_set():
             try:
                 if self.objects is None:
-                    retention.sweep(self.storage.videos, self.settings.retention, self.metrics)
+                    retention.sweep(self.storage.videos, self.settings.retention, self.metrics,
+                                    catalog=self.catalog)
                 else:
                     retention.sweep_store(self.objects, self.catalog, self.settings.retention,
                                           self.metrics, stop=self.stop_event)
