@@ -100,9 +100,10 @@ class Stack:
 _PASSWORDS: dict[str, str] = {}
 
 
-def publish_frames(broker: BrokerHandle, device: str, n: int, start_seq: int = 0) -> list[
-        tuple[int, int]]:
-    """Publish ``n`` frames QoS 1 and wait for every PUBACK; returns the acknowledged keys."""
+def publish_frames(broker: BrokerHandle, device: str, n: int, start_seq: int = 0,
+                   t0: int = T0) -> list[tuple[int, int]]:
+    """Publish ``n`` frames QoS 1 (captured from ``t0``, one every 500 ms) and wait for
+    every PUBACK; returns the acknowledged keys."""
     if device not in _PASSWORDS:
         _PASSWORDS[device] = broker.add_device(device)
     dev = broker.client(device, _PASSWORDS[device], client_id=device)
@@ -110,7 +111,7 @@ def publish_frames(broker: BrokerHandle, device: str, n: int, start_seq: int = 0
     keys = []
     for seq in range(start_seq, start_seq + n):
         for chunk in split_frame(make_jpeg(320, 240, seq), boot_id=0xCAFE, frame_seq=seq,
-                                 capture_ms=T0 + seq * 500, clock_synced=True, chunk_data=4000):
+                                 capture_ms=t0 + seq * 500, clock_synced=True, chunk_data=4000):
             infos.append(dev.publish(f"cam/{device}/frame", chunk, qos=1))
         keys.append((0xCAFE, seq))
     for i in infos:

@@ -470,19 +470,17 @@ def test_encoder_service_runs_store_retention(
     seaweedfs.create_bucket(bucket)
     dbname = "ret_" + secrets.token_hex(4)
     postgres.create_database(dbname)
-    # The frames' capture time (T0) is days before today: due as soon as it is a video.
-    age_days = (time.time() * 1000 - T0) / DAY_MS
-    assert age_days > 1
     st = Stack(broker, tmp_path, store_section(seaweedfs, bucket),
                {"backend": "postgres", "dsn": postgres.dsn(dbname)},
-               enc_sections={"retention": {"max_age_days": age_days / 2, "interval_s": 0.5}})
+               enc_sections={"retention": {"max_age_days": 5, "interval_s": 0.5}})
     st.ing.start()
     st.enc.start()
     try:
         st.ing.wait_event("ingestor_ready", 30)
         st.enc.wait_event("encoder_ready", 30)
         d = f"cam{uid()}"
-        publish_frames(broker, d, 6)
+        # Captured 10 days ago: due as soon as it is a video.
+        publish_frames(broker, d, 6, t0=(int(time.time()) // 60 * 60 - 10 * 86_400) * 1000)
         ev = st.enc.wait_event(lambda e: e.get("event") == "video_deleted"
                                and e.get("device") == d, 90)
         assert ev["rule"] == "max_age" and ev["backend"] == "s3"
