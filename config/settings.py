@@ -421,18 +421,18 @@ class EncoderSettings(_ServiceSettings):
         "row; its public key is written beside it as `.pub` (docs/storage.md).")
 
     @model_validator(mode="after")
-    def _shared_catalog(self):  # type: ignore[no-untyped-def]
-        # One SQLite file beside the storage root unless the file names another.
-        object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
-        return self
-
-    @model_validator(mode="after")
     def _retention_fits_the_store(self) -> EncoderSettings:
         # An object store has no disk to fill: a watermark would never be right.
         if self.store.backend == "s3" and self.retention.max_disk_percent is not None:
             raise ValueError(
                 "retention.max_disk_percent does not apply with store.backend = \"s3\" "
                 "(no disk to watch); remove it and use retention.max_age_days")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_catalog(self):  # type: ignore[no-untyped-def]
+        # One SQLite file beside the storage root unless the file names another.
+        object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
         return self
 
 
