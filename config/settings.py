@@ -244,9 +244,13 @@ class EncoderWorkSettings(_Section):
 class RetentionSettings(_Section):
     """When old videos are deleted."""
 
-    max_age_days: float | None = Field(default=None, gt=0)
+    max_age_days: float | None = Field(
+        default=None, gt=0, le=36500,
+        description="Delete videos whose last frame is older than this (local files, or "
+        "the store's objects and the catalog row marked deleted with store.backend s3).")
     max_disk_percent: float | None = Field(
-        default=None, gt=0, le=100, description="Delete oldest videos above this disk usage."
+        default=None, gt=0, le=100, description="Delete oldest videos above this disk usage "
+        "(filesystem backend only; refused with store.backend s3)."
     )
     interval_s: float = Field(default=300.0, gt=0)
 
@@ -278,10 +282,18 @@ class S3Settings(_Section):
         description="Section of credentials_file.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto", description="path: http://host/bucket/key (SeaweedFS, MinIO).")
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=120,
+        description="Wait this long for a connection to the store, per try.")
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, le=600,
+        description="Wait this long for the store's answer or the next bytes of a body, "
+        "per try: a stalled store is an error (retried later), never a hang.")
     max_attempts: int = Field(
-        default=3, ge=1, le=10, description="Tries of one request (first try included).")
+        default=3, ge=1, le=10, description="Tries of one request (first try included; "
+        "botocore's standard mode, jittered backoff between tries). Callers retry failed "
+        "requests themselves with their own backoff (ingest.upload_retry_s, "
+        "work.retry_backoff_s).")
     presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
@@ -493,6 +505,15 @@ class EncoderSettings(_ServiceSettings):
         default=Path("data/pki/video-signing.key"),
         description="Ed25519 key (PKCS#8 PEM, created 0600 when missing) signing each video "
         "row; its public key is written beside it as `.pub` (docs/storage.md).")
+
+    @model_validator(mode="after")
+    def _retention_fits_the_store(self) -> EncoderSettings:
+        # An object store has no disk to fill: a watermark would never be right.
+        if self.store.backend == "s3" and self.retention.max_disk_percent is not None:
+            raise ValueError(
+                "retention.max_disk_percent does not apply with store.backend = \"s3\" "
+                "(no disk to watch); remove it and use retention.max_age_days")
+        return self
 
     @model_validator(mode="after")
     def _shared_catalog(self):  # type: ignore[no-untyped-def]

@@ -203,8 +203,9 @@ class EncoderService:
         self._threads.append(threading.Thread(target=self._watch_backlog,
                                               name="encoder-backlog", daemon=True))
         r = self.settings.retention
-        if self.objects is None and (r.max_age_days is not None
-                                     or r.max_disk_percent is not None):
+        # With S3, only max_age_days applies (the settings refuse max_disk_percent).
+        if r.max_age_days is not None or (self.objects is None
+                                          and r.max_disk_percent is not None):
             self._threads.append(threading.Thread(target=self._retain,
                                                   name="encoder-retention", daemon=True))
         for t in self._threads:
@@ -439,7 +440,16 @@ class EncoderService:
         interval = self.settings.retention.interval_s
         while not self.stop_event.is_set():
             try:
-                retention.sweep(self.storage.videos, self.settings.retention, self.metrics)
+                if self.objects is None:
+                    retention.sweep(self.storage.videos, self.settings.retention, self.metrics,
+                                    catalog=self.catalog)
+                else:
+                    retention.sweep_store(self.objects, self.catalog, self.settings.retention,
+                                          self.metrics, stop=self.stop_event)
+            except retention.UNAVAILABLE as exc:
+                # The store or the database is away: the next sweep resumes.
+                log.warning("retention_unavailable", error=str(exc)[:300])
+                self.metrics.failures.labels("retention").inc()
             except Exception as exc:
                 log.exception("retention_failed", error=str(exc))
                 self.metrics.failures.labels("retention").inc()
