@@ -204,8 +204,8 @@ def _quiet(st: Stack) -> None:
     assert not uploads.is_dir() or not [p for p in uploads.iterdir()
                                         if not p.name.startswith(".")]
     scratch = st.enc_root / "state" / "encoder" / "scratch"
-    wait_until(lambda: not scratch.is_dir() or not list(scratch.iterdir()), 30,
-               "encoder scratch cleaned")
+    # <scratch>/<pid>/ of each encoder process; every run's folder inside it is removed.
+    wait_until(lambda: not list(scratch.glob("*/*")), 30, "encoder scratch cleaned")
 
 
 # -- 1. SeaweedFS SIGKILLed while the encoder downloads a pack -------------------------
