@@ -418,6 +418,14 @@ class EncoderSettings(_ServiceSettings):
 class BrokerSettings(_ServiceSettings):
     """How the local broker is rendered and run (``camstack``, ``python -m broker``)."""
 
+    engine: Literal["mosquitto", "nats"] = Field(
+        default="mosquitto",
+        description="mosquitto: one Mosquitto (default). nats: a NATS cluster with "
+        "JetStream and an MQTT listener per node, frames partitioned by device "
+        "(the [broker.nats] section, docs/scaling.md).")
+    nats: NatsClusterSettings = Field(
+        default_factory=lambda: NatsClusterSettings(),  # noqa: PLW0108 (defined below)
+        description="The NATS cluster, used when engine is nats.")
     data_dir: Path = Field(default=Path("data"), description="Broker state, PKI and accounts.")
     tls_port: int = Field(default=8883, ge=1, le=65535)
     tls_bind: str = Field(default="0.0.0.0", description="Interface of the device listener.")
@@ -714,3 +722,62 @@ class JobQueueSettings(_Section):
                 raise ValueError(f"servers: {url[:80]!r} is not nats://host[:port] "
                                  "or tls://host[:port]")
         return self
+
+
+# --- NATS cluster broker engine (issue 17). New sections only, appended. ---
+
+
+class NatsClusterSettings(_Section):
+    """The NATS cluster run when ``broker.engine = "nats"`` (docs/scaling.md).
+
+    Node ``i`` (0-based) listens for MQTT over TLS on ``mqtt_port_base + i`` (on
+    ``broker.tls_bind``) and on loopback for NATS clients on ``port_base + 10*i``, cluster
+    routes on ``port_base + 10*i + 1`` and HTTP monitoring on ``port_base + 10*i + 2``.
+    """
+
+    nodes: int = Field(default=3, ge=1, le=7, description="NATS servers in the cluster.")
+    mqtt_port_base: int = Field(
+        default=8883, ge=1, le=65535 - 7,
+        description="MQTT (TLS) port of node 0; node i listens on mqtt_port_base + i.")
+    port_base: int = Field(
+        default=14220, ge=1, le=65535 - 72,
+        description="Loopback ports of node i: client port_base + 10*i, cluster route + 1, "
+        "HTTP monitoring + 2.")
+    partitions: Literal[64] = Field(
+        default=64,
+        description="Partitions of the frame subjects (cam.<id>.frame -> "
+        "p.<partition>.cam.<id>.frame). Fixed: changing it moves most devices.")
+    stream_replicas: int | None = Field(
+        default=None, ge=1, le=7,
+        description="Replicas of the MQTT streams (sessions, retained and QoS 1 messages); "
+        "at most nodes; none: min(3, nodes).")
+    max_ack_pending: int = Field(
+        default=1000, ge=1, le=65535,
+        description="Unacknowledged messages NATS sends per MQTT subscription. A session "
+        "holds at most 65,535 in all: an ingestor owning k partitions needs "
+        "k * max_ack_pending <= 65535, else a SUBACK is refused (0x80).")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Node folders (config, JetStream store, log, pid); default "
+        "<broker.data_dir>/nats.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NatsClusterSettings:
+        if self.stream_replicas is not None and self.stream_replicas > self.nodes:
+            raise ValueError("stream_replicas must be at most nodes")
+        lo, hi = self.port_base, self.port_base + 10 * self.nodes
+        if lo <= self.mqtt_port_base + self.nodes - 1 and self.mqtt_port_base < hi:
+            raise ValueError("the MQTT ports (mqtt_port_base + i) overlap the loopback "
+                             "ports (port_base + 10*i + 0..2)")
+        if self.max_ack_pending * self.partitions > 65535:
+            raise ValueError("max_ack_pending * partitions must be at most 65535 (an "
+                             "ingestor owning every partition could not subscribe them all)")
+        return self
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of the MQTT streams: ``stream_replicas``, else min(3, nodes)."""
+        return self.stream_replicas if self.stream_replicas is not None else min(3, self.nodes)
+
+
+BrokerSettings.model_rebuild()
