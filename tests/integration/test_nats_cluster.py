@@ -10,7 +10,9 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -32,6 +34,7 @@ class Client:
         self.messages: list[tuple[str, bytes]] = []
         self.subacks: dict[int, list[int]] = {}
         self.connack: int | None = None
+        self.session_present = False
         self.disconnected = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or user,
                              protocol=mqtt.MQTTv311, clean_session=clean_session)
@@ -48,6 +51,7 @@ class Client:
     def _on_connect(self, c: mqtt.Client, u: object, flags: object, rc: ReasonCode,
                     props: object) -> None:
         with self.cond:
+            self.session_present = bool(getattr(flags, "session_present", False))
             self.connack = int(rc.value)
             self.cond.notify_all()
 
@@ -97,6 +101,15 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    """Poll state outside the clients (the servers' monitoring endpoints)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +257,153 @@ def test_revoke_and_reload_cuts_a_device_off_without_restart(
     back.publish("cam/gone01/frame", b"back")
     ing.wait(lambda: b"back" in ing.payloads(), "the re-added device's frame")
     assert {i: cluster.procs[i].pid for i in range(3)} == pids
+
+
+def _stream_leader(cluster: NatsClusterHandle, node: int, stream: str) -> str | None:
+    _, jsz = cluster.http(node, "/jsz?accounts=true&streams=true")
+    for acc in (jsz or {}).get("account_details") or []:
+        for st in acc.get("stream_detail") or []:
+            if st.get("name") == stream:
+                leader = (st.get("cluster") or {}).get("leader")
+                return str(leader) if leader else None
+    return None
+
+
+def test_sigkill_of_a_node_loses_no_acknowledged_frame(tmp_path: Path,
+                                                       clients: list[Client]) -> None:
+    cluster = start_nats_cluster(tmp_path / "cluster", 3)
+    try:
+        pw_dev = cluster.store.add("kill01", "device")
+        pw_ing = cluster.store.add("ingestor", "service")
+        pw_op = cluster.store.add("operator", "service")
+        cluster.reload()
+        # The first MQTT client of the account makes NATS create its streams (R3).
+        probe = Client(cluster, 0, "operator", pw_op).connected()
+        clients.append(probe)
+        leader: list[str] = []
+
+        def found() -> bool:
+            name = _stream_leader(cluster, 0, "$MQTT_msgs")
+            leader[:] = [name] if name else []
+            return bool(name)
+
+        wait_until(found, "a leader of $MQTT_msgs")
+        victim = next(n.index for n in cluster.plan if n.name == leader[0])
+        dev_node, sub_node = [i for i in range(3) if i != victim]
+        part = device_partition("kill01")
+        sub = Client(cluster, sub_node, "ingestor", pw_ing, clean_session=False).connected()
+        clients.append(sub)
+        assert sub.subscribe([partition_frame_filter("cam", part)]) == [1]
+        dev = Client(cluster, dev_node, "kill01", pw_dev).connected()
+        clients.append(dev)
+        acked: list[int] = []
+        failed: list[BaseException] = []
+        killed = threading.Event()
+
+        def publish_all() -> None:
+            try:
+                for seq in range(400):
+                    if seq == 100:
+                        killed.wait(TIMEOUT)
+                    dev.publish("cam/kill01/frame", str(seq).encode())
+                    acked.append(seq)
+            except BaseException as exc:  # reported by the main thread
+                failed.append(exc)
+
+        pub = threading.Thread(target=publish_all, daemon=True)
+        pub.start()
+        sub.wait(lambda: len(sub.messages) >= 50, "frames before the kill")
+        cluster.stop_node(victim, kill=True)  # the stream leader, mid-stream
+        killed.set()
+        pub.join(120)
+        assert not pub.is_alive() and not failed, failed
+        want = {str(s).encode() for s in acked}
+        sub.wait(lambda: want <= set(sub.payloads()), "every acknowledged frame", 60)
+        assert len(acked) == 400
+        # A new leader took over among the survivors; the killed node comes back.
+        assert _stream_leader(cluster, dev_node, "$MQTT_msgs") in {
+            cluster.plan[dev_node].name, cluster.plan[sub_node].name}
+        cluster.start_node(victim)
+    finally:
+        for c in clients:
+            c.close()
+        clients.clear()
+        cluster.close()
+
+
+def test_suback_refuses_past_65535_unacknowledged_per_session(
+        tmp_path: Path, clients: list[Client]) -> None:
+    # max_ack_pending above what NatsClusterSettings allows (its validator refuses
+    # 1025 * 64), to show the limit the validator protects.
+    cluster = start_nats_cluster(tmp_path / "cluster", 1, max_ack_pending=40000)
+    try:
+        pw = cluster.store.add("ingestor", "service")
+        cluster.reload()
+        ing = Client(cluster, 0, "ingestor", pw, clean_session=False).connected()
+        clients.append(ing)
+        assert ing.subscribe([partition_frame_filter("cam", 0)]) == [1]
+        # 2 x 40000 > 65535: the second partition is refused; the first stays.
+        assert ing.subscribe([partition_frame_filter("cam", 1)]) == [0x80]
+        assert ing.subscribe([partition_frame_filter("cam", 2),
+                              partition_frame_filter("cam", 3)]) == [0x80, 0x80]
+    finally:
+        for c in clients:
+            c.close()
+        clients.clear()
+        cluster.close()
+
+
+def test_one_ingestor_can_own_all_64_partitions_at_the_default_window(
+        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+    pw = cluster.store.add("ingestor-all", "service")
+    cluster.reload()
+    ing = Client(cluster, 0, "ingestor-all", pw, clean_session=False).connected()
+    clients.append(ing)
+    # 64 x 1000 = 64,000 <= 65,535: every SUBACK code is granted QoS 1.
+    assert ing.subscribe([partition_frame_filter("cam", n) for n in range(64)]) == [1] * 64
+
+
+def test_known_gap_a_device_knowing_a_service_client_id_wipes_its_session(
+        tmp_path: Path, clients: list[Client]) -> None:
+    """Known gap, measured (nats-server 2.15.1): NATS has no ``use_username_as_clientid``.
+
+    Every user of the account shares one client-id space, so a device that connects
+    with the client id of a service's persistent session and a clean session deletes
+    that session and the frames queued in it (already PUBACKed to their cameras). The
+    session's subscriptions are not inherited (a resumed session's subscriptions are
+    checked against the new user's rights: "Subscription Violation"), so nothing is
+    read. Until services use client ids devices cannot guess (docs/scaling.md), this
+    test pins the behaviour: when a NATS release refuses the takeover, it fails here.
+    """
+    cluster = start_nats_cluster(tmp_path / "cluster", 1)
+    try:
+        pw_ing = cluster.store.add("ingestor", "service")
+        pw_thief = cluster.store.add("thief01", "device")
+        pw_cam = cluster.store.add("cam05", "device")
+        cluster.reload()
+        ing = Client(cluster, 0, "ingestor", pw_ing, clean_session=False).connected()
+        assert ing.subscribe(["p/+/cam/+/frame"]) == [1]
+        ing.close()
+        again = Client(cluster, 0, "ingestor", pw_ing, clean_session=False).connected()
+        assert again.session_present  # control: the persistent session is kept
+        again.close()
+        cam = Client(cluster, 0, "cam05", pw_cam).connected()
+        clients.append(cam)
+        for k in range(5):
+            cam.publish("cam/cam05/frame", f"q{k}".encode())  # queued for the ingestor
+        thief = Client(cluster, 0, "thief01", pw_thief, client_id="ingestor")
+        thief.wait(lambda: thief.connack is not None, "CONNACK")
+        assert thief.connack == 0  # accepted under another user's client id
+        thief.close()
+        back = Client(cluster, 0, "ingestor", pw_ing, clean_session=False).connected()
+        clients.append(back)
+        assert not back.session_present  # the session and its queue are gone
+        assert back.subscribe(["p/+/cam/+/frame"]) == [1]
+        cam.publish("cam/cam05/frame", b"sentinel")
+        back.wait(lambda: b"sentinel" in back.payloads(), "the sentinel")
+        assert back.payloads() == [b"sentinel"]  # q0..q4 were lost
+    finally:
+        for c in clients:
+            c.close()
+        clients.clear()
+        cluster.close()
