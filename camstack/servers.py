@@ -498,9 +498,21 @@ class NatsClusterHandle:
         ensure_pki(self.pki, ["localhost", "127.0.0.1"])
         self.store = AccountStore(self.base / "broker", self.prefix)
         self.store.ensure_rendered()
-        self.plan = [NodePlan(index=i, name=f"camstack-{i}", client_port=free_port(),
-                              cluster_port=free_port(), http_port=free_port(),
-                              mqtt_port=free_port(), dir=self.base / "nats" / f"node-{i}")
+        self._plan_and_render()
+
+    def _plan_and_render(self) -> None:
+        """Pick free ports (distinct) for every node and write every node's config."""
+        taken: set[int] = set()
+
+        def port() -> int:
+            while (p := free_port()) in taken:
+                pass
+            taken.add(p)
+            return p
+
+        self.plan = [NodePlan(index=i, name=f"camstack-{i}", client_port=port(),
+                              cluster_port=port(), http_port=port(), mqtt_port=port(),
+                              dir=self.base / "nats" / f"node-{i}")
                      for i in range(self.nodes)]
         replicas = self.stream_replicas or min(3, self.nodes)
         tls = TlsFiles(self.pki.server_cert, self.pki.server_key, self.pki.ca_cert)
@@ -576,12 +588,30 @@ class NatsClusterHandle:
                                    f"{self.base / 'nats'}")
             time.sleep(0.1)
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start every node, then wait until each is ready."""
-        for i in range(self.nodes):
-            if i not in self.running():
-                self._spawn(i)
-        self.wait_ready(list(range(self.nodes)), timeout=timeout)
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start every node, then wait until each is ready.
+
+        A port picked free can be taken by another process before the node binds it
+        (tests run in parallel): then every node is stopped, new ports are picked and
+        the cluster starts again, up to ``attempts`` times.
+        """
+        for attempt in range(attempts):
+            for i in range(self.nodes):
+                if i not in self.running():
+                    self._spawn(i)
+            try:
+                self.wait_ready(list(range(self.nodes)), timeout=timeout)
+                return
+            except RuntimeError:
+                lost_port = any(b"address already in use" in n.log_file.read_bytes()
+                                for n in self.plan if n.log_file.exists())
+                if not lost_port or attempt == attempts - 1:
+                    raise
+                self.close()
+                for n in self.plan:  # nothing was ever ready: start from empty stores
+                    n.log_file.rename(n.log_file.with_suffix(f".log.{attempt}"))
+                    shutil.rmtree(n.store_dir, ignore_errors=True)
+                self._plan_and_render()
 
     def stop_node(self, i: int, *, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM node ``i`` (SIGKILL after ``timeout``), or SIGKILL at once."""

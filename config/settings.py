@@ -73,6 +73,10 @@ class MqttSettings(_Section):
     topic_prefix: TopicPrefix = Field(default="cam",
                                       description="First level of every device topic.")
     tls: TlsSettings = TlsSettings()
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT version. 3.1.1 for broker.engine = nats (NATS speaks 3.1.1 only: "
+        "no session expiry, no Receive Maximum; the broker's max_ack_pending is the window).")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
@@ -177,9 +181,16 @@ class IngestSettings(_Section):
         description="Decode frame chunks with ingestor/netio.py (large reads, batched "
         "PUBACKs); false: paho's own receive path.",
     )
+    partitions: list[Annotated[int, Field(ge=0, le=63)]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="broker.engine = nats: the frame partitions this ingestor owns; it "
+        "subscribes p/<n>/<prefix>/+/frame for each (docs/scaling.md). None: every "
+        "device's <prefix>/+/frame (Mosquitto).")
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
+        if self.partitions is not None and len(set(self.partitions)) != len(self.partitions):
+            raise ValueError("partitions must not repeat")
         if self.max_device_inflight_bytes > self.max_inflight_bytes:
             raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
         if self.max_device_inflight_bytes < self.max_frame_bytes:

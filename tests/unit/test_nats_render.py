@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import bcrypt
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ from broker.natscluster import (
 )
 from broker.pki import PkiPaths, create_ca, create_server_cert
 from camstack.servers import nats_server_binary
-from config.settings import BrokerSettings
+from config.settings import BrokerSettings, MqttSettings
 from contract.ids import DEVICE_ID_RE
 from contract.partition import (
     device_partition,
@@ -33,6 +34,7 @@ from contract.partition import (
     partition_frame_filter,
     partition_frame_topic,
 )
+from mqttclient import connect_blocking, make_client
 
 ids = st.from_regex(DEVICE_ID_RE, fullmatch=True)
 
@@ -193,3 +195,14 @@ def test_broken_config_fails_the_check(tmp_path: Path) -> None:
     res = subprocess.run([str(nats_server_binary()), "-t", "-c", str(conf)],
                          capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode != 0
+
+
+def test_mqtt_311_client_for_the_nats_engine() -> None:
+    s = MqttSettings(protocol="3.1.1", tls={"enabled": False}, port=1)
+    c = make_client(s, client_id="x")
+    assert c.protocol == mqtt.MQTTv311
+    # The clean-session flag is fixed when the client is made; asking otherwise at
+    # connect is an error, not a silent persistent (or lost) session.
+    with pytest.raises(ValueError, match="clean_session=True"):
+        connect_blocking(c, s, clean_start=True)
+    assert make_client(MqttSettings(), client_id="y").protocol == mqtt.MQTTv5
