@@ -76,7 +76,9 @@ class MqttSettings(_Section):
     protocol: Literal["5", "3.1.1"] = Field(
         default="5",
         description="MQTT version. 3.1.1 for broker.engine = nats (NATS speaks 3.1.1 only: "
-        "no session expiry, no Receive Maximum; the broker's max_ack_pending is the window).")
+        "no session expiry, no Receive Maximum; the broker's max_ack_pending is the window). "
+        "With 3.1.1 the client id gets a suffix derived from the password, so no other "
+        "account can take over the session (docs/scaling.md).")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:

@@ -4,11 +4,14 @@ MQTT 5 by default: session expiry makes a service's session (and the QoS 1 messa
 queued for it) outlive a crash; the broker uses our Receive Maximum (65535 by default
 in paho) as its in-flight window towards us. ``mqtt.protocol = "3.1.1"`` (for the NATS
 engine, which speaks only 3.1.1): no CONNECT properties; the session is kept or
-cleaned by the clean-session flag, chosen when the client is made.
+cleaned by the clean-session flag, chosen when the client is made; the client id gets a
+suffix derived from the password (:func:`session_client_id`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import ssl
 import threading
@@ -37,6 +40,29 @@ def offline_payload() -> bytes:
     return b'{"state":"offline"}'
 
 
+def session_client_id(client_id: str, password: str) -> str:
+    """The client id an MQTT 3.1.1 client sends: ``<id>-<16 hex of HMAC(password, id)>``.
+
+    NATS, the broker that speaks 3.1.1 here, has no ``use_username_as_clientid``: any
+    account may connect under any client id, and one that takes a service's id with a
+    clean session deletes that session and the frames queued in it (measured,
+    tests/integration/test_nats_cluster.py). An id derived from the account's password
+    is the same after every restart (the session is found again) and cannot be guessed
+    by a device. Changing the password starts a new session: drain the old one first.
+
+    Args:
+        client_id: The configured id.
+        password: The account's password; empty: the id is returned unchanged.
+
+    Returns:
+        The id to send.
+    """
+    if not password:
+        return client_id
+    tag = hmac.new(password.encode(), client_id.encode(), hashlib.sha256).hexdigest()[:16]
+    return f"{client_id}-{tag}"
+
+
 def make_client(
     settings: MqttSettings,
     *,
@@ -61,6 +87,8 @@ def make_client(
     """
     cid = client_id or settings.client_id or settings.username or ""
     if settings.protocol == "3.1.1":
+        password = settings.resolved_password() if settings.username else ""
+        cid = session_client_id(cid, password)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid,
                              protocol=mqtt.MQTTv311, clean_session=clean_session,
                              manual_ack=manual_ack)

@@ -129,3 +129,37 @@ def test_a_refused_partition_is_logged_degraded_and_retried(
         for c in clients:
             c.close()
         cluster.close()
+
+
+def test_a_device_using_the_ingestors_name_as_client_id_cannot_touch_its_session(
+        tmp_path: Path, procs: list[ServiceProcess]) -> None:
+    # The gap pinned in test_nats_cluster.py, closed for services: their 3.1.1 client
+    # id carries a suffix derived from their password (mqttclient.session_client_id).
+    cluster = start_nats_cluster(tmp_path / "cluster", 1)
+    clients: list[Client] = []
+    try:
+        dev = next(d for d in (f"sc{k}" for k in range(100)) if device_partition(d) < 8)
+        svc = start_ingestor(cluster, 0, "ingestor", tmp_path, list(range(8)))
+        procs.append(svc)
+        svc.wait_event("ingestor_ready", 30)
+        _, connz = cluster.http(0, "/connz?auth=true")
+        ids = {c.get("authorized_user"): c.get("mqtt_client") for c in connz["connections"]}
+        assert ids["ingestor"].startswith("ingestor-") and len(ids["ingestor"]) == 25
+        thief = Client(cluster, 0, "thief01", cluster.add_device("thief01"),
+                       client_id="ingestor")
+        clients.append(thief)
+        thief.wait(lambda: thief.connack is not None, "CONNACK")
+        assert thief.connack == 0  # its own session, not the ingestor's
+        thief.close()
+        cam = Client(cluster, 0, dev, cluster.add_device(dev)).connected()
+        clients.append(cam)
+        for chunk in split_frame(make_jpeg(160, 120, 1), boot_id=1, frame_seq=0,
+                                 chunk_data=700):
+            cam.publish(f"cam/{dev}/frame", chunk)
+        svc.wait_event("frame_stored", 30)
+        assert not any(e.get("event") == "mqtt_disconnected" for e in svc.events())
+        assert svc.stop() == 0
+    finally:
+        for c in clients:
+            c.close()
+        cluster.close()

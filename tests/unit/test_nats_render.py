@@ -34,7 +34,7 @@ from contract.partition import (
     partition_frame_filter,
     partition_frame_topic,
 )
-from mqttclient import connect_blocking, make_client
+from mqttclient import connect_blocking, make_client, session_client_id
 
 ids = st.from_regex(DEVICE_ID_RE, fullmatch=True)
 
@@ -206,3 +206,13 @@ def test_mqtt_311_client_for_the_nats_engine() -> None:
     with pytest.raises(ValueError, match="clean_session=True"):
         connect_blocking(c, s, clean_start=True)
     assert make_client(MqttSettings(), client_id="y").protocol == mqtt.MQTTv5
+
+
+def test_session_client_id_is_stable_and_secret() -> None:
+    a = session_client_id("ingestor", "pw1")
+    assert a == session_client_id("ingestor", "pw1") and a.startswith("ingestor-")
+    assert a != session_client_id("ingestor", "pw2")
+    assert session_client_id("ingestor", "") == "ingestor"
+    c = make_client(MqttSettings(protocol="3.1.1", username="ingestor", password="pw1",
+                                 client_id="ingestor", tls={"enabled": False}))
+    assert c._client_id == a.encode()
