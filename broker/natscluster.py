@@ -19,8 +19,9 @@ What NATS (2.15.1, checked on this machine) needs, and why the rendering looks s
   (contract/partition.py), so each device is allowed exactly its own
   ``p.<n>.cam.<id>.frame``.
 * The internal ``$MQTT.`` subjects (sessions, retained messages, QoS 1 consumers) need no
-  right in a user's permissions since nats-server 2.12.3 (nats-io/nats-server#7637):
-  QoS 1 publish and subscribe with a persistent session work with the rights below only.
+  right in a user's permissions (implicit since nats-io/nats-server#7637, December 2025;
+  older servers needed ``$MQTT.sub.>`` and more): on 2.15.1, QoS 1 publish and
+  subscribe with a persistent session work with the rights below only.
 * Passwords are bcrypt hashes (``$2b$``), which NATS accepts in ``password``; the
   accounts file never holds a clear-text password.
 * ``$SYS`` is NATS's system account, not reachable from MQTT: the operator's ``$SYS/#``
