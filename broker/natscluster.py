@@ -190,7 +190,9 @@ def render_accounts(accounts: list[Account], prefix: str,
             missing.append(acc.name)
             continue
         users.append(
-            f"      {{user: {_q(acc.name)}, password: {_q(acc.nats_hash)}, permissions: {{\n"
+            f"      {{user: {_q(acc.name)}, password: {_q(acc.nats_hash)},\n"
+            # MQTT only: a password is no NATS-protocol login on the client port.
+            '        allowed_connection_types: ["MQTT"], permissions: {\n'
             f"        publish: {_perm_map(perms.publish)}\n"
             f"        subscribe: {_perm_map(perms.subscribe)}\n"
             "      }}")

@@ -7,6 +7,7 @@ disconnect, a refused CONNACK), never a sleep.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
@@ -407,3 +408,24 @@ def test_known_gap_a_device_knowing_a_service_client_id_wipes_its_session(
             c.close()
         clients.clear()
         cluster.close()
+
+
+def test_accounts_log_in_over_mqtt_only(cluster: NatsClusterHandle) -> None:
+    pw = cluster.store.add("natsproto01", "device")
+    cluster.reload()
+
+    def nats_login(password: str) -> bytes:
+        port = cluster.plan[0].client_port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"INFO ")
+            s.sendall(b'CONNECT {"user":"natsproto01","pass":' + json.dumps(password).encode()
+                      + b',"verbose":false,"pedantic":false}\r\nPING\r\n')
+            return f.readline()
+
+    # The right password over the NATS protocol is refused like a wrong one ...
+    assert nats_login(pw).startswith(b"-ERR 'Authorization Violation'")
+    assert nats_login("wrong").startswith(b"-ERR 'Authorization Violation'")
+    # ... while the same account logs in over MQTT.
+    c = Client(cluster, 0, "natsproto01", pw).connected()
+    c.close()
