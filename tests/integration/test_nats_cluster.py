@@ -30,7 +30,8 @@ class Client:
     """A paho MQTT 3.1.1 client over TLS recording everything it is told."""
 
     def __init__(self, cluster: NatsClusterHandle, node: int, user: str, password: str, *,
-                 client_id: str | None = None, clean_session: bool = True) -> None:
+                 client_id: str | None = None, clean_session: bool = True,
+                 will: tuple[str, bytes] | None = None) -> None:
         self.cond = threading.Condition()
         self.messages: list[tuple[str, bytes]] = []
         self.subacks: dict[int, list[int]] = {}
@@ -40,6 +41,9 @@ class Client:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or user,
                              protocol=mqtt.MQTTv311, clean_session=clean_session)
         self.c.username_pw_set(user, password)
+        if will is not None:
+            self.c.will_set(will[0], will[1], qos=1, retain=True)
+        self.retained: list[tuple[str, bytes]] = []
         self.c.tls_set(ca_certs=str(cluster.ca_file), cert_reqs=ssl.CERT_REQUIRED,
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.c.on_connect = self._on_connect
@@ -59,6 +63,8 @@ class Client:
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         with self.cond:
             self.messages.append((msg.topic, bytes(msg.payload)))
+            if msg.retain:
+                self.retained.append((msg.topic, bytes(msg.payload)))
             self.cond.notify_all()
 
     def _on_subscribe(self, c: mqtt.Client, u: object, mid: int,
@@ -429,3 +435,31 @@ def test_accounts_log_in_over_mqtt_only(cluster: NatsClusterHandle) -> None:
     # ... while the same account logs in over MQTT.
     c = Client(cluster, 0, "natsproto01", pw).connected()
     c.close()
+
+
+def test_retained_status_and_last_will_with_device_rights(
+        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+    pw = cluster.store.add("will01", "device")
+    pw_op = cluster.store.add("operator-w", "service")
+    cluster.reload()
+    dev = Client(cluster, 0, "will01", pw, will=("cam/will01/status", b'{"state":"offline"}'))
+    clients.append(dev.connected())
+    dev.publish("cam/will01/status", b'{"state":"online"}', retain=True)
+    # A subscriber that comes later, on another node, gets the retained status.
+    op = Client(cluster, 1, "operator-w", pw_op).connected()
+    clients.append(op)
+    assert op.subscribe(["cam/+/status"]) == [1]
+    op.wait(lambda: ("cam/will01/status", b'{"state":"online"}') in op.retained,
+            "the retained status")
+    # The device's link dies without DISCONNECT: its will is published.
+    sock = dev.c.socket()
+    assert isinstance(sock, socket.socket)
+    dev.c.loop_stop()
+    sock.shutdown(socket.SHUT_RDWR)
+    op.wait(lambda: b'{"state":"offline"}' in op.payloads("cam/will01/status"), "the will")
+    # ... and retained: a new subscriber sees offline.
+    late = Client(cluster, 2, "operator-w2", cluster.add_service("operator-w2")).connected()
+    clients.append(late)
+    assert late.subscribe(["cam/will01/status"]) == [1]
+    late.wait(lambda: ("cam/will01/status", b'{"state":"offline"}') in late.retained,
+              "the retained will")
