@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
+# make demo-cloud: encode workers on a NATS JetStream queue (0: one encoder on MQTT).
+WORKERS ?= 2
 APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev mosquitto-dev gcc ffmpeg g++ make \
                 openssl postgresql prometheus chromium chromium-driver
 # Debian names of the binaries we check before calling apt-get.
@@ -19,6 +21,7 @@ APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitt
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
 	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
+	@echo "make demo-cloud - the demo on SeaweedFS, PostgreSQL and WORKERS=2 NATS JetStream encode workers"
 	@echo "make demo WEB=1 - the demo, then the web page stays up (prints its URL) until Ctrl-C"
 	@echo "make up     - the stack in the foreground for real cameras, restarting what dies (Ctrl-C stops it)"
 	@echo "make broker - only the local broker in the foreground"
@@ -75,7 +78,7 @@ demo: deps venv guard-plugin
 
 # The demo on a SeaweedFS (S3) and a PostgreSQL started locally for the run.
 demo-cloud: deps venv guard-plugin
-	$(VENV)/bin/camstack --data-dir $(DATA) demo --cloud
+	$(VENV)/bin/camstack --data-dir $(DATA) demo --cloud --workers $(WORKERS)
 
 # `camstack up` prepares the data folder, then becomes supervisord (foreground): a
 # process that dies is restarted, the others keep running; Ctrl-C stops all, exit 0.

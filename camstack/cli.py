@@ -46,6 +46,7 @@ from camstack.supervise import (
     PROGRAMS,
     conf_path,
     exec_supervisord,
+    local_jetstream_port,
     logs_dir,
     supervisorctl_argv,
     write_supervisord,
@@ -256,6 +257,10 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--cloud", action="store_true",
                       help="on a SeaweedFS (S3) and a PostgreSQL started for the run; prints "
                            "each video's object key and database row")
+    demo.add_argument("--workers", type=int, default=0, metavar="N",
+                      help="with --cloud: N encode workers pulling jobs from a NATS "
+                           "JetStream queue started for the run (default 0: one encoder "
+                           "on the MQTT runner)")
     demo.add_argument("--web", action="store_true",
                       help="then keep the stack and the web page up (prints the URL) "
                            "until Ctrl-C")
@@ -309,7 +314,8 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
         opts = DemoOptions(cameras=args.cameras, fps=args.fps,
                            frames_per_video=args.frames_per_video, tls_port=args.tls_port,
                            local_port=args.local_port, timeout_s=args.timeout,
-                           web=args.web, web_port=args.web_port, cloud=args.cloud)
+                           web=args.web, web_port=args.web_port, cloud=args.cloud,
+                           workers=args.workers)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 
@@ -366,7 +372,9 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     if args.render_only:
         print(conf)
         return 0
-    print(f"running {', '.join(PROGRAMS)}; logs in {logs_dir(layout)}, "
+    nats = local_jetstream_port(layout) is not None
+    print(f"running {', '.join((*PROGRAMS, 'nats') if nats else PROGRAMS)}; logs in "
+          f"{logs_dir(layout)}, "
           "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)
     exec_supervisord(conf)
     return 0  # pragma: no cover - exec does not return

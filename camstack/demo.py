@@ -78,6 +78,9 @@ class DemoOptions:
     web_port: int = 8080
     cloud: bool = False
     """Run on a SeaweedFS (S3) and a PostgreSQL started for the run (``make demo-cloud``)."""
+    workers: int = 0
+    """With ``cloud``: this many encoder processes pulling jobs from a NATS JetStream
+    queue started for the run (0: one encoder on the MQTT runner)."""
 
 
 @dataclass(frozen=True)
@@ -492,8 +495,13 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     conf = render_config(demo_settings, layout).replace(
         f"persistence_location {layout.persist_dir}/", f"persistence_location {paths.persist}/")
     paths.broker_conf.write_text(conf, encoding="utf-8")
-    cloud = _start_cloud(paths, say) if opts.cloud else None
+    if opts.workers and not opts.cloud:
+        raise BrokerToolError("--workers needs --cloud (workers read packs from the store)")
+    cloud = _start_cloud(paths, say, opts.workers) if opts.cloud else None
     cloud_sections = cloud.sections if cloud is not None else {}
+    encoders = ["encoder"] + [f"encoder-{i}" for i in range(2, opts.workers + 1)]
+    for name in encoders[1:]:
+        ensure_service_account(layout, store, name)
     docs = service_documents(
         demo_settings, layout, storage_root=paths.storage, host="localhost", port=tls_port,
         log_format="json", metrics_ports={"ingestor": 0, "encoder": 0, "monitor": 0},
@@ -523,15 +531,25 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         _save_pids(paths, children)
         _wait_port(tls_port, children["broker"])
         _wait_port(local_port, children["broker"])
-        for name in ("ingestor", "encoder"):
-            say(f"starting {name} (config {paths.config / (name + '.toml')}, "
+        for name in ("ingestor", *encoders):
+            module = "encoder" if name.startswith("encoder") else name
+            env = {"CAM_CONFIG": str(paths.config / f"{module}.toml")}
+            if name != module:
+                # One more worker of the pool: the same file, an account of its own (the
+                # MQTT client id is the account: a shared one would be kicked).
+                env |= {"CAM_MQTT__USERNAME": name, "CAM_MQTT__CLIENT_ID": name,
+                        "CAM_MQTT__PASSWORD_FILE": str(layout.service_password_file(name))}
+            say(f"starting {name} (config {env['CAM_CONFIG']}, "
                 f"log {paths.logs / (name + '.log')})")
-            children[name] = Child(name, [sys.executable, "-m", name], paths.logs / f"{name}.log",
-                                   env={"CAM_CONFIG": str(paths.config / f"{name}.toml")})
+            children[name] = Child(name, [sys.executable, "-m", module],
+                                   paths.logs / f"{name}.log", env=env)
             _save_pids(paths, children)
-        for name in ("ingestor", "encoder"):
-            children[name].wait_event(f"{name}_ready", 60)
-        say("ingestor and encoder ready")
+        for name in ("ingestor", *encoders):
+            module = "encoder" if name.startswith("encoder") else name
+            children[name].wait_event(f"{module}_ready", 60)
+        say("ingestor and encoder ready" if not opts.workers else
+            f"ingestor and {opts.workers} encode worker(s) on NATS JetStream "
+            f"{cloud.nats.url if cloud is not None and cloud.nats else ''} ready")
 
         def mqtt_for(user: str, password: str | None, pw_file: Path | None) -> MqttSettings:
             return MqttSettings(
@@ -585,6 +603,10 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         say(summary)
         if cloud is not None:
             ok = cloud.report(say, len(devices)) and ok
+        if opts.workers:
+            done = {name: sum(1 for e in _events(paths.logs / f"{name}.log")
+                              if e.get("event") == "job_handled") for name in encoders}
+            say("jobs handled per worker: " + ", ".join(f"{n} {c}" for n, c in done.items()))
     except KeyboardInterrupt:
         say("interrupted")
         ok = False
@@ -597,7 +619,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         if watch is not None:
             watch.close()
         codes = {}
-        for name in ("web", "encoder", "ingestor", "broker"):
+        for name in ("web", *reversed(encoders), "ingestor", "broker"):
             if name in children:
                 codes[name] = children[name].stop()
         paths.pids.unlink(missing_ok=True)
@@ -614,24 +636,37 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
 class _Cloud:
     """The demo's SeaweedFS and PostgreSQL, started for the run."""
 
-    def __init__(self, base: Path) -> None:
-        from camstack.servers import start_postgres, start_seaweedfs  # noqa: PLC0415
+    def __init__(self, base: Path, workers: int = 0) -> None:
+        from camstack.servers import (  # noqa: PLC0415
+            NatsHandle,
+            start_nats,
+            start_postgres,
+            start_seaweedfs,
+        )
 
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
         self.weed = start_seaweedfs(base / "seaweedfs", bucket="camstack-demo")
+        self.nats: NatsHandle | None = None
         try:
             self.pg = start_postgres()
+            if workers:
+                self.nats = start_nats(base / "nats")
         except BaseException:
             self.weed.stop()
+            if self.nats is not None:
+                self.nats.stop()
             raise
         self.dsn = self.pg.create_database("camstack_demo")
         s3 = self.weed.s3_settings()
         s3d = s3.model_dump(mode="json", exclude_none=True)
         s3d["secret_access_key"] = s3.secret_access_key.get_secret_value()
-        self.sections: dict[str, dict[str, Any]] = {
+        self.sections: dict[str, Any] = {
             "store": {"backend": "s3", "s3": s3d},
             "catalog": {"backend": "postgres", "dsn": self.dsn}}
+        if self.nats is not None:
+            self.sections["runner"] = "jetstream"
+            self.sections["jobqueue"] = {"servers": [self.nats.url]}
         self.store = S3Store(s3)
 
     def report(self, say: Callable[[str], None], cameras: int) -> bool:
@@ -661,13 +696,16 @@ class _Cloud:
         self.store.close()
         self.pg.close()
         self.weed.stop()
+        if self.nats is not None:
+            self.nats.stop()
 
 
-def _start_cloud(paths: DemoPaths, say: Callable[[str], None]) -> _Cloud:
-    say("starting SeaweedFS (S3) and PostgreSQL for this run")
-    cloud = _Cloud(paths.root / "cloud")
+def _start_cloud(paths: DemoPaths, say: Callable[[str], None], workers: int = 0) -> _Cloud:
+    say("starting SeaweedFS (S3) and PostgreSQL" + (" and NATS (JetStream)" if workers else "")
+        + " for this run")
+    cloud = _Cloud(paths.root / "cloud", workers)
     say(f"  S3 {cloud.weed.endpoint} bucket {cloud.weed.bucket}; PostgreSQL on "
-        f"{cloud.pg.socket_dir}")
+        f"{cloud.pg.socket_dir}" + (f"; NATS {cloud.nats.url}" if cloud.nats else ""))
     return cloud
 
 

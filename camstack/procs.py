@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from camstack.brokerproc import BrokerHandle
 from config.loader import to_toml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def service_config(broker: BrokerHandle, account: str, storage_root: Path, path: Path,

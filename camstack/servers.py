@@ -328,6 +328,25 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+def render_nats_conf(store_dir: Path, port: int, *, host: str = "127.0.0.1",
+                     name: str = "camstack", max_file_store: str = "10GB") -> str:
+    """A single ``nats-server`` with JetStream: one client listener, nothing else.
+
+    The HTTP monitoring port, clustering, gateways, leaf nodes and websockets are not
+    configured, so they are off. Used by the test fixture and by ``camstack up``.
+    """
+    return (
+        f'listen: "{host}:{port}"\n'
+        f'server_name: "{name}"\n'
+        "max_payload: 1MB\n"
+        "jetstream {\n"
+        f'  store_dir: "{store_dir}"\n'
+        "  max_memory_store: 64MB\n"
+        f"  max_file_store: {max_file_store}\n"
+        "}\n"
+    )
+
+
 @dataclass
 class NatsHandle:
     """One ``nats-server -js`` on loopback with its store folder; stop, kill, restart.
@@ -348,16 +367,8 @@ class NatsHandle:
         (self.base / "jetstream").mkdir(exist_ok=True)
         if self.port == 0:
             self.port = free_port()
-        conf = (
-            f'listen: "127.0.0.1:{self.port}"\n'
-            f'server_name: "camstack-test-{self.port}"\n'
-            "max_payload: 1MB\n"
-            "jetstream {\n"
-            f'  store_dir: "{self.base / "jetstream"}"\n'
-            "  max_memory_store: 64MB\n"
-            "  max_file_store: 1GB\n"
-            "}\n"
-        )
+        conf = render_nats_conf(self.base / "jetstream", self.port,
+                                name=f"camstack-test-{self.port}", max_file_store="1GB")
         (self.base / "nats.conf").write_text(conf, encoding="utf-8")
 
     @property

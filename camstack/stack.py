@@ -141,7 +141,7 @@ def service_documents(
     log_format: str = "auto",
     metrics_ports: dict[str, int] | None = None,
     metrics_host: str = "127.0.0.1",
-    sections: dict[str, dict[str, dict[str, Any]]] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
     tls: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Config documents of the ingestor, encoder and monitor.
@@ -185,7 +185,9 @@ def service_documents(
             doc.update(web_sections(layout, host="0.0.0.0" if metrics_host == "0.0.0.0"
                                     else "127.0.0.1"))
         for table, values in ((sections or {}).get(name) or {}).items():
-            doc[table] = {**doc.get(table, {}), **values}
+            # A table is merged; a top-level key (``runner = "jetstream"``) is set.
+            doc[table] = {**doc.get(table, {}), **values} if isinstance(values, dict) \
+                else values
         docs[name] = doc
     return docs
 
@@ -366,6 +368,8 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
     layout.storage_root.mkdir(parents=True, exist_ok=True)
     _shared_state(layout)
     (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
+    # The JetStream store of the `nats` service (profile "jetstream").
+    (layout.data_dir / "nats").mkdir(mode=0o750, exist_ok=True)
     written: list[Path] = []
     names = server_cert_names(layout)
     if COMPOSE_BROKER_HOST not in names:

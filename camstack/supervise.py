@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from broker.layout import Layout
+from camstack.servers import nats_server_binary, render_nats_conf
 
 PROGRAMS = ("broker", "ingestor", "encoder", "monitor", "web")
+NATS_PROGRAM = "nats"
+"""Added when a service config uses ``runner = "jetstream"`` with a loopback server."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,36 @@ def _cmd(*argv: str) -> str:
     return " ".join(a.replace("%", "%%") for a in argv)
 
 
+def local_jetstream_port(layout: Layout) -> int | None:
+    """The port of the NATS server ``camstack up`` must run, or None.
+
+    That is when the ingestor's or the encoder's rendered config says ``runner =
+    "jetstream"`` and its first ``jobqueue.servers`` URL is on this machine's loopback.
+    A NATS elsewhere (a cluster, a managed one) is not ours to run.
+    """
+    for name in ("ingestor", "encoder"):
+        path = layout.data_dir / "config" / f"{name}.toml"
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        if doc.get("runner") != "jetstream":
+            continue
+        servers = (doc.get("jobqueue") or {}).get("servers") or ["nats://127.0.0.1:4222"]
+        url = urllib.parse.urlsplit(str(servers[0]))
+        if url.hostname in ("127.0.0.1", "localhost", "::1"):
+            return url.port or 4222
+    return None
+
+
+def nats_conf_path(layout: Layout) -> Path:
+    """``<data>/nats/nats.conf`` (its JetStream store beside it)."""
+    return layout.data_dir / "nats" / "nats.conf"
+
+
 def render_supervisord(layout: Layout, *, python: str | None = None,
                        broker_config: Path | None = None,
-                       restart: Restart | None = None) -> str:
+                       restart: Restart | None = None, nats_port: int | None = None) -> str:
     """The ``supervisord.conf`` text of the local stack.
 
     Args:
@@ -75,6 +107,8 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
         python: Interpreter of the services (default: this one, the venv's).
         broker_config: The broker settings TOML passed to ``camstack --config``.
         restart: Restart policy.
+        nats_port: Also run a NATS server with JetStream on this loopback port
+            (config :func:`nats_conf_path`).
 
     Returns:
         The configuration text.
@@ -92,8 +126,14 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
         "web": _cmd(py, "-m", "web"),
     }
     # Start order does not matter (the services retry until the broker answers); stop
-    # order does: highest priority first, the broker last.
-    priority = {"broker": 10, "ingestor": 20, "encoder": 30, "monitor": 40, "web": 50}
+    # order does: highest priority first, then NATS, the broker last.
+    priority = {"broker": 10, NATS_PROGRAM: 15, "ingestor": 20, "encoder": 30, "monitor": 40,
+                "web": 50}
+    programs: tuple[str, ...] = PROGRAMS
+    if nats_port is not None:
+        commands[NATS_PROGRAM] = _cmd(str(nats_server_binary()), "-c",
+                                      str(nats_conf_path(layout)))
+        programs = (*PROGRAMS, NATS_PROGRAM)
     lines = [
         "; Rendered by `camstack up` at every start: edit the generator, not this file.",
         "[supervisord]",
@@ -119,9 +159,9 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
         f"serverurl=unix://{run / 'supervisor.sock'}",
         "",
     ]
-    for name in PROGRAMS:
+    for name in programs:
         env = {"PYTHONUNBUFFERED": "1"}
-        if name != "broker":
+        if name not in ("broker", NATS_PROGRAM):
             env["CAM_CONFIG"] = str(data / "config" / f"{name}.toml")
         lines += [
             f"[program:{name}]",
@@ -159,10 +199,16 @@ def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
     """
     for d in (run_dir(layout), logs_dir(layout)):
         d.mkdir(parents=True, exist_ok=True)
+    nats_port = local_jetstream_port(layout)
+    if nats_port is not None:
+        conf = nats_conf_path(layout)
+        (conf.parent / "jetstream").mkdir(parents=True, exist_ok=True)
+        conf.write_text(render_nats_conf(conf.parent / "jetstream", nats_port),
+                        encoding="utf-8")
     path = conf_path(layout)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_supervisord(layout, broker_config=broker_config, restart=restart),
-                   encoding="utf-8")
+    tmp.write_text(render_supervisord(layout, broker_config=broker_config, restart=restart,
+                                      nats_port=nats_port), encoding="utf-8")
     tmp.replace(path)
     return path
 

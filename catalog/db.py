@@ -49,6 +49,7 @@ _BATCH_COLS = ("device, batch, state, attempts, frames, first_capture_ms, last_c
                "pack_key, pack_sha256, pack_bytes, created_ms, updated_ms, error")
 _VIDEO_COLS = ("device, batch, location, thumbnail, frames, skipped, duration_s, bytes, codec, "
                "first_capture_ms, last_capture_ms, sha256, pack_sha256, signature, created_ms")
+_VIDEO_SELECT = f"{_VIDEO_COLS}, deleted_ms"
 MAX_LIST = 10_000
 
 
@@ -499,7 +500,7 @@ class SqlCatalog:
         """The video row of a batch, or ``None``."""
         device, batch = check_ids(device, batch)
         with self.driver.transaction() as tx:
-            rows = tx.query(f"SELECT {_VIDEO_COLS} FROM videos "
+            rows = tx.query(f"SELECT {_VIDEO_SELECT} FROM videos "
                             "WHERE device = :d AND batch = :b", {"d": device, "b": batch})
         return VideoRow.model_validate(rows[0], strict=False) if rows else None
 
@@ -508,7 +509,7 @@ class SqlCatalog:
         if not isinstance(location, str) or len(location) > 1024:
             raise InvalidValueError("location must be a string of at most 1024 characters")
         with self.driver.transaction() as tx:
-            rows = tx.query(f"SELECT {_VIDEO_COLS} FROM videos WHERE location = :l",
+            rows = tx.query(f"SELECT {_VIDEO_SELECT} FROM videos WHERE location = :l",
                             {"l": location})
         return VideoRow.model_validate(rows[0], strict=False) if rows else None
 
@@ -556,20 +557,67 @@ class SqlCatalog:
         return [BatchRow.model_validate(r, strict=False) for r in rows]
 
     def list_videos(self, *, device: str | None = None, since_ms: int | None = None,
-                    limit: int = 1000) -> list[VideoRow]:
+                    limit: int = 1000, include_deleted: bool = False) -> list[VideoRow]:
         """Videos in capture order, filtered by device and capture time.
+
+        Args:
+            device: Only this device.
+            since_ms: Only videos whose last capture is at or after this time.
+            limit: At most this many (1..10000).
+            include_deleted: Also the videos retention deleted (``deleted_ms`` set).
 
         Returns:
             The rows.
         """
         where, params = self._filters(device, since_ms)
+        if not include_deleted:
+            where.append("deleted_ms IS NULL")
         params["limit"] = _clamp_limit(limit)
-        sql = (f"SELECT {_VIDEO_COLS} FROM videos"
+        sql = (f"SELECT {_VIDEO_SELECT} FROM videos"
                + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY first_capture_ms, device, batch LIMIT :limit")
         with self.driver.transaction() as tx:
             rows = tx.query(sql, params)
         return [VideoRow.model_validate(r, strict=False) for r in rows]
+
+    def videos_to_expire(self, before_ms: int, *, limit: int = 1000) -> list[VideoRow]:
+        """Videos not yet deleted whose last frame was captured before ``before_ms``.
+
+        Oldest first; what retention deletes on the object store (one indexed query,
+        no listing of the bucket).
+
+        Args:
+            before_ms: The cutoff (Unix ms).
+            limit: At most this many (1..10000).
+
+        Returns:
+            The rows.
+
+        Raises:
+            InvalidValueError: On a bad cutoff.
+        """
+        if not isinstance(before_ms, int) or isinstance(before_ms, bool):
+            raise InvalidValueError("before_ms must be an integer")
+        with self.driver.transaction() as tx:
+            rows = tx.query(
+                f"SELECT {_VIDEO_SELECT} FROM videos WHERE deleted_ms IS NULL "
+                "AND last_capture_ms < :before ORDER BY last_capture_ms, device, batch "
+                "LIMIT :limit", {"before": before_ms, "limit": _clamp_limit(limit)})
+        return [VideoRow.model_validate(r, strict=False) for r in rows]
+
+    def mark_video_deleted(self, device: str, batch: str, *, at_ms: int | None = None) -> bool:
+        """Record that the video's objects are deleted (``deleted_ms``); a repeat is a no-op.
+
+        Returns:
+            Whether the row changed (False when unknown or already marked).
+        """
+        device, batch = check_ids(device, batch)
+        t = at_ms if at_ms is not None else now_ms()
+        with self.driver.transaction() as tx:
+            n = tx.execute("UPDATE videos SET deleted_ms = :t WHERE device = :d "
+                           "AND batch = :b AND deleted_ms IS NULL",
+                           {"t": t, "d": device, "b": batch})
+        return n > 0
 
     def list_devices(self) -> list[DeviceRow]:
         """Every device, by id."""

@@ -89,6 +89,8 @@ class VideoRow(_Row):
     signature: str | None = Field(default=None, max_length=8192,
                                   pattern=r"^[A-Za-z0-9_=.-]+$")
     created_ms: Millis
+    deleted_ms: Millis | None = None
+    """When retention deleted the video's objects (``None``: it exists). Not signed."""
 
 
 M = TypeVar("M", bound="_Row")

@@ -243,14 +243,27 @@ class EncoderWorkSettings(_Section):
     rescan_min_age_s: float = Field(
         default=600.0, ge=0, description="A rescan takes only batches sealed this long ago."
     )
+    backlog_interval_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="How often the encode backlog gauges are read from the catalog.")
+    parallel_batches: int = Field(
+        default=1, ge=1, le=16,
+        description="Batches encoded at once by this process (K). With K > 1 and "
+        "encode.threads = 0, each encode gets max(1, CPUs // K) x264 threads "
+        "(docs/scaling.md has the measured split).",
+    )
 
 
 class RetentionSettings(_Section):
     """When old videos are deleted."""
 
-    max_age_days: float | None = Field(default=None, gt=0)
+    max_age_days: float | None = Field(
+        default=None, gt=0, le=36500,
+        description="Delete videos whose last frame is older than this (local files, or "
+        "the store's objects and the catalog row marked deleted with store.backend s3).")
     max_disk_percent: float | None = Field(
-        default=None, gt=0, le=100, description="Delete oldest videos above this disk usage."
+        default=None, gt=0, le=100, description="Delete oldest videos above this disk usage "
+        "(filesystem backend only; refused with store.backend s3)."
     )
     interval_s: float = Field(default=300.0, gt=0)
 
@@ -282,10 +295,18 @@ class S3Settings(_Section):
         description="Section of credentials_file.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto", description="path: http://host/bucket/key (SeaweedFS, MinIO).")
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=120,
+        description="Wait this long for a connection to the store, per try.")
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, le=600,
+        description="Wait this long for the store's answer or the next bytes of a body, "
+        "per try: a stalled store is an error (retried later), never a hang.")
     max_attempts: int = Field(
-        default=3, ge=1, le=10, description="Tries of one request (first try included).")
+        default=3, ge=1, le=10, description="Tries of one request (first try included; "
+        "botocore's standard mode, jittered backoff between tries). Callers retry failed "
+        "requests themselves with their own backoff (ingest.upload_retry_s, "
+        "work.retry_backoff_s).")
     presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
@@ -354,6 +375,59 @@ class CatalogSettings(_Section):
         return self.dsn.get_secret_value()
 
 
+class JobQueueSettings(_Section):
+    """The JetStream work queue of encode jobs (docs/scaling.md)."""
+
+    servers: list[str] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16,
+        description="NATS server URLs (nats:// or tls://).")
+    stream: str = Field(default="CAMSTACK_JOBS", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                        description="JetStream stream holding the jobs (WorkQueue retention).")
+    subject_prefix: str = Field(
+        default="camstack.jobs.encode",
+        pattern=r"^[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,7}$",
+        description="Jobs go to <subject_prefix>.<device>.")
+    consumer: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                          description="Durable pull consumer shared by every worker.")
+    duplicate_window_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="The server drops a second job with the same batch id within this long.")
+    ack_wait_s: float = Field(
+        default=60.0, ge=0.5, le=3600,
+        description="A job not acked (nor heartbeated) within this long is redelivered.")
+    heartbeat_s: float = Field(
+        default=20.0, gt=0, le=1200,
+        description="While a job runs, tell the server it is still in progress this often.")
+    max_deliver: int = Field(
+        default=5, ge=1, le=1000,
+        description="Deliveries of one job before it is quarantined instead of handled.")
+    retry_delay_s: float = Field(
+        default=10.0, ge=0, le=3600, description="Redelivery delay of a job that asked to retry.")
+    fetch_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Longest wait of one pull for a job.")
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_job_bytes: int = Field(default=4096, ge=256, le=1024 * 1024,
+                               description="Larger job messages are rejected unread.")
+    credentials_file: Path | None = Field(
+        default=None, description="NATS .creds file (JWT + NKey seed); none: no auth.")
+    tls: bool = Field(default=False, description="Require TLS to the servers.")
+    tls_ca_file: Path | None = Field(default=None, description="CA of the servers' certificate.")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    tls_key_file: Path | None = Field(default=None, description="Its private key.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobQueueSettings:
+        if self.heartbeat_s >= self.ack_wait_s:
+            raise ValueError("heartbeat_s must be below ack_wait_s")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        for url in self.servers:
+            if not re.fullmatch(r"(nats|tls)://[A-Za-z0-9.:\[\]_-]{1,253}", url):
+                raise ValueError(f"servers: {url[:80]!r} is not nats://host[:port] "
+                                 "or tls://host[:port]")
+        return self
+
+
 SHARED_CATALOG = Path("state") / "catalog.sqlite3"
 """Where the services' SQLite catalog is, relative to the storage root, by default."""
 
@@ -363,6 +437,13 @@ def _default_catalog_path(catalog: CatalogSettings, storage: StorageSettings) ->
     if "path" in catalog.model_fields_set:
         return catalog
     return catalog.model_copy(update={"path": storage.root / SHARED_CATALOG})
+
+
+def _check_runner(runner: str, store: ObjectStoreSettings) -> None:
+    # A JetStream worker may run anywhere: it reads packs from the object store, never
+    # the ingestor's disk, so the filesystem backend cannot feed it.
+    if runner == "jetstream" and store.backend != "s3":
+        raise ValueError('runner "jetstream" needs store.backend = "s3"')
 
 
 class _ServiceSettings(BaseSettings):
@@ -395,11 +476,22 @@ class IngestorSettings(_ServiceSettings):
     ingest: IngestSettings = IngestSettings()
     store: ObjectStoreSettings = ObjectStoreSettings()
     catalog: CatalogSettings = CatalogSettings()
+    runner: Literal["mqtt", "jetstream"] = Field(
+        default="mqtt",
+        description="How encode work is handed over: `mqtt` (ready events to the "
+        "encoders' shared subscription) or `jetstream` (also one NATS JetStream job per "
+        "sealed batch; needs store.backend = \"s3\"). docs/scaling.md.")
+    jobqueue: JobQueueSettings = JobQueueSettings()
 
     @model_validator(mode="after")
     def _shared_catalog(self):  # type: ignore[no-untyped-def]
         # One SQLite file beside the storage root unless the file names another.
         object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
+        return self
+
+    @model_validator(mode="after")
+    def _runner_needs_store(self):  # type: ignore[no-untyped-def]
+        _check_runner(self.runner, self.store)
         return self
 
 
@@ -416,15 +508,35 @@ class EncoderSettings(_ServiceSettings):
     share_group: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     store: ObjectStoreSettings = ObjectStoreSettings()
     catalog: CatalogSettings = CatalogSettings()
+    runner: Literal["mqtt", "jetstream"] = Field(
+        default="mqtt",
+        description="How encode work is handed over: `mqtt` (ready events to the "
+        "encoders' shared subscription) or `jetstream` (pull jobs from NATS JetStream, one per "
+        "sealed batch; needs store.backend = \"s3\"). docs/scaling.md.")
+    jobqueue: JobQueueSettings = JobQueueSettings()
     signing_key_file: Path = Field(
         default=Path("data/pki/video-signing.key"),
         description="Ed25519 key (PKCS#8 PEM, created 0600 when missing) signing each video "
         "row; its public key is written beside it as `.pub` (docs/storage.md).")
 
     @model_validator(mode="after")
+    def _retention_fits_the_store(self) -> EncoderSettings:
+        # An object store has no disk to fill: a watermark would never be right.
+        if self.store.backend == "s3" and self.retention.max_disk_percent is not None:
+            raise ValueError(
+                "retention.max_disk_percent does not apply with store.backend = \"s3\" "
+                "(no disk to watch); remove it and use retention.max_age_days")
+        return self
+
+    @model_validator(mode="after")
     def _shared_catalog(self):  # type: ignore[no-untyped-def]
         # One SQLite file beside the storage root unless the file names another.
         object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
+        return self
+
+    @model_validator(mode="after")
+    def _runner_needs_store(self):  # type: ignore[no-untyped-def]
+        _check_runner(self.runner, self.store)
         return self
 
 
@@ -678,62 +790,6 @@ class WebSettings(_ServiceSettings):
     def _shared_catalog(self):  # type: ignore[no-untyped-def]
         # The same SQLite file as the ingestor and the encoder unless the file names one.
         object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
-        return self
-
-
-# --- Encode job queue, NATS JetStream (issue 13). New sections only, appended. ---
-
-
-class JobQueueSettings(_Section):
-    """The JetStream work queue of encode jobs (docs/scaling.md)."""
-
-    servers: list[str] = Field(
-        default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16,
-        description="NATS server URLs (nats:// or tls://).")
-    stream: str = Field(default="CAMSTACK_JOBS", pattern=r"^[A-Za-z0-9_-]{1,64}$",
-                        description="JetStream stream holding the jobs (WorkQueue retention).")
-    subject_prefix: str = Field(
-        default="camstack.jobs.encode",
-        pattern=r"^[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,7}$",
-        description="Jobs go to <subject_prefix>.<device>.")
-    consumer: str = Field(default="encoders", pattern=r"^[A-Za-z0-9_-]{1,64}$",
-                          description="Durable pull consumer shared by every worker.")
-    duplicate_window_s: float = Field(
-        default=3600.0, gt=0, le=7 * 86_400,
-        description="The server drops a second job with the same batch id within this long.")
-    ack_wait_s: float = Field(
-        default=60.0, ge=0.5, le=3600,
-        description="A job not acked (nor heartbeated) within this long is redelivered.")
-    heartbeat_s: float = Field(
-        default=20.0, gt=0, le=1200,
-        description="While a job runs, tell the server it is still in progress this often.")
-    max_deliver: int = Field(
-        default=5, ge=1, le=1000,
-        description="Deliveries of one job before it is quarantined instead of handled.")
-    retry_delay_s: float = Field(
-        default=10.0, ge=0, le=3600, description="Redelivery delay of a job that asked to retry.")
-    fetch_timeout_s: float = Field(
-        default=5.0, gt=0, le=300, description="Longest wait of one pull for a job.")
-    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    max_job_bytes: int = Field(default=4096, ge=256, le=1024 * 1024,
-                               description="Larger job messages are rejected unread.")
-    credentials_file: Path | None = Field(
-        default=None, description="NATS .creds file (JWT + NKey seed); none: no auth.")
-    tls: bool = Field(default=False, description="Require TLS to the servers.")
-    tls_ca_file: Path | None = Field(default=None, description="CA of the servers' certificate.")
-    tls_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
-    tls_key_file: Path | None = Field(default=None, description="Its private key.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> JobQueueSettings:
-        if self.heartbeat_s >= self.ack_wait_s:
-            raise ValueError("heartbeat_s must be below ack_wait_s")
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be given together")
-        for url in self.servers:
-            if not re.fullmatch(r"(nats|tls)://[A-Za-z0-9.:\[\]_-]{1,253}", url):
-                raise ValueError(f"servers: {url[:80]!r} is not nats://host[:port] "
-                                 "or tls://host[:port]")
         return self
 
 

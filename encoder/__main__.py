@@ -21,6 +21,7 @@ from config.logging import configure_logging
 from config.metrics import metrics_port_guard
 from config.settings import EncoderSettings
 from encoder.service import EncoderService
+from jobqueue import JobQueueError
 from objstore import ObjectStoreError
 
 log = structlog.get_logger("encoder")
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         service = EncoderService(settings)
-    except (CatalogError, ObjectStoreError, OSError, ValueError) as exc:
-        # One line naming the setting (catalog.dsn, store.s3.bucket, signing_key_file).
+    except (CatalogError, ObjectStoreError, JobQueueError, OSError, ValueError) as exc:
+        # One line naming the setting (catalog.dsn, store.s3.bucket, signing_key_file,
+        # jobqueue.servers).
         print(f"python -m encoder: {exc}", file=sys.stderr)
         return 2
     with metrics_port_guard(settings.metrics):

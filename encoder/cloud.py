@@ -28,9 +28,11 @@ row and one MP4 key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -184,13 +186,37 @@ def _quarantine(job: CloudJob, ref: BatchRef, key: str, reason: str, pack: Path 
     return StoreResult("quarantined", detail=reason)
 
 
-def _video_key(job: CloudJob, ref: BatchRef, first_ms: int, last_ms: int) -> str:
+def quarantine_batch(ref: BatchRef, job: CloudJob, reason: str, **detail: Any) -> StoreResult:
+    """Quarantine a batch from outside an encode (a runner giving up on its job).
+
+    The catalog row and ``quarantine/<id>/<batch>/reason.json`` say why; the pack stays
+    where it is (the lifecycle rule on the pack prefix removes it later), so it can be
+    looked at or re-queued by hand.
+    """
+    row = _retry(job, "catalog", ref, lambda: job.catalog.get_batch(ref.device, ref.batch))
+    key = (row.pack_key if row is not None and row.pack_key
+           else pack_key(ref.device, ref.batch, job.pack_prefix))
+    return _quarantine(job, ref, key, reason, None, **detail)
+
+
+def _video_key(job: CloudJob, ref: BatchRef, first_ms: int, last_ms: int,
+               mp4_sha: str) -> str:
+    """``videos/<id>/<date>/<id>_<first>_<last>-<sha256[:12]>.mp4``.
+
+    The content's digest is part of the name because two runs of one batch may overlap
+    (a job redelivered while its first delivery still runs elsewhere) and x264's output
+    depends on its thread count, so two machines make different bytes. Under one shared
+    name the later upload could replace the MP4 whose digest the (first) row recorded,
+    and `verify` would report a tampered video. With the digest in the name each run
+    writes its own objects and the run whose row lost deletes its own. A re-run on the
+    same machine makes the same bytes, hence the same key (overwritten, no orphan).
+    """
     folder = video_dir(ref.device, first_ms)
     stem, alt = video_stems(ref.device, ref.batch, first_ms, last_ms)
-    key = f"{folder}/{stem}.mp4"
+    key = f"{folder}/{stem}-{mp4_sha[:12]}.mp4"
     other = _retry(job, "catalog", ref, lambda: job.catalog.video_by_location(key))
     if other is not None and other.batch != ref.batch:
-        key = f"{folder}/{alt}.mp4"
+        key = f"{folder}/{alt}-{mp4_sha[:12]}.mp4"
     return key
 
 
@@ -227,9 +253,11 @@ def encode_from_store(ref: BatchRef, job: CloudJob) -> StoreResult:
     if row.state is BatchState.SEALED or not row.pack_sha256:
         bound.warning("batch_not_uploaded")
         return StoreResult("missing", detail="not uploaded")
-    work = job.scratch / f"{ref.device}--{ref.batch}"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "frames").mkdir(parents=True)
+    # A folder of its own per run: the same batch may be in hand twice at once (a job
+    # redelivered while its first delivery still runs in another thread).
+    job.scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{ref.device}--{ref.batch}-", dir=job.scratch))
+    (work / "frames").mkdir()
     try:
         return _encode(ref, job, row.pack_sha256, key, work)
     finally:
@@ -296,7 +324,8 @@ def _encode(ref: BatchRef, job: CloudJob, pack_sha: str, key: str, work: Path) -
         return StoreResult("retry", detail="verify")
     size = out.stat().st_size
     mp4_sha = sha256_file(out)
-    location = _video_key(job, ref, manifest.first_capture_ms, manifest.last_capture_ms)
+    location = _video_key(job, ref, manifest.first_capture_ms, manifest.last_capture_ms,
+                          mp4_sha)
     stem = location.removesuffix(".mp4")
     event = VideoEvent(device=ref.device, batch=ref.batch, location=location,
                        frames=result.frames_written, frames_skipped=result.frames_skipped,
@@ -336,6 +365,7 @@ def _encode(ref: BatchRef, job: CloudJob, pack_sha: str, key: str, work: Path) -
     bound.info("batch_purged", location=key)
     if kept is not None and kept.location != location:
         # Another encoder recorded this batch first: publish its video, drop ours.
-        _retry(job, "upload", ref, lambda: store.delete(location))
+        for ours in (location, f"{stem}.json", f"{stem}.jpg"):
+            _retry(job, "upload", ref, functools.partial(store.delete, ours))
         return StoreResult("already_done", event_from_row(kept))
     return StoreResult("encoded", event)

@@ -102,19 +102,24 @@ class Job:
 
     device: str
     batch: str
-    source: Literal["ready", "scan"]
+    source: Literal["ready", "scan", "jetstream"]
     first_ms: int | None = None
     last_ms: int | None = None
 
 
 class BatchProcessor:
-    """Turns batches into videos; one batch at a time per instance."""
+    """Turns batches into videos.
+
+    Safe to call from several threads at once: a batch folder is locked while handled,
+    and the store path works in a scratch folder of its own per run.
+    """
 
     def __init__(self, storage: Storage, settings: EncoderSettings, metrics: EncoderMetrics,
                  publish: PublishFn, *, account: str = "encoder",
                  cancel: threading.Event | None = None, catalog: SqlCatalog | None = None,
                  signing_key: Ed25519PrivateKey | None = None,
-                 cloud: CloudJob | None = None) -> None:
+                 cloud: CloudJob | None = None,
+                 options: EncodeOptions | None = None) -> None:
         self.storage = storage
         self.settings = settings
         self.metrics = metrics
@@ -125,7 +130,7 @@ class BatchProcessor:
         self.signing_key = signing_key
         self.cloud = cloud
         """Set with ``store.backend = "s3"``: batches are packs in the store."""
-        self.options = EncodeOptions.from_settings(settings.encode)
+        self.options = options or EncodeOptions.from_settings(settings.encode)
 
     # --- entry point -----------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -93,6 +93,19 @@ class EncodeOptions:
         return cls(fps=s.fps, timing=s.timing, preset=s.preset, crf=s.crf, gop=s.gop,
                    threads=s.threads, decode_threads=s.decode_threads,
                    thumbnail_width=s.thumbnail_width)
+
+    def shared_by(self, parallel: int, cpus: int) -> EncodeOptions:
+        """The options of one of ``parallel`` encodes running at once on ``cpus`` CPUs.
+
+        Thread counts left at 0 ("let FFmpeg choose") would each take every CPU and
+        oversubscribe the machine ``parallel`` times; they become ``max(1, cpus //
+        parallel)``. Counts set explicitly are kept.
+        """
+        if parallel <= 1:
+            return self
+        share = max(1, cpus // parallel)
+        return replace(
+            self, threads=self.threads or share, decode_threads=self.decode_threads or share)
 
 
 @dataclass

@@ -4,6 +4,9 @@
 videos, asks for the plan and deletes: the MP4 first, then its thumbnail and sidecar,
 so a crash half-way leaves at worst a sidecar without video, which the next sweep
 removes once it is old enough not to belong to a video being written right now.
+
+``sweep_store()`` is retention on the object store (S3 backend): by age only, driven
+by the catalog's video rows, each marked ``deleted_ms`` once its objects are gone.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,8 +24,10 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from catalog import CatalogError, SqlCatalog, VideoRow
 from config.settings import RetentionSettings
 from encoder.metrics import EncoderMetrics
+from objstore import ObjectStore, ObjectStoreError
 
 log = structlog.get_logger("encoder.retention")
 
@@ -29,6 +35,9 @@ ORPHAN_GRACE_S = 3600.0
 """A sidecar without its MP4 is left alone this long: it may be a video being written."""
 
 DAY_MS = 86_400_000
+
+UNAVAILABLE = (ObjectStoreError, CatalogError)
+"""What :func:`sweep_store` raises when the store or the catalog is away (retry later)."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +162,20 @@ def _remove_empty_date_dirs(videos_root: Path, today: str) -> None:
                 date_dir.rmdir()  # only succeeds when empty
 
 
+def _mark_row(catalog: SqlCatalog, location: str) -> None:
+    """Mark the catalog row of a deleted local video (best effort: files come first)."""
+    try:
+        row = catalog.video_by_location(location)
+        if row is not None:
+            catalog.mark_video_deleted(row.device, row.batch)
+    except CatalogError as exc:
+        log.warning("retention_row_not_marked", video=location, error=str(exc)[:300])
+
+
 def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetrics | None = None,
           *, now: float | None = None,
-          disk_usage: Callable[[Path], DiskUsage] | None = None) -> list[VideoEntry]:
+          disk_usage: Callable[[Path], DiskUsage] | None = None,
+          catalog: SqlCatalog | None = None) -> list[VideoEntry]:
     """Apply the retention rules once.
 
     Args:
@@ -165,6 +185,8 @@ def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetric
         now: Current time in seconds (tests).
         disk_usage: Usage of the file system holding a path (tests); default
             ``shutil.disk_usage``.
+        catalog: When given, each deleted video's row (found by its location) gets
+            ``deleted_ms``; a catalog outage leaves the row unmarked and is logged.
 
     Returns:
         The entries deleted.
@@ -193,8 +215,11 @@ def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetric
                 continue
             except OSError as exc:
                 log.error("retention_delete_failed", path=str(p), error=str(exc))
-        log.info("video_deleted", rule=rule, video=str(entry.mp4.relative_to(
-            videos_root.parent)), bytes=freed, last_capture_ms=entry.last_ms)
+        location = entry.mp4.relative_to(videos_root.parent).as_posix()
+        log.info("video_deleted", rule=rule, video=location, bytes=freed,
+                 last_capture_ms=entry.last_ms)
+        if catalog is not None and not entry.orphan:
+            _mark_row(catalog, location)
         if metrics is not None:
             metrics.retention_deleted.labels(rule).inc()
             metrics.retention_bytes.inc(freed)
@@ -202,4 +227,73 @@ def sweep(videos_root: Path, settings: RetentionSettings, metrics: EncoderMetric
     if deleted:
         _remove_empty_date_dirs(videos_root, dt.datetime.fromtimestamp(now, dt.UTC)
                                 .date().isoformat())
+    return deleted
+
+
+# --- the object store (``store.backend = "s3"``) ----------------------------------------
+
+
+def _video_keys(row: VideoRow) -> list[str]:
+    """The video's objects: MP4 first, then thumbnail and sidecar (same stem)."""
+    stem = row.location.removesuffix(".mp4")
+    keys = [row.location, f"{stem}.jpg", f"{stem}.json"]
+    if row.thumbnail and row.thumbnail not in keys:
+        keys.append(row.thumbnail)
+    return keys
+
+
+def sweep_store(store: ObjectStore, catalog: SqlCatalog, settings: RetentionSettings,
+                metrics: EncoderMetrics | None = None, *, now: float | None = None,
+                stop: threading.Event | None = None, page: int = 500) -> list[VideoRow]:
+    """Apply ``max_age_days`` to the videos in the object store, driven by the catalog.
+
+    The catalog says which videos are due (``videos_to_expire``: one indexed query, no
+    listing of the bucket); for each, the MP4, the thumbnail and the sidecar are deleted
+    (deleting a missing key succeeds), then the row gets ``deleted_ms``. A crash or an
+    outage half-way leaves the row unmarked, and the next sweep deletes again and marks
+    it: idempotent, and several encoders may sweep at once (only the one that marks the
+    row counts it). ``max_disk_percent`` does not apply (the settings refuse it with S3).
+
+    Args:
+        store: The object store.
+        catalog: The catalog.
+        settings: The rules (only ``max_age_days`` is used).
+        metrics: Counters to update.
+        now: Current time in seconds (tests).
+        stop: Stop between videos when set.
+        page: Rows fetched per query.
+
+    Returns:
+        The rows this sweep marked deleted.
+
+    Raises:
+        ObjectStoreError: The store failed (the sweep stops; the next one resumes).
+        CatalogError: The catalog failed (likewise).
+    """
+    if settings.max_age_days is None:
+        return []
+    now = time.time() if now is None else now
+    cutoff = int(now * 1000) - int(settings.max_age_days * DAY_MS)
+    deleted: list[VideoRow] = []
+    seen: set[tuple[str, str]] = set()
+    while stop is None or not stop.is_set():
+        due = [r for r in catalog.videos_to_expire(cutoff, limit=page)
+               if (r.device, r.batch) not in seen]
+        if not due:
+            break
+        for row in due:
+            if stop is not None and stop.is_set():
+                break
+            seen.add((row.device, row.batch))
+            for key in _video_keys(row):
+                store.delete(key)
+            if not catalog.mark_video_deleted(row.device, row.batch):
+                continue  # another encoder's sweep marked it first
+            log.info("video_deleted", rule="max_age", video=row.location, device=row.device,
+                     batch=row.batch, bytes=row.bytes, last_capture_ms=row.last_capture_ms,
+                     backend="s3")
+            if metrics is not None:
+                metrics.retention_deleted.labels("max_age").inc()
+                metrics.retention_bytes.inc(row.bytes)
+            deleted.append(row)
     return deleted

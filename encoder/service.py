@@ -1,10 +1,17 @@
-"""The encoder service: MQTT wiring around :class:`encoder.jobs.BatchProcessor`.
+"""The encoder service: a runner around :class:`encoder.jobs.BatchProcessor`.
 
-Threads: paho's network thread (callbacks only enqueue), one worker that handles one
-batch at a time and acks its ready event when done, and one retention thread. Ready
-events come through a shared subscription with manual acks; the MQTT 5 Receive
-Maximum (``work.receive_maximum``, default 1) keeps the broker from handing this
-process more unacked events than that, so the local queue never overflows.
+Two runners (``runner``, docs/scaling.md):
+
+* ``mqtt`` (default): ready events come through a shared subscription with manual
+  acks; ``work.parallel_batches`` (K) worker threads each handle one batch at a time and
+  ack its ready event when done. The MQTT 5 Receive Maximum (at least K) keeps the
+  broker from handing this process more unacked events than that, so the local queue
+  never overflows. The first worker also rescans for batches nobody announced.
+* ``jetstream``: K pull workers on the NATS JetStream job queue
+  (:mod:`encoder.jetstream`); MQTT only carries the status and the video events.
+
+Besides: paho's network thread (callbacks only enqueue), a retention thread, and a
+backlog thread that exports the age of the oldest batch waiting for a video.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psutil
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.properties import Properties
@@ -32,9 +41,13 @@ from contract.topics import all_devices, service_status_topic, shared, video_top
 from encoder import retention
 from encoder.batch import Storage
 from encoder.cloud import CloudJob
+from encoder.jetstream import JetStreamRunner
 from encoder.jobs import BatchProcessor, Job, Outcome
 from encoder.metrics import EncoderMetrics
 from encoder.muxer import EncodeOptions
+from jobqueue.backlog import encode_backlog
+from jobqueue.metrics import JobQueueMetrics
+from jobqueue.queue import JobPublisher
 from mqttclient import (
     MqttConnectError,
     connect_blocking,
@@ -65,6 +78,22 @@ def _signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def _own_scratch(parent: Path) -> Path:
+    """``<parent>/<pid>``, after removing the folders of encoders no longer running.
+
+    Several encoders may share one storage root: each works in a folder of its own and
+    only removes what a dead process left behind (a crash mid-encode).
+    """
+    if parent.is_dir():
+        for d in parent.iterdir():
+            # Non-numeric names: the single scratch folder of earlier versions.
+            dead = not d.name.isdigit() or (int(d.name) != os.getpid()
+                                            and not psutil.pid_exists(int(d.name)))
+            if dead:
+                shutil.rmtree(d, ignore_errors=True)
+    return parent / str(os.getpid())
+
+
 class EncoderService:
     """One encoder process's worth of work."""
 
@@ -75,6 +104,7 @@ class EncoderService:
         self.prefix = settings.mqtt.topic_prefix
         self.ready_filter = shared(settings.share_group, all_devices(self.prefix, "ready"))
         self.metrics = EncoderMetrics(registry)
+        self.job_metrics = JobQueueMetrics(self.metrics.registry)
         self.storage = Storage(settings.storage.root)
         # Checked at start: a wrong key, a missing bucket, an unreachable database or an
         # unreadable signing key end the process with the setting named.
@@ -84,13 +114,24 @@ class EncoderService:
             self.signing_key = _signing_key(settings.signing_key_file)
             if settings.store.backend == "s3":
                 self.objects = open_store(settings.store)
+            self.jobq: JobPublisher | None = None
+            if settings.runner == "jetstream":
+                # Connects, creates the stream and the consumer: NATS away at start ends
+                # the process naming jobqueue.servers. Kept for the queue depth.
+                self.jobq = JobPublisher(settings.jobqueue, name=f"{self.account}-depth")
         except BaseException:
             self.catalog.close()
+            if self.objects is not None:
+                self.objects.close()
             raise
+        self.parallel = settings.work.parallel_batches
+        self.options = EncodeOptions.from_settings(settings.encode).shared_by(
+            self.parallel, len(os.sched_getaffinity(0)))
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.metrics_port: int | None = None
-        rm = settings.work.receive_maximum
+        rm = max(settings.work.receive_maximum, self.parallel)
+        self.receive_maximum = rm
         # A reconnect re-sends the unacked events we already hold: room for both.
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=2 * rm)
         self._backlog: collections.deque[tuple[str, str]] = collections.deque()
@@ -98,13 +139,14 @@ class EncoderService:
         self._resync = threading.Event()
         self._threads: list[threading.Thread] = []
         self._http: Any = None
-        cloud = None
+        self._scan_lock = threading.Lock()
+        self.cloud: CloudJob | None = None
         if self.objects is not None:
             # The encoder's own scratch folder; it never reads the ingestor's disk.
-            cloud = CloudJob(
+            self.cloud = CloudJob(
                 store=self.objects, catalog=self.catalog,
-                scratch=settings.storage.root / "state" / "encoder" / "scratch",
-                options=EncodeOptions.from_settings(settings.encode),
+                scratch=_own_scratch(settings.storage.root / "state" / "encoder" / "scratch"),
+                options=self.options,
                 signing_key=self.signing_key, pack_prefix=settings.store.pack_prefix,
                 max_attempts=settings.work.max_attempts, account=self.account,
                 metrics=self.metrics, cancel=self.stop_event,
@@ -112,7 +154,15 @@ class EncoderService:
         self.processor = BatchProcessor(self.storage, settings, self.metrics,
                                         self._publish_video, account=self.account,
                                         cancel=self.stop_event, catalog=self.catalog,
-                                        signing_key=self.signing_key, cloud=cloud)
+                                        signing_key=self.signing_key, cloud=self.cloud,
+                                        options=self.options)
+        self.jobs: JetStreamRunner | None = None
+        if self.jobq is not None:
+            assert self.cloud is not None  # the settings refuse jetstream without s3
+            self.jobs = JetStreamRunner(
+                settings.jobqueue, self.processor, self.cloud, self.job_metrics,
+                parallel=self.parallel, name=self.account,
+                pack_prefix=settings.store.pack_prefix, stop=self.stop_event)
         self.client = make_client(settings.mqtt, client_id=self.account, manual_ack=True,
                                   will_topic=service_status_topic(self.account))
         self.client.on_connect = self._on_connect
@@ -133,7 +183,7 @@ class EncoderService:
         while not self.stop_event.is_set():
             try:
                 connect_blocking(self.client, self.settings.mqtt, clean_start=False,
-                                 receive_maximum=self.settings.work.receive_maximum)
+                                 receive_maximum=self.receive_maximum)
                 break
             except MqttConnectError as exc:
                 log.warning("mqtt_connect_failed", error=str(exc), retry_s=delay)
@@ -141,11 +191,21 @@ class EncoderService:
                 delay = min(delay * 2, self.settings.mqtt.reconnect_max_s)
         if self.stop_event.is_set():
             return
-        worker = threading.Thread(target=self._work, name="encoder-worker", daemon=True)
-        self._threads.append(worker)
+        if self.jobs is not None:
+            self.jobs.start()
+            self.ready.set()
+            log.info("encoder_ready", runner="jetstream", parallel=self.parallel,
+                     stream=self.settings.jobqueue.stream, account=self.account)
+        else:
+            for i in range(self.parallel):
+                self._threads.append(threading.Thread(
+                    target=self._work, args=(i,), name=f"encoder-worker-{i}", daemon=True))
+        self._threads.append(threading.Thread(target=self._watch_backlog,
+                                              name="encoder-backlog", daemon=True))
         r = self.settings.retention
-        if self.objects is None and (r.max_age_days is not None
-                                     or r.max_disk_percent is not None):
+        # With S3, only max_age_days applies (the settings refuse max_disk_percent).
+        if r.max_age_days is not None or (self.objects is None
+                                          and r.max_disk_percent is not None):
             self._threads.append(threading.Thread(target=self._retain,
                                                   name="encoder-retention", daemon=True))
         for t in self._threads:
@@ -174,6 +234,10 @@ class EncoderService:
         self.stop_event.set()
         for t in self._threads:
             t.join(timeout=30)
+        if self.jobs is not None:
+            self.jobs.join(timeout=30)
+        if self.jobq is not None:
+            self.jobq.close()
         if self.client.is_connected():
             info = publish_json(self.client, service_status_topic(self.account),
                                 {"state": "offline"}, retain=True)
@@ -198,8 +262,10 @@ class EncoderService:
         log.info("mqtt_connected", session_present=flags.session_present)
         publish_json(client, service_status_topic(self.account),
                      {"state": "online", "pid": os.getpid(), "role": "encoder",
-                      "share_group": self.settings.share_group}, retain=True)
-        client.subscribe(self.ready_filter, qos=1)
+                      "share_group": self.settings.share_group,
+                      "runner": self.settings.runner}, retain=True)
+        if self.jobs is None:
+            client.subscribe(self.ready_filter, qos=1)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
                       _p: Properties | None) -> None:
@@ -251,12 +317,15 @@ class EncoderService:
 
     # --- the worker --------------------------------------------------------------------
 
-    def _work(self) -> None:
-        self.processor.publish_unannounced()
+    def _work(self, index: int = 0) -> None:
+        # Worker 0 also owns the scans; the others only take events and the backlog.
+        scanner = index == 0
+        if scanner:
+            self.processor.publish_unannounced()
         self._next_scan = time.monotonic()
         first_scan = True
         while not self.stop_event.is_set():
-            if self._resync.is_set():
+            if scanner and self._resync.is_set():
                 self._resync.clear()
                 self._scan(first=False, resubscribed=True)
             try:
@@ -266,9 +335,12 @@ class EncoderService:
             if msg is not None:
                 self._handle_message(msg)
             elif self._backlog:
-                device, batch = self._backlog.popleft()
+                try:
+                    device, batch = self._backlog.popleft()
+                except IndexError:  # another worker took the last one
+                    continue
                 self._run(Job(device=device, batch=batch, source="scan"))
-            elif time.monotonic() >= self._next_scan:
+            elif scanner and time.monotonic() >= self._next_scan:
                 self._scan(first=first_scan)
                 first_scan = False
             else:
@@ -346,13 +418,38 @@ class EncoderService:
             if self.stop_event.wait(self.settings.work.retry_backoff_s):
                 return Outcome.STOPPED
 
+    # --- backlog -----------------------------------------------------------------------
+
+    def _watch_backlog(self) -> None:
+        """Export the encode backlog (oldest batch waiting, quarantined, queued jobs)."""
+        while not self.stop_event.is_set():
+            try:
+                rows = []
+                for state in ("sealed", "uploaded", "quarantined"):
+                    rows += self.catalog.list_batches(state=state, limit=10_000)
+                pending = self.jobq.depth().pending if self.jobq is not None else None
+                self.job_metrics.observe_backlog(encode_backlog(
+                    rows, now_ms=time.time_ns() // 1_000_000, pending_jobs=pending))
+            except Exception as exc:  # the database or NATS away: try at the next tick
+                log.warning("backlog_unavailable", error=str(exc)[:300])
+            self.stop_event.wait(self.settings.work.backlog_interval_s)
+
     # --- retention ---------------------------------------------------------------------
 
     def _retain(self) -> None:
         interval = self.settings.retention.interval_s
         while not self.stop_event.is_set():
             try:
-                retention.sweep(self.storage.videos, self.settings.retention, self.metrics)
+                if self.objects is None:
+                    retention.sweep(self.storage.videos, self.settings.retention, self.metrics,
+                                    catalog=self.catalog)
+                else:
+                    retention.sweep_store(self.objects, self.catalog, self.settings.retention,
+                                          self.metrics, stop=self.stop_event)
+            except retention.UNAVAILABLE as exc:
+                # The store or the database is away: the next sweep resumes.
+                log.warning("retention_unavailable", error=str(exc)[:300])
+                self.metrics.failures.labels("retention").inc()
             except Exception as exc:
                 log.exception("retention_failed", error=str(exc))
                 self.metrics.failures.labels("retention").inc()

@@ -62,6 +62,10 @@ class IngestMetrics:
         self.last_frame = Gauge("camstack_ingestor_last_frame_timestamp_seconds",
                                 "Unix time of the device's last stored frame.", ["device"],
                                 registry=r)
+        self.jobs_published = Counter(
+            "camstack_ingestor_jobs_published_total",
+            "Encode jobs stored in NATS JetStream (runner = jetstream), re-publishes "
+            "excluded.", registry=r)
         self.batches_reannounced = Counter(
             "camstack_ingestor_batches_reannounced_total",
             "Ready events sent again because the batch still had no video.", registry=r)

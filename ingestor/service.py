@@ -33,6 +33,8 @@ from ingestor.network import NetworkLoop
 from ingestor.store import Store
 from ingestor.uploader import Finisher
 from ingestor.writer import Counters, Writer
+from jobqueue import EncodeJob, MalformedJobError
+from jobqueue.queue import JobPublisher
 from objstore import ObjectStore, open_store
 
 log = structlog.get_logger("ingestor")
@@ -63,6 +65,16 @@ class IngestorService:
             except BaseException:
                 self.catalog.close()
                 raise
+        self.jobs: JobPublisher | None = None
+        if settings.runner == "jetstream":
+            try:
+                # Connects now: NATS away at start ends the process naming the setting.
+                self.jobs = JobPublisher(settings.jobqueue, name="camstack-ingestor")
+            except BaseException:
+                self.catalog.close()
+                if self.objects is not None:
+                    self.objects.close()
+                raise
         self.store = Store(settings.storage.root)
         self.counters = Counters()
         self.queue = WriteQueue()
@@ -75,7 +87,8 @@ class IngestorService:
         self.finisher = Finisher(ing, settings.storage.root, catalog=self.catalog,
                                  store=self.objects, pack_prefix=settings.store.pack_prefix,
                                  mailbox=self.mailbox, metrics=self.metrics,
-                                 stop=self._finisher_stop)
+                                 stop=self._finisher_stop,
+                                 publish_job=self._publish_job if self.jobs else None)
         self.writer = Writer(ing, self.store,
                              batcher=Batcher(ing.frames_per_video, ing.idle_seal_s),
                              queue=self.queue, mailbox=self.mailbox, metrics=self.metrics,
@@ -87,6 +100,20 @@ class IngestorService:
                                    writer_done=self._writer_done)
         self._metrics_server: Any = None
         self.metrics_port: int | None = None
+
+    def _publish_job(self, device: str, batch: str, sha256: str | None) -> None:
+        assert self.jobs is not None
+        try:
+            job = EncodeJob.for_batch(device, batch, sha256=sha256,
+                                      prefix=self.settings.store.pack_prefix)
+        except MalformedJobError as exc:
+            # Not for want of NATS: retrying cannot help. The ids were checked where they
+            # entered, so this is a bug; the batch stays `uploaded` in the catalog.
+            log.error("job_refused", device=device, batch=batch, error=str(exc))
+            return
+        res = self.jobs.publish(job)
+        log.info("job_published", device=device, batch=batch, seq=res.seq,
+                 duplicate=res.duplicate)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler)."""
@@ -132,6 +159,8 @@ class IngestorService:
         self.catalog.close()
         if self.objects is not None:
             self.objects.close()
+        if self.jobs is not None:
+            self.jobs.close()
         self.mailbox.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -8,7 +8,9 @@ writer thread keeps committing frames whatever the catalog or the object store d
    (objstore/pack.py), written to ``state/ingestor/uploads/`` and uploaded with its
    SHA-256 to ``packs/<id>/<batch>.tar``; ``mark_uploaded``; then the local batch folder
    is **released** (one rename into ``state/ingestor/trash/``, then deleted);
-3. the ready event is handed to the network thread.
+3. with ``runner = "jetstream"`` only: one encode job is published to NATS JetStream
+   (message id ``<device>/<batch>``, so the server keeps one per batch);
+4. the ready event is handed to the network thread.
 
 A failure at any step (store or database down, wrong answer) is retried with a
 doubling backoff (``ingest.upload_retry_s`` up to ``ingest.upload_retry_max_s``); the
@@ -19,7 +21,9 @@ frames stop being acknowledged and the broker keeps them.
 
 It also re-announces batches still waiting for their video: on the filesystem while the
 batch folder exists (the encoder removes it), on S3 while the catalog row is still
-``sealed``/``uploaded``/``encoding``.
+``sealed``/``uploaded``/``encoding``; with JetStream, each re-announce publishes the
+job again (inside the duplicate window the server drops it; after it, a lost job comes
+back).
 """
 
 from __future__ import annotations
@@ -43,12 +47,16 @@ from contract.layout import BATCHES_DIR, STATE_DIR, pack_key
 from ingestor.durable import fsync_dir
 from ingestor.messages import Announce, Mailbox, UploadState
 from ingestor.metrics import IngestMetrics
+from jobqueue import JobQueueError
 from objstore import ObjectStore, ObjectStoreError
 from objstore.batchpack import write_batch_pack
 
 log = structlog.get_logger("ingestor.uploader")
 
 T = TypeVar("T")
+PublishJob = Callable[[str, str, "str | None"], None]
+"""``publish_job(device, batch, pack_sha256)``: store one encode job (raises
+:class:`jobqueue.JobQueueError` when NATS does not confirm it)."""
 PENDING_STATES = frozenset({"sealed", "uploaded", "encoding"})
 
 
@@ -76,11 +84,14 @@ class Finisher:
         mailbox: Messages to the network thread.
         metrics: Metrics.
         stop: Set when the service stops.
+        publish_job: Hands each uploaded batch to the JetStream runner; ``None`` with the
+            MQTT runner.
     """
 
     def __init__(self, ing: IngestSettings, root: Path, *, catalog: SqlCatalog,
                  store: ObjectStore | None, pack_prefix: str, mailbox: Mailbox,
-                 metrics: IngestMetrics, stop: threading.Event) -> None:
+                 metrics: IngestMetrics, stop: threading.Event,
+                 publish_job: PublishJob | None = None) -> None:
         self.ing = ing
         self.root = root
         self.catalog = catalog
@@ -89,6 +100,7 @@ class Finisher:
         self.mailbox = mailbox
         self.metrics = metrics
         self.stop = stop
+        self.publish_job = publish_job
         self.uploads_dir = root / STATE_DIR / "ingestor" / "uploads"
         self.trash_dir = root / STATE_DIR / "ingestor" / "trash"
         self._cond = threading.Condition()
@@ -193,6 +205,10 @@ class Finisher:
                 self.uploaded += 1
                 log.info("batch_uploaded", device=man.device, batch=man.batch, key=key,
                          bytes=size, sha256=sha)
+                publish = self.publish_job
+                if publish is not None:
+                    self._retry("jobqueue", man, lambda: publish(man.device, man.batch, sha))
+                    self.metrics.jobs_published.inc()
         self.mailbox.post(Announce(ReadyEvent.of(man)))
         first = self.ing.reannounce_s
         self._unfinished[man.batch] = _Unfinished(ReadyEvent.of(man),
@@ -209,7 +225,7 @@ class Finisher:
                 log.error("catalog_value_refused", device=man.device, batch=man.batch,
                           step=what, error=str(exc))
                 return None  # type: ignore[return-value]
-            except (CatalogError, ObjectStoreError, OSError) as exc:
+            except (CatalogError, ObjectStoreError, JobQueueError, OSError) as exc:
                 if what == "upload":
                     self.metrics.uploads_failed.inc()
                 reason = f"{what} failing: {type(exc).__name__}: {str(exc)[:200]}"
@@ -284,3 +300,9 @@ class Finisher:
             log.info("batch_reannounced", device=u.event.device, batch=batch,
                      next_in_s=round(u.interval, 1))
             self.mailbox.post(Announce(u.event, again=True))
+            if self.publish_job is not None:
+                try:
+                    self.publish_job(u.event.device, batch, None)
+                except JobQueueError as exc:  # the next re-announce tries again
+                    log.warning("job_republish_failed", device=u.event.device, batch=batch,
+                                error=str(exc)[:300])

@@ -19,6 +19,7 @@ from catalog import (
     VideoRow,
     open_catalog,
 )
+from catalog.migrate import load_migrations
 from catalog.models import validated
 from catalog.signing import load_or_create_key, sign_video, verify_video
 from config.settings import CatalogSettings
@@ -43,9 +44,32 @@ def _video(batch: str = B, device: str = "cam01", sha: str = "a" * 64) -> VideoR
 
 
 def test_migrate_is_idempotent(catalog: SqlCatalog) -> None:
-    assert catalog.schema_version() == 1
+    assert catalog.schema_version() == len(load_migrations())
     assert catalog.migrate() == []
     assert catalog.migrate() == []
+
+
+def test_videos_to_expire_and_mark_deleted_are_idempotent(catalog: SqlCatalog) -> None:
+    old, new = B, "cam01-20261124T101500Z-0002"
+    for batch, first in ((old, 1000), (new, 10_000_000)):
+        catalog.record_sealed(_sealed(batch, first=first))
+        v = _video(batch).model_copy(update={
+            "first_capture_ms": first, "last_capture_ms": first + 299_000,
+            "location": f"videos/cam01/{batch}.mp4"})
+        assert catalog.record_video(v)
+    due = catalog.videos_to_expire(5_000_000)
+    assert [v.batch for v in due] == [old] and due[0].deleted_ms is None
+    assert catalog.mark_video_deleted("cam01", old, at_ms=6_000_000) is True
+    assert catalog.mark_video_deleted("cam01", old) is False  # a repeat changes nothing
+    assert catalog.mark_video_deleted("cam01", "cam01-20261124T101500Z-0009") is False
+    assert catalog.videos_to_expire(5_000_000) == []
+    assert [v.batch for v in catalog.videos_to_expire(10**12)] == [new]
+    # The row stays (marked); listings leave it out unless asked.
+    assert catalog.get_video("cam01", old).deleted_ms == 6_000_000  # type: ignore[union-attr]
+    assert [v.batch for v in catalog.list_videos()] == [new]
+    assert len(catalog.list_videos(include_deleted=True)) == 2
+    with pytest.raises(InvalidValueError):
+        catalog.videos_to_expire("soon")  # type: ignore[arg-type]
 
 
 def test_full_lifecycle_under_redelivery(catalog: SqlCatalog) -> None:
@@ -120,7 +144,7 @@ def test_list_filters(catalog: SqlCatalog) -> None:
 def test_hostile_values_rejected(catalog: SqlCatalog, call: object) -> None:
     with pytest.raises(InvalidValueError):
         call(catalog)  # type: ignore[operator]
-    assert catalog.schema_version() == 1
+    assert catalog.schema_version() == len(load_migrations())
 
 
 def test_concurrent_redelivery_leaves_one_row(catalog: SqlCatalog) -> None:

@@ -65,7 +65,9 @@ class Stack:
     """An ingestor (root A) and optionally an encoder (root B, its own) on S3 + a catalog."""
 
     def __init__(self, broker: BrokerHandle, tmp: Path, store: dict[str, Any],
-                 catalog: dict[str, Any], *, frames_per_video: int = 6) -> None:
+                 catalog: dict[str, Any], *, frames_per_video: int = 6,
+                 enc_store: dict[str, Any] | None = None,
+                 enc_sections: dict[str, dict[str, Any]] | None = None) -> None:
         self.broker = broker
         self.tmp = tmp
         self.ing_root = tmp / "ingestor-disk"
@@ -80,9 +82,13 @@ class Stack:
             ingest={"frames_per_video": frames_per_video, "upload_retry_s": 0.2,
                     "upload_retry_max_s": 1.0, "status_interval_s": 1.0},
             mqtt={"session_expiry_s": 300}, store=store, catalog=catalog), tmp / "ing.log")
+        sections: dict[str, Any] = {
+            "encode": {"preset": "ultrafast"}, "mqtt": {"session_expiry_s": 300},
+            "work": {"retry_backoff_s": 0.5}, "store": enc_store or store, "catalog": catalog}
+        for name, values in (enc_sections or {}).items():
+            sections[name] = {**sections.get(name, {}), **values}
         enc_cfg = service_config(broker, self.enc_account, self.enc_root, tmp / "enc.toml",
-                                 encode={"preset": "ultrafast"}, mqtt={"session_expiry_s": 300},
-                                 work={"retry_backoff_s": 0.5}, store=store, catalog=catalog)
+                                 **sections)
         enc_cfg.write_text(f'share_group = "enc-{uid()}"\n' + enc_cfg.read_text())
         self.enc = ServiceProcess("encoder", enc_cfg, tmp / "enc.log")
 
@@ -94,9 +100,10 @@ class Stack:
 _PASSWORDS: dict[str, str] = {}
 
 
-def publish_frames(broker: BrokerHandle, device: str, n: int, start_seq: int = 0) -> list[
-        tuple[int, int]]:
-    """Publish ``n`` frames QoS 1 and wait for every PUBACK; returns the acknowledged keys."""
+def publish_frames(broker: BrokerHandle, device: str, n: int, start_seq: int = 0,
+                   t0: int = T0) -> list[tuple[int, int]]:
+    """Publish ``n`` frames QoS 1 (captured from ``t0``, one every 500 ms) and wait for
+    every PUBACK; returns the acknowledged keys."""
     if device not in _PASSWORDS:
         _PASSWORDS[device] = broker.add_device(device)
     dev = broker.client(device, _PASSWORDS[device], client_id=device)
@@ -104,7 +111,7 @@ def publish_frames(broker: BrokerHandle, device: str, n: int, start_seq: int = 0
     keys = []
     for seq in range(start_seq, start_seq + n):
         for chunk in split_frame(make_jpeg(320, 240, seq), boot_id=0xCAFE, frame_seq=seq,
-                                 capture_ms=T0 + seq * 500, clock_synced=True, chunk_data=4000):
+                                 capture_ms=t0 + seq * 500, clock_synced=True, chunk_data=4000):
             infos.append(dev.publish(f"cam/{device}/frame", chunk, qos=1))
         keys.append((0xCAFE, seq))
     for i in infos:
@@ -319,6 +326,21 @@ def _sealed_pack(device: str, batch: str, n: int = 4) -> tuple[bytes, str, int]:
     return data, idx.sha256, idx.size
 
 
+def stage_uploaded(store: S3Store, cat: SqlCatalog, device: str, batch: str, *, n: int = 4,
+                   recorded_sha: str | None = None) -> None:
+    """A batch as the ingestor leaves it: pack in the store, catalog row ``uploaded``.
+
+    ``recorded_sha``: the digest the row names instead of the pack's own (a pack altered
+    after its upload).
+    """
+    data, sha, size = _sealed_pack(device, batch, n)
+    cat.record_sealed(SealedBatch(device=device, batch=batch, frames=n, first_capture_ms=T0,
+                                  last_capture_ms=T0 + (n - 1) * 500))
+    store.put_bytes(pack_key(device, batch), data)
+    cat.mark_uploaded(device, batch, pack_key=pack_key(device, batch),
+                      pack_sha256=recorded_sha or sha, pack_bytes=size)
+
+
 def _job(store: S3Store, cat: SqlCatalog, tmp: Path) -> CloudJob:
     return CloudJob(store=store, catalog=cat, scratch=tmp / "scratch",
                     options=EncodeOptions(preset="ultrafast"),
@@ -330,14 +352,9 @@ def test_encode_from_store_is_idempotent_and_quarantines_a_bad_pack(
     d = f"cam{uid()}"
     good, bad = f"{d}-20261124T101500Z-0001", f"{d}-20261124T101500Z-0002"
     job = _job(s3_store, catalog, tmp_path)
-    for batch in (good, bad):
-        data, sha, size = _sealed_pack(d, batch)
-        catalog.record_sealed(SealedBatch(device=d, batch=batch, frames=4,
-                                          first_capture_ms=T0, last_capture_ms=T0 + 1500))
-        s3_store.put_bytes(pack_key(d, batch), data)
-        # The bad one's row names another digest: the pack was altered after upload.
-        catalog.mark_uploaded(d, batch, pack_key=pack_key(d, batch),
-                              pack_sha256=sha if batch == good else "0" * 64, pack_bytes=size)
+    stage_uploaded(s3_store, catalog, d, good)
+    # The bad one's row names another digest: the pack was altered after upload.
+    stage_uploaded(s3_store, catalog, d, bad, recorded_sha="0" * 64)
     first = encode_from_store(BatchRef(d, good), job)
     assert first.outcome == "encoded" and first.event is not None
     again = encode_from_store(BatchRef(d, good), job)  # a redelivered ready event

@@ -143,3 +143,26 @@ def test_leftovers_of_a_killed_demo_are_stopped(tmp_path: Path) -> None:
     assert orphan.wait(10) is not None
     assert not paths.pids.exists()
     assert notes == [f"note: stopping ingestor (pid {orphan.pid}) left over from an earlier demo"]
+
+
+def test_demo_cloud_with_a_jetstream_worker_pool(tmp_path: Path) -> None:
+    """`make demo-cloud`: SeaweedFS, PostgreSQL and NATS started for the run, two encode
+    workers pulling jobs; every camera's video is in the store with its catalog row."""
+    data = tmp_path / "data"
+    res = subprocess.run(
+        [sys.executable, "-m", "camstack", "--data-dir", str(data), "demo", "--cloud",
+         "--workers", "2", "--cameras", "2", "--frames-per-video", "20", "--fps", "10",
+         "--tls-port", "0", "--local-port", "0", "--timeout", "120"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "ingestor and 2 encode worker(s) on NATS JetStream" in out
+    assert "demo finished: every camera produced a video" in out
+    keys = re.findall(r"^  (videos/demo-cam0[12]/\S+\.mp4)  \(in the store\)$", out, re.M)
+    assert {k.split("/")[1] for k in keys} == {"demo-cam01", "demo-cam02"}, out
+    assert re.search(r"^    row: \{.*\"codec\": \"h264\"", out, re.M)
+    handled = re.search(r"^jobs handled per worker: encoder (\d+), encoder-2 (\d+)$", out, re.M)
+    assert handled is not None, out
+    assert int(handled[1]) + int(handled[2]) >= 2
+    assert re.search(r"^encoder-2\s+online\s.*runner=jetstream", out, re.M)
+    assert "stopped encoder-2, encoder, ingestor, broker" in out

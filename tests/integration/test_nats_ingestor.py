@@ -18,7 +18,6 @@ from contract.partition import device_partition
 from tests.integration.test_nats_cluster import Client
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -48,10 +47,7 @@ def start_ingestor(cluster: NatsClusterHandle, node: int, account: str, tmp: Pat
     }
     path = tmp / f"{account}.toml"
     path.write_text(to_toml(cfg), encoding="utf-8")
-    # This checkout's code, wherever the editable install points (camstack/procs.py runs
-    # the service from the folder above the checkout).
-    env = {"PYTHONPATH": str(REPO)}
-    return ServiceProcess("ingestor", path, tmp / f"{account}.log", env=env).start()
+    return ServiceProcess("ingestor", path, tmp / f"{account}.log").start()
 
 
 def stored(svc: ServiceProcess) -> list[dict[str, Any]]:

@@ -240,3 +240,66 @@ def test_metrics_port_taken_is_one_line_naming_the_setting(tmp_path: Path,
                       "process; set metrics.port (or metrics.host) in the config file or "
                       "CAM_METRICS__PORT, 0 picks a free port, metrics.enabled = false turns "
                       "the endpoint off"], res.stderr
+
+
+def test_make_up_runs_nats_for_the_jetstream_runner(up: Up, seaweedfs: Any) -> None:
+    """`make up` with `runner = "jetstream"` and a loopback NATS URL: supervisord also
+    runs nats-server (rendered config, JetStream store in the data folder), the encoder
+    takes its jobs from it, a SIGKILLed nats-server comes back with the jobs it held,
+    and Ctrl-C stops it too."""
+    from catalog import open_catalog  # noqa: PLC0415
+    from config.settings import CatalogSettings  # noqa: PLC0415
+
+    up.render()
+    bucket = "up-" + os.urandom(4).hex()
+    seaweedfs.create_bucket(bucket)
+    s3 = seaweedfs.s3_settings(bucket=bucket)
+    s3d = s3.model_dump(mode="json", exclude_none=True)
+    s3d["secret_access_key"] = s3.secret_access_key.get_secret_value()
+    nats_port = free_port()
+    for name in ("ingestor", "encoder"):
+        path = up.data / "config" / f"{name}.toml"
+        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        doc |= {"runner": "jetstream", "store": {"backend": "s3", "s3": s3d},
+                "jobqueue": {"servers": [f"nats://127.0.0.1:{nats_port}"],
+                             "ack_wait_s": 5.0, "heartbeat_s": 1.0}}
+        path.write_text(to_toml(doc), encoding="utf-8")
+    up.start()
+    for name in (*PROGRAMS, "nats"):
+        up.wait_count(rf"success: {name} entered RUNNING state", 1)
+    assert "running broker, ingestor, encoder, monitor, web, nats" in up.text()
+    pids = up.pids()
+    assert (up.data / "nats" / "jetstream").is_dir()
+    wait_port("127.0.0.1", up.tls_port)
+
+    store = AccountStore(up.data / "broker")
+    password = store.add("supjs1", "device")
+    wait_until(store.reload_broker, 20, "the broker's pid file")
+    cam = _camera(up, "supjs1", password)
+    fleet = Fleet([cam])
+    cat = open_catalog(CatalogSettings(path=up.data / "storage" / "state" / "catalog.sqlite3"))
+    try:
+        wait_until(lambda: len(cat.list_videos(device="supjs1")) >= 1, 90, "a first video")
+        os.kill(pids["nats"], signal.SIGKILL)
+        up.wait_count(r"exited: nats \(terminated by SIGKILL; not expected\)", 1)
+        up.wait_count(r"success: nats entered RUNNING state", 2)
+        assert up.pids()["encoder"] == pids["encoder"], "the encoder reconnects by itself"
+        wait_until(lambda: len(cat.list_videos(device="supjs1")) >= 3, 120,
+                   "videos after the NATS restart")
+        assert fleet.finish(30) == 0
+    finally:
+        fleet.close()
+    acked = len(cam.snapshot()[1])
+    # The last batch is sealed once the camera has been idle for idle_seal_s.
+    wait_until(lambda: sum(v.frames for v in cat.list_videos(device="supjs1")) >= acked,
+               120, "every acknowledged frame in a video")
+    wait_until(lambda: {b.state.value for b in cat.list_batches(device="supjs1")}
+               == {"purged"}, 60, "every pack deleted")
+    videos = cat.list_videos(device="supjs1")
+    assert sum(v.frames for v in videos) == acked
+    assert len(videos) == len(cat.list_batches(device="supjs1"))
+    cat.close()
+    assert up.proc is not None
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(120) == 0, up.text()
+    assert re.search(r"stopped: nats \(exit status 0\)", up.text()), up.text()

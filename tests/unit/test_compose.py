@@ -204,3 +204,39 @@ def test_make_up_supervises_existing_modules_with_rendered_configs(prepared: Pat
     # services' offline statuses are still delivered.
     assert min(programs, key=lambda n: int(programs[n]["priority"])) == "broker"
     assert "run" in programs["broker"]["command"].split()
+
+
+def test_make_up_runs_nats_only_for_a_local_jetstream_runner(tmp_path: Path) -> None:
+    import configparser  # noqa: PLC0415
+
+    from broker.layout import Layout  # noqa: PLC0415
+    from camstack.servers import nats_server_binary  # noqa: PLC0415
+    from camstack.supervise import nats_conf_path, write_supervisord  # noqa: PLC0415
+
+    layout = Layout(tmp_path / "data")
+    (layout.data_dir / "config").mkdir(parents=True)
+    enc = layout.data_dir / "config" / "encoder.toml"
+
+    def programs() -> dict[str, Any]:
+        ini = configparser.ConfigParser(interpolation=None)
+        ini.read_string(write_supervisord(layout).read_text())
+        return {s.split(":", 1)[1]: ini[s] for s in ini.sections() if s.startswith("program:")}
+
+    assert "nats" not in programs()  # the default MQTT runner needs no NATS
+    enc.write_text('runner = "jetstream"\n[jobqueue]\nservers = ["nats://nats.example:4222"]\n')
+    assert "nats" not in programs()  # somebody else's NATS
+    enc.write_text('runner = "jetstream"\n[jobqueue]\nservers = ["nats://127.0.0.1:4333"]\n')
+    progs = programs()
+    nats = progs["nats"]
+    assert nats["command"].split() == [str(nats_server_binary()), "-c",
+                                       str(nats_conf_path(layout))]
+    assert nats["autorestart"] == "true"
+    # Stopped after the services that use it, before the broker.
+    prio = {n: int(p["priority"]) for n, p in progs.items()}
+    assert prio["broker"] < prio["nats"] < min(prio[n] for n in ("ingestor", "encoder"))
+    conf = nats_conf_path(layout).read_text()
+    assert 'listen: "127.0.0.1:4333"' in conf and "jetstream {" in conf
+    # nats-server itself accepts the rendered file.
+    res = subprocess.run([str(nats_server_binary()), "-t", "-c", str(nats_conf_path(layout))],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr

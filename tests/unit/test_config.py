@@ -54,6 +54,11 @@ def test_cross_field_rules() -> None:
         load_settings(IngestorSettings, mqtt={"tls": {"cert_file": "/x.crt"}})
     with pytest.raises(ConfigError, match="must differ"):
         load_settings(BrokerSettings, tls_port=1883, local_port=1883)
+    s3 = {"backend": "s3", "s3": {"bucket": "camstack"}}
+    with pytest.raises(ConfigError, match=r"retention\.max_disk_percent does not apply"):
+        load_settings(EncoderSettings, store=s3, retention={"max_disk_percent": 80})
+    ok = load_settings(EncoderSettings, store=s3, retention={"max_age_days": 14})
+    assert ok.retention.max_age_days == 14
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from config.settings import RetentionSettings
+from catalog import SealedBatch, VideoRow, open_catalog
+from config.settings import CatalogSettings, RetentionSettings
 from contract.layout import video_dir, video_stems
 from encoder.metrics import EncoderMetrics
 from encoder.retention import DAY_MS, DiskUsage, VideoEntry, plan, sweep
@@ -79,6 +80,28 @@ def test_sweep_deletes_video_thumbnail_and_sidecar(tmp_path: Path) -> None:
     assert partial.exists()  # a write in progress is not retention's business
     assert metrics.retention_deleted.labels("max_age")._value.get() == 1
     assert metrics.retention_bytes._value.get() == expected_freed
+
+
+def test_sweep_marks_the_deleted_videos_catalog_row(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    old = make_video(videos, "cam01", NOW_MS - 40 * DAY_MS, NOW_MS - 40 * DAY_MS + 1000)
+    cat = open_catalog(CatalogSettings(path=tmp_path / "catalog.sqlite3"))
+    try:
+        batch = "cam01-20261124T101500Z-0001"
+        cat.record_sealed(SealedBatch(device="cam01", batch=batch, frames=1,
+                                      first_capture_ms=NOW_MS - 40 * DAY_MS,
+                                      last_capture_ms=NOW_MS - 40 * DAY_MS + 1000))
+        cat.record_video(VideoRow(
+            device="cam01", batch=batch, location=old.relative_to(tmp_path).as_posix(),
+            frames=1, skipped=0, duration_s=1.0, bytes=10, codec="h264",
+            first_capture_ms=NOW_MS - 40 * DAY_MS, last_capture_ms=NOW_MS - 40 * DAY_MS + 1000,
+            sha256="a" * 64, created_ms=NOW_MS - 40 * DAY_MS))
+        assert sweep(videos, RetentionSettings(max_age_days=30), now=NOW_MS / 1000, catalog=cat)
+        row = cat.get_video("cam01", batch)
+        assert row is not None and row.deleted_ms is not None
+        assert cat.list_videos() == []
+    finally:
+        cat.close()
 
 
 def test_sweep_by_disk_watermark_uses_measured_usage(tmp_path: Path) -> None:

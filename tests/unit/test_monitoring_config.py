@@ -121,9 +121,7 @@ def test_dashboard_queries_use_real_metric_names() -> None:
     allowed_unused = {f"camstack_ingestor_{n}" for n in (
         "chunks_received", "duplicate_chunks", "chunks_discarded", "inflight_bytes",
         "commit_group_frames", "batches_announced", "capture_time_untrusted", "storage_errors",
-    )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"} | {
-        "camstack_encode_backlog_batches", "camstack_encode_jobs_pending",
-        "camstack_jobqueue_jobs"}
+    )} | {"camstack_encoder_frames_encoded", "camstack_encoder_ready_malformed"}
     assert {f for f in families if f.startswith("camstack_broker_")} >= {
         "camstack_broker_clients_connected", "camstack_broker_publish_dropped",
         "camstack_broker_messages_received", "camstack_broker_guard_kicks",
