@@ -77,6 +77,26 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
     return f"$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+NATS_BCRYPT_COST = 10
+"""bcrypt cost of the NATS engine's hashes. Generated passwords carry 192 random bits,
+so the cost guards only chosen ones; every NATS login pays it once (~0.1 s of CPU)."""
+
+
+def nats_hash(password: str, *, cost: int = NATS_BCRYPT_COST) -> str:
+    """A bcrypt hash (``$2b$``) for the NATS engine, which accepts them in ``password``.
+
+    Args:
+        password: Clear text (at most 72 bytes count; generated ones have 32).
+        cost: bcrypt cost (4..31).
+
+    Returns:
+        The hash.
+    """
+    import bcrypt  # noqa: PLC0415  (only account changes pay the import)
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+
+
 def new_password() -> str:
     """A strong random password (32 URL-safe characters, 192 bits)."""
     return secrets.token_urlsafe(24)
@@ -91,6 +111,8 @@ class Account:
     pw_hash: str
     created: str
     revoked: str | None = None
+    nats_hash: str | None = None
+    """bcrypt hash of the same password for the NATS engine (None: created before it)."""
 
     @property
     def active(self) -> bool:
@@ -135,6 +157,7 @@ class AccountStore:
         self.registry = broker_dir / "accounts.json"
         self.passwd = broker_dir / "passwd"
         self.acl = broker_dir / "acl"
+        self.nats_accounts = broker_dir / "nats-accounts.conf"
         self.pid_file = broker_dir / "mosquitto.pid"
 
     @contextlib.contextmanager
@@ -146,7 +169,8 @@ class AccountStore:
             before = json.dumps({k: asdict(v) for k, v in accounts.items()}, sort_keys=True)
             yield accounts
             after = json.dumps({k: asdict(v) for k, v in accounts.items()}, sort_keys=True)
-            if after != before or not self.passwd.exists() or not self.acl.exists():
+            if (after != before or not self.passwd.exists() or not self.acl.exists()
+                    or not self.nats_accounts.exists()):
                 self._write(accounts)
 
     def _read(self) -> dict[str, Account]:
@@ -156,6 +180,7 @@ class AccountStore:
         return {name: Account(**fields) for name, fields in raw.items()}
 
     def _write(self, accounts: dict[str, Account]) -> None:
+        from broker.natscluster import render_accounts  # noqa: PLC0415  (a cycle)
         from broker.pki import share_with_broker  # noqa: PLC0415  (avoid a cycle at import)
 
         active = sorted((a for a in accounts.values() if a.active), key=lambda a: a.name)
@@ -164,6 +189,9 @@ class AccountStore:
                                       indent=2) + "\n",
             self.passwd: "".join(f"{a.name}:{a.pw_hash}\n" for a in active),
             self.acl: render_acl(list(accounts.values()), self.prefix),
+            # The NATS engine's users and rights (broker/natscluster.py), from the same
+            # accounts; accounts without a bcrypt hash are left out there.
+            self.nats_accounts: render_accounts(list(accounts.values()), self.prefix)[0],
         }
         for path, text in files.items():
             tmp = path.with_name(path.name + ".tmp")
@@ -212,13 +240,15 @@ class AccountStore:
                 f"roles: {', '.join(SERVICES)}"
             )
         password = password or new_password()
+        hashed, bcrypted = hash_password(password), nats_hash(password)
         with self._locked() as accounts:
             old = accounts.get(name)
             if old is not None and old.active:
                 raise AccountError(f"{kind} {name!r} already exists; revoke it first")
             accounts[name] = Account(
-                name=name, kind=kind, pw_hash=hash_password(password),
+                name=name, kind=kind, pw_hash=hashed,
                 created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                nats_hash=bcrypted,
             )
         return password
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker.accounts import AccountStore
+from broker.natscluster import NodePlan, TlsFiles, render_node_config
+from broker.pki import PkiPaths, ensure_pki
 from camstack.brokerproc import free_port, wait_port
 from config.settings import CatalogSettings, S3Settings
 
@@ -450,5 +453,252 @@ def start_nats(base: Path) -> NatsHandle:
         h.start()
     except BaseException:
         h.stop()
+        raise
+    return h
+
+
+# --- NATS cluster broker engine (issue 17). Appended. ---
+
+
+def _http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    """GET a NATS monitoring endpoint: ``(status, decoded JSON)``; ``(0, None)`` if down."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback)
+            return int(resp.status), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return int(exc.code), json.loads(exc.read() or b"null")
+        except ValueError:
+            return int(exc.code), None
+    except (OSError, ValueError):
+        return 0, None
+
+
+@dataclass
+class NatsClusterHandle:
+    """A NATS cluster on loopback, as ``broker.engine = "nats"`` renders it.
+
+    Every node has its own folder under ``base/nats/node-<i>`` (config, JetStream store,
+    log, pid) and free ports picked at creation (MQTT over TLS, client, route, HTTP
+    monitoring), kept across restarts. The PKI (``base/pki``) and the accounts
+    (``base/broker``: accounts.json, and ``nats-accounts.conf`` that every node
+    includes) are the project's own (broker/pki.py, broker/accounts.py).
+
+    Readiness is a positive signal: a node is up when its ``/healthz`` answers ok
+    (JetStream current, a meta leader known) and ``/routez`` shows a route to every
+    other running node. A reload is done when every running node's ``/varz``
+    ``config_load_time`` has changed.
+    """
+
+    base: Path
+    nodes: int = 3
+    prefix: str = "cam"
+    stream_replicas: int | None = None
+    max_ack_pending: int = 1000
+    plan: list[NodePlan] = field(default_factory=list)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: dict[int, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.pki = PkiPaths(self.base / "pki")
+        self.pki.root.mkdir(exist_ok=True)
+        ensure_pki(self.pki, ["localhost", "127.0.0.1"])
+        self.store = AccountStore(self.base / "broker", self.prefix)
+        self.store.ensure_rendered()
+        self._plan_and_render()
+
+    def _plan_and_render(self) -> None:
+        """Pick free ports (distinct) for every node and write every node's config."""
+        taken: set[int] = set()
+
+        def port() -> int:
+            while (p := free_port()) in taken:
+                pass
+            taken.add(p)
+            return p
+
+        self.plan = [NodePlan(index=i, name=f"camstack-{i}", client_port=port(),
+                              cluster_port=port(), http_port=port(), mqtt_port=port(),
+                              dir=self.base / "nats" / f"node-{i}")
+                     for i in range(self.nodes)]
+        replicas = self.stream_replicas or min(3, self.nodes)
+        tls = TlsFiles(self.pki.server_cert, self.pki.server_key, self.pki.ca_cert)
+        for node in self.plan:
+            node.dir.mkdir(parents=True, exist_ok=True)
+            node.conf_file.write_text(render_node_config(
+                node, self.plan, tls=tls, accounts_file=self.store.nats_accounts,
+                mqtt_bind="127.0.0.1", stream_replicas=replicas,
+                max_ack_pending=self.max_ack_pending), encoding="utf-8")
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA clients trust."""
+        return self.pki.ca_cert
+
+    def mqtt_port(self, i: int) -> int:
+        """MQTT (TLS) port of node ``i``."""
+        return self.plan[i].mqtt_port
+
+    def http(self, i: int, path: str) -> tuple[int, Any]:
+        """GET ``path`` (``/healthz``, ``/varz`` …) on node ``i``'s monitoring port."""
+        return _http_json(f"http://127.0.0.1:{self.plan[i].http_port}{path}")
+
+    def running(self) -> list[int]:
+        """Indexes of the nodes whose process is alive."""
+        return [i for i, p in sorted(self.procs.items()) if p.poll() is None]
+
+    def _spawn(self, i: int) -> None:
+        node = self.plan[i]
+        self._logs[i] = (node.dir / "nats.out").open("ab")
+        self.procs[i] = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(node.conf_file), "-l", str(node.log_file)],
+            stdout=self._logs[i], stderr=subprocess.STDOUT, cwd=node.dir,
+            start_new_session=True)
+
+    def node_ready(self, i: int) -> bool:
+        """Whether node ``i`` is healthy and routed to every other running node."""
+        proc = self.procs.get(i)
+        if proc is None or proc.poll() is not None:
+            return False
+        status, body = self.http(i, "/healthz")
+        if status != 200 or not isinstance(body, dict) or body.get("status") != "ok":
+            return False
+        others = len(self.running()) - 1
+        if others > 0:
+            _, routez = self.http(i, "/routez")
+            names = {r.get("remote_name") for r in (routez or {}).get("routes") or []}
+            if len(names - {None}) < others:
+                return False
+        return True
+
+    def wait_ready(self, nodes: list[int] | None = None, timeout: float = 60.0) -> None:
+        """Wait until the given (default: every running) node is ready.
+
+        Raises:
+            RuntimeError: A node exited.
+            TimeoutError: Not ready in time (the logs say why).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            want = nodes if nodes is not None else self.running()
+            for i in want:
+                proc = self.procs.get(i)
+                if proc is None or proc.poll() is not None:
+                    raise RuntimeError(f"nats node {i} is not running; see "
+                                       f"{self.plan[i].log_file}")
+            if all(self.node_ready(i) for i in want):
+                for i in want:
+                    wait_port("127.0.0.1", self.mqtt_port(i), timeout=5)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats nodes {want} not ready after {timeout}s; see "
+                                   f"{self.base / 'nats'}")
+            time.sleep(0.1)
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start every node, then wait until each is ready.
+
+        A port picked free can be taken by another process before the node binds it
+        (tests run in parallel): then every node is stopped, new ports are picked and
+        the cluster starts again, up to ``attempts`` times.
+        """
+        for attempt in range(attempts):
+            for i in range(self.nodes):
+                if i not in self.running():
+                    self._spawn(i)
+            try:
+                self.wait_ready(list(range(self.nodes)), timeout=timeout)
+                return
+            except RuntimeError:
+                lost_port = any(b"address already in use" in n.log_file.read_bytes()
+                                for n in self.plan if n.log_file.exists())
+                if not lost_port or attempt == attempts - 1:
+                    raise
+                self.close()
+                for n in self.plan:  # nothing was ever ready: start from empty stores
+                    n.log_file.rename(n.log_file.with_suffix(f".log.{attempt}"))
+                    shutil.rmtree(n.store_dir, ignore_errors=True)
+                self._plan_and_render()
+
+    def stop_node(self, i: int, *, kill: bool = False, timeout: float = 15.0) -> None:
+        """SIGTERM node ``i`` (SIGKILL after ``timeout``), or SIGKILL at once."""
+        proc = self.procs.pop(i, None)
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log = self._logs.pop(i, None)
+        if log is not None:
+            log.close()
+
+    def start_node(self, i: int, timeout: float = 60.0) -> None:
+        """Start node ``i`` again (same ports and store) and wait until it is ready."""
+        self._spawn(i)
+        self.wait_ready([i], timeout=timeout)
+
+    def restart_node(self, i: int, *, kill: bool = False) -> None:
+        """Stop (or SIGKILL) node ``i`` and start it again."""
+        self.stop_node(i, kill=kill)
+        self.start_node(i)
+
+    def reload(self, timeout: float = 15.0) -> None:
+        """SIGHUP every running node; return once each has loaded its config again.
+
+        Raises:
+            TimeoutError: A node did not reload (its log says why, e.g. a bad file).
+        """
+        before = {i: (self.http(i, "/varz")[1] or {}).get("config_load_time")
+                  for i in self.running()}
+        for i in before:
+            os.kill(self.procs[i].pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        for i, stamp in before.items():
+            while (self.http(i, "/varz")[1] or {}).get("config_load_time") == stamp:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nats node {i} did not reload; see "
+                                       f"{self.plan[i].log_file}")
+                time.sleep(0.05)
+
+    def add_device(self, device_id: str) -> str:
+        """Provision a device and reload every node. Returns its password."""
+        password = self.store.add(device_id, "device")
+        self.reload()
+        return password
+
+    def add_service(self, name: str) -> str:
+        """Provision a service account and reload. Returns its password."""
+        password = self.store.add(name, "service")
+        self.reload()
+        return password
+
+    def revoke(self, name: str) -> None:
+        """Revoke an account and reload every node."""
+        self.store.revoke(name)
+        self.reload()
+
+    def close(self) -> None:
+        """Stop every node (folders stay for inspection)."""
+        for i in list(self.procs):
+            self.stop_node(i)
+
+
+def start_nats_cluster(base: Path, nodes: int = 3, **kwargs: Any) -> NatsClusterHandle:
+    """Start a ready NATS cluster in ``base``.
+
+    Returns:
+        The running cluster.
+    """
+    h = NatsClusterHandle(base, nodes, **kwargs)
+    try:
+        h.start()
+    except BaseException:
+        h.close()
         raise
     return h

@@ -73,6 +73,12 @@ class MqttSettings(_Section):
     topic_prefix: TopicPrefix = Field(default="cam",
                                       description="First level of every device topic.")
     tls: TlsSettings = TlsSettings()
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT version. 3.1.1 for broker.engine = nats (NATS speaks 3.1.1 only: "
+        "no session expiry, no Receive Maximum; the broker's max_ack_pending is the window). "
+        "With 3.1.1 the client id gets a suffix derived from the password, so no other "
+        "account can take over the session (docs/scaling.md).")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
@@ -177,9 +183,16 @@ class IngestSettings(_Section):
         description="Decode frame chunks with ingestor/netio.py (large reads, batched "
         "PUBACKs); false: paho's own receive path.",
     )
+    partitions: list[Annotated[int, Field(ge=0, le=63)]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="broker.engine = nats: the frame partitions this ingestor owns; it "
+        "subscribes p/<n>/<prefix>/+/frame for each (docs/scaling.md). None: every "
+        "device's <prefix>/+/frame (Mosquitto).")
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
+        if self.partitions is not None and len(set(self.partitions)) != len(self.partitions):
+            raise ValueError("partitions must not repeat")
         if self.max_device_inflight_bytes > self.max_inflight_bytes:
             raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
         if self.max_device_inflight_bytes < self.max_frame_bytes:
@@ -530,6 +543,14 @@ class EncoderSettings(_ServiceSettings):
 class BrokerSettings(_ServiceSettings):
     """How the local broker is rendered and run (``camstack``, ``python -m broker``)."""
 
+    engine: Literal["mosquitto", "nats"] = Field(
+        default="mosquitto",
+        description="mosquitto: one Mosquitto (default). nats: a NATS cluster with "
+        "JetStream and an MQTT listener per node, frames partitioned by device "
+        "(the [broker.nats] section, docs/scaling.md).")
+    nats: NatsClusterSettings = Field(
+        default_factory=lambda: NatsClusterSettings(),  # noqa: PLW0108 (defined below)
+        description="The NATS cluster, used when engine is nats.")
     data_dir: Path = Field(default=Path("data"), description="Broker state, PKI and accounts.")
     tls_port: int = Field(default=8883, ge=1, le=65535)
     tls_bind: str = Field(default="0.0.0.0", description="Interface of the device listener.")
@@ -770,3 +791,62 @@ class WebSettings(_ServiceSettings):
         # The same SQLite file as the ingestor and the encoder unless the file names one.
         object.__setattr__(self, "catalog", _default_catalog_path(self.catalog, self.storage))
         return self
+
+
+# --- NATS cluster broker engine (issue 17). New sections only, appended. ---
+
+
+class NatsClusterSettings(_Section):
+    """The NATS cluster run when ``broker.engine = "nats"`` (docs/scaling.md).
+
+    Node ``i`` (0-based) listens for MQTT over TLS on ``mqtt_port_base + i`` (on
+    ``broker.tls_bind``) and on loopback for NATS clients on ``port_base + 10*i``, cluster
+    routes on ``port_base + 10*i + 1`` and HTTP monitoring on ``port_base + 10*i + 2``.
+    """
+
+    nodes: int = Field(default=3, ge=1, le=7, description="NATS servers in the cluster.")
+    mqtt_port_base: int = Field(
+        default=8883, ge=1, le=65535 - 7,
+        description="MQTT (TLS) port of node 0; node i listens on mqtt_port_base + i.")
+    port_base: int = Field(
+        default=14220, ge=1, le=65535 - 72,
+        description="Loopback ports of node i: client port_base + 10*i, cluster route + 1, "
+        "HTTP monitoring + 2.")
+    partitions: Literal[64] = Field(
+        default=64,
+        description="Partitions of the frame subjects (cam.<id>.frame -> "
+        "p.<partition>.cam.<id>.frame). Fixed: changing it moves most devices.")
+    stream_replicas: int | None = Field(
+        default=None, ge=1, le=7,
+        description="Replicas of the MQTT streams (sessions, retained and QoS 1 messages); "
+        "at most nodes; none: min(3, nodes).")
+    max_ack_pending: int = Field(
+        default=1000, ge=1, le=65535,
+        description="Unacknowledged messages NATS sends per MQTT subscription. A session "
+        "holds at most 65,535 in all: an ingestor owning k partitions needs "
+        "k * max_ack_pending <= 65535, else a SUBACK is refused (0x80).")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Node folders (config, JetStream store, log, pid); default "
+        "<broker.data_dir>/nats.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NatsClusterSettings:
+        if self.stream_replicas is not None and self.stream_replicas > self.nodes:
+            raise ValueError("stream_replicas must be at most nodes")
+        lo, hi = self.port_base, self.port_base + 10 * self.nodes
+        if lo <= self.mqtt_port_base + self.nodes - 1 and self.mqtt_port_base < hi:
+            raise ValueError("the MQTT ports (mqtt_port_base + i) overlap the loopback "
+                             "ports (port_base + 10*i + 0..2)")
+        if self.max_ack_pending * self.partitions > 65535:
+            raise ValueError("max_ack_pending * partitions must be at most 65535 (an "
+                             "ingestor owning every partition could not subscribe them all)")
+        return self
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of the MQTT streams: ``stream_replicas``, else min(3, nodes)."""
+        return self.stream_replicas if self.stream_replicas is not None else min(3, self.nodes)
+
+
+BrokerSettings.model_rebuild()

@@ -9,7 +9,8 @@ and its log line per packet. :class:`FastReader` instead
 * reads the socket in large pieces (one ``SSL_read`` returns a whole TLS record,
   usually one whole chunk) and serves paho's small reads from that buffer;
 * decodes QoS 0/1 PUBLISH packets itself (fixed header, topic, packet id, the MQTT 5
-  properties skipped) and hands ``(topic, payload, qos, mid)`` to a callback;
+  properties skipped; 3.1.1 has none) and hands ``(topic, payload, qos, mid)`` to a
+  callback;
 * leaves every other packet (CONNACK, SUBACK, PUBACK of our publishes, PINGRESP,
   DISCONNECT, QoS 2, a topic alias) to paho, which reads it from the same buffer.
 
@@ -65,6 +66,8 @@ class FastReader:
         self._pos = 0
         self._eof = False
         self._need_data = False
+        # MQTT 3.1.1 PUBLISH packets carry no properties (the NATS engine speaks 3.1.1).
+        self._v5 = getattr(client, "_protocol", mqtt.MQTTv5) == mqtt.MQTTv5
         client._sock_recv = self.recv  # type: ignore[method-assign]
 
     @property
@@ -211,7 +214,7 @@ class FastReader:
             # MQTT 5 properties: a length (variable byte integer), then skipped.
             plen = 0
             shift = 0
-            while j < stop_at:
+            while self._v5 and j < stop_at:
                 b = buf[j]
                 plen |= (b & 0x7F) << shift
                 j += 1

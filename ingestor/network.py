@@ -28,6 +28,7 @@ from config.settings import IngestorSettings
 from contract.events import ReadyEvent
 from contract.ids import is_device_id
 from contract.layout import FrameKey, FrameMeta, frame_time
+from contract.partition import parse_partition_frame_topic, partition_frame_filter
 from contract.topics import all_devices, parse_device_topic, ready_topic, service_status_topic
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
@@ -86,7 +87,16 @@ class NetworkLoop:
         self.prefix = settings.mqtt.topic_prefix
         self.name = settings.mqtt.username or "ingestor"
         self.status_topic = service_status_topic(self.name)
-        self.frame_filter = all_devices(self.prefix, "frame")
+        # Mosquitto: every device's frames. NATS engine: the partitions this one owns.
+        self.partitions = self.ing.partitions
+        self.frame_filters = (
+            [all_devices(self.prefix, "frame")] if self.partitions is None
+            else [partition_frame_filter(self.prefix, n) for n in self.partitions])
+        self.frame_filter = ",".join(self.frame_filters)
+        """Logged (``ingestor_ready``, ``subscribed``)."""
+        self._subscribing: dict[int, list[str]] = {}
+        self._refused: list[str] = []
+        self._resubscribe_at = 0.0
         self.queue = queue
         self.mailbox = mailbox
         self.metrics = metrics
@@ -231,7 +241,11 @@ class NetworkLoop:
         if self._ack_mids is not None:
             self._ack_mids.clear()  # packet ids of the old connection mean nothing now
         try:
-            if not self._ever_connected:
+            if not self._ever_connected and mq.protocol == "3.1.1":
+                # The session is kept by the client's clean-session flag (False).
+                self._client.connect(mq.host, mq.port, keepalive=mq.keepalive_s)
+                self._ever_connected = True
+            elif not self._ever_connected:
                 self._client.connect(mq.host, mq.port, keepalive=mq.keepalive_s,
                                      clean_start=False, properties=props)
                 self._ever_connected = True
@@ -254,7 +268,7 @@ class NetworkLoop:
         self.metrics.connected.set(1)
         log.info("mqtt_connected", session_present=bool(flags.session_present),
                  voided_acks=voided, receive_maximum=self.ing.receive_maximum)
-        client.subscribe(self.frame_filter, qos=1)
+        self._subscribe(self.frame_filters)
         self._publish_status()
         for a in self._announces.values():
             a.info = None  # publish again on this connection
@@ -265,11 +279,31 @@ class NetworkLoop:
         self.metrics.connected.set(0)
         log.warning("mqtt_disconnected", reason=str(rc), unacked=self.ledger.held)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
+    def _subscribe(self, filters: list[str]) -> None:
+        """One SUBSCRIBE of ``filters`` at QoS 1; each SUBACK code is checked."""
+        self._subscribing.clear()  # a new connection: older SUBACKs never come
+        rc, mid = self._client.subscribe([(f, 1) for f in filters])
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._subscribing[mid] = list(filters)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, rcs: list[ReasonCode],
                       _p: Properties | None) -> None:
-        if any(r.is_failure for r in rcs):
-            log.error("subscribe_refused", reasons=[str(r) for r in rcs])
+        filters = self._subscribing.pop(mid, [])
+        # One code per filter, in order. A refusal (0x80) is not an ingestor that works:
+        # NATS refuses a subscription past 65,535 unacknowledged messages per session
+        # (max_ack_pending x partitions), and frames of a partition nobody subscribes
+        # are acknowledged to the cameras and dropped. Logged, in the status, retried.
+        refused = [f for f, r in zip(filters, rcs, strict=False) if r.is_failure]
+        if len(rcs) != len(filters) and filters:
+            refused = list(filters)
+        if refused or any(r.is_failure for r in rcs):
+            self._refused = refused or list(self.frame_filters)
+            self._resubscribe_at = time.monotonic() + self.ing.announce_retry_s
+            log.error("subscribe_refused", topics=self._refused,
+                      reasons=[str(r) for r in rcs])
+            self._publish_status()
             return
+        self._refused = []
         if not self._ready_logged:
             self._ready_logged = True
             log.info("ingestor_ready", topic=self.frame_filter, **self.ready_info)
@@ -286,10 +320,17 @@ class NetworkLoop:
         self.metrics.chunks.inc()
         token = self.ledger.hold(mid) if qos > 0 else NO_TOKEN
         parts = topic.split("/")
-        device = parts[1] if len(parts) == 3 else topic
-        parsed = parse_device_topic(topic, self.prefix)
-        # The metric label: an account id (the ACL lets only it publish there), else "-".
-        account = parsed[0] if parsed is not None and parsed[1] == "frame" else None
+        if self.partitions is None:
+            device = parts[1] if len(parts) == 3 else topic
+            parsed = parse_device_topic(topic, self.prefix)
+            # The metric label: an account id (the ACL lets only it publish there), else "-".
+            account = parsed[0] if parsed is not None and parsed[1] == "frame" else None
+        else:
+            # p/<n>/<prefix>/<id>/frame: the device id still comes from the topic (the
+            # broker lets only account <id> publish there, docs/scaling.md).
+            device = parts[3] if len(parts) == 5 else topic
+            by_part = parse_partition_frame_topic(topic, self.prefix)
+            account = by_part[1] if by_part is not None else None
         if retain:
             # A retained frame is a replay the broker keeps for every new subscriber,
             # not a capture: it would come back after each restart (docs/security.md).
@@ -402,6 +443,10 @@ class NetworkLoop:
         self.metrics.unacked.set(self.ledger.held)
         self.metrics.pending_frames.set(len(self.queue))
         self._announce_due(now)
+        if (self._connected and self._refused and not self._subscribing
+                and now >= self._resubscribe_at):
+            log.warning("subscribe_retry", topics=self._refused)
+            self._subscribe(self._refused)
         if self._connected and now - self._status_at >= self.ing.status_interval_s:
             self._publish_status()
 
@@ -432,6 +477,7 @@ class NetworkLoop:
             "pending_frames": len(self.queue), "unacked_chunks": self.ledger.held,
             "storage_ok": self._storage_ok, "upload_ok": self._upload_ok,
             **({"reason": self._upload_reason} if not self._upload_ok else {}),
+            **({"refused_topics": self._refused[:64]} if self._refused else {}),
             "ts_ms": int(time.time() * 1000),
             **self._device_rejections(),
         }
@@ -440,7 +486,8 @@ class NetworkLoop:
         if not self._connected:
             return None
         if state is None:
-            state = "online" if self._storage_ok and self._upload_ok else "degraded"
+            ok = self._storage_ok and self._upload_ok and not self._refused
+            state = "online" if ok else "degraded"
         self._status_at = time.monotonic()
         return publish_json(self._client, self.status_topic, self._status_payload(state),
                             retain=True, qos=1)

@@ -12,6 +12,7 @@ from mqttclient.client import (
     make_client,
     offline_payload,
     publish_json,
+    session_client_id,
     wait_published,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "make_client",
     "offline_payload",
     "publish_json",
+    "session_client_id",
     "wait_published",
 ]

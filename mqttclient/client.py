@@ -1,12 +1,17 @@
 """paho-mqtt client set-up shared by the services, tools and tests.
 
-MQTT 5 throughout: session expiry makes a service's session (and the QoS 1 messages
+MQTT 5 by default: session expiry makes a service's session (and the QoS 1 messages
 queued for it) outlive a crash; the broker uses our Receive Maximum (65535 by default
-in paho) as its in-flight window towards us.
+in paho) as its in-flight window towards us. ``mqtt.protocol = "3.1.1"`` (for the NATS
+engine, which speaks only 3.1.1): no CONNECT properties; the session is kept or
+cleaned by the clean-session flag, chosen when the client is made; the client id gets a
+suffix derived from the password (:func:`session_client_id`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import ssl
 import threading
@@ -35,31 +40,65 @@ def offline_payload() -> bytes:
     return b'{"state":"offline"}'
 
 
+def session_client_id(client_id: str, password: str) -> str:
+    """The client id an MQTT 3.1.1 client sends: ``<id>-<16 hex of HMAC(password, id)>``.
+
+    NATS, the broker that speaks 3.1.1 here, has no ``use_username_as_clientid``: any
+    account may connect under any client id, and one that takes a service's id with a
+    clean session deletes that session and the frames queued in it (measured,
+    tests/integration/test_nats_cluster.py). An id derived from the account's password
+    is the same after every restart (the session is found again) and cannot be guessed
+    by a device. Changing the password starts a new session: drain the old one first.
+
+    Args:
+        client_id: The configured id.
+        password: The account's password; empty: the id is returned unchanged.
+
+    Returns:
+        The id to send.
+    """
+    if not password:
+        return client_id
+    tag = hmac.new(password.encode(), client_id.encode(), hashlib.sha256).hexdigest()[:16]
+    return f"{client_id}-{tag}"
+
+
 def make_client(
     settings: MqttSettings,
     *,
     client_id: str | None = None,
     manual_ack: bool = False,
     will_topic: str | None = None,
+    clean_session: bool = False,
 ) -> mqtt.Client:
-    """A configured, unconnected MQTT 5 client.
+    """A configured, unconnected MQTT client (version from ``settings.protocol``).
 
     Args:
         settings: Connection settings.
         client_id: Overrides ``settings.client_id``.
         manual_ack: Hold QoS 1 acks until ``client.ack()`` (paho ``manual_ack``).
         will_topic: Retained ``{"state":"offline"}`` last will on this topic.
+        clean_session: MQTT 3.1.1 only (fixed here for every connection): start without
+            the previous session, and let the broker drop it at disconnect. MQTT 5
+            chooses at each connect (``clean_start``).
 
     Returns:
         The client.
     """
     cid = client_id or settings.client_id or settings.username or ""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=cid,
-        protocol=mqtt.MQTTv5,
-        manual_ack=manual_ack,
-    )
+    if settings.protocol == "3.1.1":
+        password = settings.resolved_password() if settings.username else ""
+        cid = session_client_id(cid, password)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid,
+                             protocol=mqtt.MQTTv311, clean_session=clean_session,
+                             manual_ack=manual_ack)
+    else:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cid,
+            protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+        )
     if settings.username:
         client.username_pw_set(settings.username, settings.resolved_password())
     if settings.tls.enabled:
@@ -110,13 +149,20 @@ def connect_blocking(
     Args:
         client: From :func:`make_client`.
         settings: Connection settings.
-        clean_start: False keeps the previous session (and its queued messages).
+        clean_start: False keeps the previous session (and its queued messages). MQTT
+            3.1.1: must equal the client's clean-session flag (:func:`make_client`).
         timeout: Seconds to wait for CONNACK.
         receive_maximum: MQTT 5 Receive Maximum (see :func:`connect_properties`).
 
     Raises:
         MqttConnectError: Refused, unreachable or no answer in time.
+        ValueError: MQTT 3.1.1 and ``clean_start`` differs from the client's flag.
     """
+    # paho keeps a 3.1.1 client's flag in ``_clean_session`` (the version is pinned).
+    if (settings.protocol == "3.1.1"
+            and bool(getattr(client, "_clean_session", clean_start)) != clean_start):
+        raise ValueError(f"clean_start={clean_start} needs make_client(..., "
+                         f"clean_session={clean_start}) with MQTT 3.1.1")
     done = threading.Event()
     result: dict[str, Any] = {}
     previous = client.on_connect
@@ -130,9 +176,13 @@ def connect_blocking(
 
     client.on_connect = on_connect
     try:
-        props = connect_properties(settings, receive_maximum=receive_maximum)
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s,
-                       clean_start=clean_start, properties=props)
+        if settings.protocol == "3.1.1":
+            # No properties, no clean start: the client's clean-session flag decides.
+            client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+        else:
+            props = connect_properties(settings, receive_maximum=receive_maximum)
+            client.connect(settings.host, settings.port, keepalive=settings.keepalive_s,
+                           clean_start=clean_start, properties=props)
     except (OSError, ssl.SSLError) as exc:
         client.on_connect = previous
         raise MqttConnectError(f"cannot reach {settings.host}:{settings.port}: {exc}") from exc

@@ -1,0 +1,324 @@
+"""The NATS cluster engine (``broker.engine = "nats"``): config rendering, pure.
+
+Each node of the cluster gets one config file: its name, loopback client port, HTTP
+monitoring port, cluster route (loopback), JetStream store, the MQTT listener with TLS
+from the project PKI (broker/pki.py) and an ``include`` of the accounts file. The
+accounts file is rendered from the same accounts as Mosquitto's password and ACL files
+(broker/accounts.py) and is shared by every node: after a device is added or revoked it
+is rewritten and every node is told to reload (SIGHUP), no restart.
+
+What NATS (2.15.1, checked on this machine) needs, and why the rendering looks so:
+
+* NATS's MQTT layer turns topic ``a/b/c`` into subject ``a.b.c``, ``+`` into ``*`` and a
+  filter ``a/#`` into two subscriptions, ``a`` and ``a.>``: rights are rendered that way.
+* The account's subject mapping ``<prefix>.*.frame`` ->
+  ``p.{{partition(64,1)}}.<prefix>.{{wildcard(1)}}.frame`` is applied **before** the
+  publish permission is checked, so a device's right must name the mapped subject. A
+  device allowed only ``cam.<id>.frame`` gets its PUBACKs while every frame is dropped
+  ("Publish Violation" in the server log). The partition is FNV-1a of the id modulo 64
+  (contract/partition.py), so each device is allowed exactly its own
+  ``p.<n>.cam.<id>.frame``.
+* The internal ``$MQTT.`` subjects (sessions, retained messages, QoS 1 consumers) need no
+  right in a user's permissions (implicit since nats-io/nats-server#7637, December 2025;
+  older servers needed ``$MQTT.sub.>`` and more): on 2.15.1, QoS 1 publish and
+  subscribe with a persistent session work with the rights below only.
+* Passwords are bcrypt hashes (``$2b$``), which NATS accepts in ``password``; the
+  accounts file never holds a clear-text password.
+* ``$SYS`` is NATS's system account, not reachable from MQTT: the operator's ``$SYS/#``
+  Mosquitto right has no NATS counterpart and is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.accounts import Account, service_role
+from contract.partition import PARTITION_PREFIX, PARTITIONS, device_partition
+from contract.topics import device_acl_patterns, role_acl_lines
+
+ACCOUNT = "CAMSTACK"
+"""The NATS account every device and service belongs to (JetStream enabled)."""
+CLUSTER_NAME = "camstack"
+
+
+def _token(level: str) -> str:
+    if level == "+":
+        return "*"
+    if not level or any(c in level for c in ". *>#\t\r\n"):
+        raise ValueError(f"topic level {level!r} has no NATS subject form")
+    return level
+
+
+def filter_subjects(topic_filter: str) -> list[str]:
+    """The NATS subjects of an MQTT topic or filter, as NATS's MQTT layer forms them.
+
+    Args:
+        topic_filter: ``a/+/c`` or ``a/#`` (no empty level, no ``.``).
+
+    Returns:
+        ``["a.*.c"]``; ``["a", "a.>"]`` for ``a/#``; ``[">"]`` for ``#``.
+
+    Raises:
+        ValueError: For a level NATS cannot express.
+    """
+    levels = topic_filter.split("/")
+    if levels[-1] == "#":
+        toks = [_token(lv) for lv in levels[:-1]]
+        return [".".join(toks), ".".join([*toks, ">"])] if toks else [">"]
+    return [".".join(_token(lv) for lv in levels)]
+
+
+def frame_mapping(prefix: str, partitions: int = PARTITIONS) -> tuple[str, str]:
+    """The account's subject mapping of frames: source and destination.
+
+    Args:
+        prefix: Device topic prefix.
+        partitions: Number of partitions.
+
+    Returns:
+        ``("cam.*.frame", "p.{{partition(64,1)}}.cam.{{wildcard(1)}}.frame")``.
+    """
+    dest = (PARTITION_PREFIX + ".{{partition(" + str(partitions) + ",1)}}."
+            + prefix + ".{{wildcard(1)}}.frame")
+    return f"{prefix}.*.frame", dest
+
+
+def _mapped(subject: str, prefix: str, partitions: int) -> str:
+    """A frame subject as it is after the mapping; other subjects unchanged."""
+    parts = subject.split(".")
+    if len(parts) == 3 and parts[0] == prefix and parts[2] == "frame":
+        part = "*" if parts[1] == "*" else str(device_partition(parts[1], partitions))
+        return f"{PARTITION_PREFIX}.{part}.{subject}"
+    return subject
+
+
+@dataclass
+class Permissions:
+    """NATS ``publish`` and ``subscribe`` allow lists of one user."""
+
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+
+
+def acl_permissions(lines: list[str], prefix: str, partitions: int = PARTITIONS) -> Permissions:
+    """NATS permissions from Mosquitto ACL lines (``topic|pattern <access> <filter>``).
+
+    Frame topics become their mapped subjects; ``$``-topics (``$SYS``) are left out.
+
+    Args:
+        lines: ACL lines with names already filled in.
+        prefix: Device topic prefix.
+        partitions: Number of partitions.
+
+    Returns:
+        The allow lists, in order, without duplicates.
+    """
+    perms = Permissions()
+    for line in lines:
+        kind, access, topic_filter = line.split(" ", 2)
+        if kind not in ("topic", "pattern") or topic_filter.startswith("$"):
+            continue
+        subjects = [_mapped(s, prefix, partitions) for s in filter_subjects(topic_filter)]
+        targets = {"read": [perms.subscribe], "write": [perms.publish],
+                   "readwrite": [perms.subscribe, perms.publish]}[access]
+        for target in targets:
+            target.extend(s for s in subjects if s not in target)
+    return perms
+
+
+def account_permissions(acc: Account, prefix: str,
+                        partitions: int = PARTITIONS) -> Permissions | None:
+    """A device's or service's NATS rights, the same as its Mosquitto ACL.
+
+    Args:
+        acc: The account.
+        prefix: Device topic prefix.
+        partitions: Number of partitions.
+
+    Returns:
+        The rights, or None for a service account of no known role.
+    """
+    if acc.kind == "device":
+        lines = [p.replace("%u", acc.name) for p in device_acl_patterns(prefix)]
+        return acl_permissions(lines, prefix, partitions)
+    role = service_role(acc.name)
+    if role is None:
+        return None
+    rights = role_acl_lines(prefix)[role]
+    return acl_permissions([r.format(name=acc.name) for r in rights], prefix, partitions)
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def _perm_map(allow: list[str]) -> str:
+    # An empty allow list would mean "no restriction": deny everything instead.
+    return f"{{allow: {_list(allow)}}}" if allow else '{deny: [">"]}'
+
+
+def render_accounts(accounts: list[Account], prefix: str,
+                    partitions: int = PARTITIONS) -> tuple[str, list[str]]:
+    """The accounts file every node includes.
+
+    Args:
+        accounts: All accounts; revoked ones are left out.
+        prefix: Device topic prefix.
+        partitions: Number of partitions.
+
+    Returns:
+        The file text, and the names of active accounts left out because they have no
+        bcrypt hash (created before the NATS engine existed: re-add them).
+    """
+    src, dest = frame_mapping(prefix, partitions)
+    users: list[str] = []
+    missing: list[str] = []
+    for acc in sorted(accounts, key=lambda a: a.name):
+        if not acc.active:
+            continue
+        perms = account_permissions(acc, prefix, partitions)
+        if perms is None:
+            continue
+        if not acc.nats_hash:
+            missing.append(acc.name)
+            continue
+        users.append(
+            f"      {{user: {_q(acc.name)}, password: {_q(acc.nats_hash)},\n"
+            # MQTT only: a password is no NATS-protocol login on the client port.
+            '        allowed_connection_types: ["MQTT"], permissions: {\n'
+            f"        publish: {_perm_map(perms.publish)}\n"
+            f"        subscribe: {_perm_map(perms.subscribe)}\n"
+            "      }}")
+    text = (
+        "# Rendered by camstack (broker/natscluster.py) from accounts.json. Do not edit.\n"
+        "accounts {\n"
+        f"  {ACCOUNT} {{\n"
+        "    jetstream: enabled\n"
+        f"    mappings = {{ {_q(src)}: {_q(dest)} }}\n"
+        "    users = [\n"
+        + "".join(u + "\n" for u in users)
+        + "    ]\n"
+        "  }\n"
+        "}\n"
+    )
+    return text, missing
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node: its index, name, ports and folder."""
+
+    index: int
+    name: str
+    client_port: int
+    cluster_port: int
+    http_port: int
+    mqtt_port: int
+    dir: Path
+
+    @property
+    def conf_file(self) -> Path:
+        """The node's config file."""
+        return self.dir / "nats.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        """Written by the server."""
+        return self.dir / "nats.pid"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's log."""
+        return self.dir / "nats.log"
+
+    @property
+    def store_dir(self) -> Path:
+        """The JetStream store."""
+        return self.dir / "jetstream"
+
+
+def plan_nodes(base: Path, nodes: int, *, mqtt_port_base: int, port_base: int) -> list[NodePlan]:
+    """The fixed port layout of ``NatsClusterSettings`` (docs/configuration.md).
+
+    Args:
+        base: Folder of the node folders (``node-<i>``).
+        nodes: How many.
+        mqtt_port_base: MQTT port of node 0.
+        port_base: Client port of node 0.
+
+    Returns:
+        One plan per node.
+    """
+    return [NodePlan(index=i, name=f"camstack-{i}", client_port=port_base + 10 * i,
+                     cluster_port=port_base + 10 * i + 1, http_port=port_base + 10 * i + 2,
+                     mqtt_port=mqtt_port_base + i, dir=base / f"node-{i}")
+            for i in range(nodes)]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The MQTT listener's certificate, key and CA (broker/pki.py)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+def render_node_config(node: NodePlan, cluster: list[NodePlan], *, tls: TlsFiles,
+                       accounts_file: Path, mqtt_bind: str, stream_replicas: int,
+                       max_ack_pending: int) -> str:
+    """One node's ``nats.conf``.
+
+    Args:
+        node: This node.
+        cluster: Every node (routes to all of them; a route to itself is ignored).
+        tls: Certificate, key and CA of the MQTT listener.
+        accounts_file: The shared accounts file.
+        mqtt_bind: Interface of the MQTT listener.
+        stream_replicas: Replicas of the MQTT streams.
+        max_ack_pending: Unacknowledged messages per MQTT subscription.
+
+    Returns:
+        The file text.
+    """
+    routes = [f"nats-route://127.0.0.1:{n.cluster_port}" for n in cluster]
+    cluster_block = ""
+    if len(cluster) > 1:
+        cluster_block = (
+            "cluster {\n"
+            f"  name: {_q(CLUSTER_NAME)}\n"
+            f"  listen: {_q(f'127.0.0.1:{node.cluster_port}')}\n"
+            f"  routes: {_list(routes)}\n"
+            "}\n")
+    return (
+        "# Rendered by camstack (broker/natscluster.py). Do not edit.\n"
+        f"server_name: {_q(node.name)}\n"
+        f"listen: {_q(f'127.0.0.1:{node.client_port}')}\n"
+        f"http: {_q(f'127.0.0.1:{node.http_port}')}\n"
+        f"pid_file: {_q(str(node.pid_file))}\n"
+        "jetstream {\n"
+        f"  store_dir: {_q(str(node.store_dir))}\n"
+        "}\n"
+        + cluster_block
+        + "mqtt {\n"
+        f"  listen: {_q(f'{mqtt_bind}:{node.mqtt_port}')}\n"
+        "  tls {\n"
+        f"    cert_file: {_q(str(tls.cert_file))}\n"
+        f"    key_file: {_q(str(tls.key_file))}\n"
+        f"    ca_file: {_q(str(tls.ca_file))}\n"
+        '    min_version: "1.2"\n'
+        "  }\n"
+        f"  stream_replicas: {int(stream_replicas)}\n"
+        f"  max_ack_pending: {int(max_ack_pending)}\n"
+        "}\n"
+        # nats-server joins an include path to the including file's folder, even an
+        # absolute one ("node-0/tmp/…": checked), so the path is made relative.
+        f"include {_q(os.path.relpath(accounts_file, node.dir))}\n"
+    )
