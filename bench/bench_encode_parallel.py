@@ -36,7 +36,6 @@ over wall seconds): on a shared machine that shows how much of it the run had.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -45,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,18 +53,15 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import load, machine, svga_jpegs
+from bench.common import load, machine, stage, svga_jpegs
 from camstack.servers import SeaweedHandle, start_seaweedfs
-from catalog import SealedBatch, SqlCatalog, open_catalog
+from catalog import open_catalog
 from catalog.signing import load_or_create_key
 from config.settings import CatalogSettings
-from contract.layout import pack_key
 from encoder.cloud import BatchRef, CloudJob, encode_from_store
 from encoder.muxer import EncodeOptions, probe_video
 from objstore import S3Store
-from objstore.pack import pack_bytes
 
-T0_MS = 1_795_515_300_000
 ENCODE_S: list[float] = []
 """``encode_s`` of every ``video_written`` event: time inside ``encode_video``."""
 
@@ -92,39 +87,6 @@ class Split:
     def label(self) -> str:
         t = "auto" if self.threads == 0 else str(self.threads)
         return f"K={self.k} threads={t}"
-
-
-def make_pack(device: str, batch: str, jpegs: list[bytes], t0: int) -> tuple[bytes, str, int]:
-    """A pack as the ingestor seals it: manifest (name, size, CRC-32, times) + frames."""
-    frames = [(f"frames/{t0 + i * 100:013d}_0000cafe_{i:010d}.jpg", data)
-              for i, data in enumerate(jpegs)]
-    n = len(frames)
-    man = {"v": 1, "device": device, "batch": batch, "sealed_ms": t0 + n * 100 + 1000,
-           "frames": [{"file": name, "ts_ms": t0 + i * 100, "bytes": len(data),
-                       "crc32": zlib.crc32(data), "boot_id": 0xCAFE, "frame_seq": i,
-                       "capture_ms": t0 + i * 100, "clock_synced": True}
-                      for i, (name, data) in enumerate(frames)],
-           "first_capture_ms": t0, "last_capture_ms": t0 + (n - 1) * 100}
-    data, idx = pack_bytes(json.dumps(man).encode(), frames)
-    return data, idx.sha256, idx.size
-
-
-def stage(store: S3Store, cat: SqlCatalog, device: str, batches: int,
-          jpegs: list[bytes]) -> list[BatchRef]:
-    """Upload ``batches`` packs with their catalog rows (state uploaded)."""
-    refs = []
-    for b in range(batches):
-        t0 = T0_MS + b * 3_600_000
-        batch = f"{device}-20261124T{10 + b // 60:02d}{b % 60:02d}00Z-{b + 1:04d}"
-        data, sha, size = make_pack(device, batch, jpegs, t0)
-        cat.record_sealed(SealedBatch(device=device, batch=batch, frames=len(jpegs),
-                                      first_capture_ms=t0,
-                                      last_capture_ms=t0 + (len(jpegs) - 1) * 100))
-        key = pack_key(device, batch)
-        store.put_bytes(key, data)
-        cat.mark_uploaded(device, batch, pack_key=key, pack_sha256=sha, pack_bytes=size)
-        refs.append(BatchRef(device, batch))
-    return refs
 
 
 def run_parallel(refs: list[BatchRef], job: CloudJob, k: int) -> float:
@@ -185,7 +147,7 @@ def main() -> int:
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument("--gop", type=int, default=60)
-    ap.add_argument("--rounds", type=int, default=2,
+    ap.add_argument("--rounds", type=int, default=1,
                     help="interleaved rounds (CLI and every split once each); best counts")
     ap.add_argument("--quick", action="store_true",
                     help="4 batches of 60 frames, K 1 and 2, auto threads only")
@@ -238,7 +200,8 @@ def main() -> int:
                         assert info.frames == args.frames, info
                         runs[cli_name].append(sec)
                         print(f"  {cli_name:24s} {sec:7.2f}s "
-                              f"{total_frames / sec:7.1f} frames/s, {cpu / sec:.2f} CPUs used")
+                              f"{total_frames / sec:7.1f} frames/s, {cpu / sec:.2f} CPUs used, "
+                              f"{total_frames / cpu:.1f} frames per CPU-s")
                         continue
                     refs = stage(store, cat, f"par{staged:03d}", args.batches, jpegs)
                     staged += 1
@@ -258,7 +221,8 @@ def main() -> int:
                     assert all(v is not None and v.frames == args.frames for v in videos)
                     runs.setdefault(sp.label, []).append(sec)
                     print(f"  encoder {sp.label:16s} {sec:7.2f}s "
-                          f"{total_frames / sec:7.1f} frames/s, {cpu / sec:.2f} CPUs used; "
+                          f"{total_frames / sec:7.1f} frames/s, {cpu / sec:.2f} CPUs used, "
+                          f"{total_frames / cpu:.1f} frames per CPU-s; "
                           f"inside encode_video {share:.0%} of the workers' time "
                           f"(the rest: store, catalog, unpack)")
         finally:

@@ -44,8 +44,15 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_encode_parallel import stage
-from bench.common import bench_broker, cpu_seconds, load, machine, svga_jpegs
+from bench.common import (
+    bench_broker,
+    cpu_seconds,
+    load,
+    machine,
+    stage,
+    store_section,
+    svga_jpegs,
+)
 from camstack.brokerproc import BrokerHandle
 from camstack.procs import ServiceProcess, service_config
 from camstack.servers import SeaweedHandle, start_nats, start_seaweedfs
@@ -73,14 +80,6 @@ class PinnedEncoder(ServiceProcess):
                 ["taskset", "-c", str(self.cpu), sys.executable, "-m", "encoder"], cwd=ROOT,
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
-
-
-def store_section(weed: SeaweedHandle) -> dict[str, Any]:
-    """The ``[store]`` section for SeaweedFS (the secret written out, as a deployment)."""
-    s = weed.s3_settings(connect_timeout_s=2, read_timeout_s=30, max_attempts=2)
-    d = s.model_dump(mode="json", exclude_none=True)
-    d["secret_access_key"] = s.secret_access_key.get_secret_value()
-    return {"backend": "s3", "s3": d}
 
 
 def run_phase(workers: int, *, broker: BrokerHandle, tmp: Path, weed: SeaweedHandle,
@@ -129,7 +128,8 @@ def run_phase(workers: int, *, broker: BrokerHandle, tmp: Path, weed: SeaweedHan
         frames = jobs * len(jpegs)
         print(f"  {workers} worker(s): {wall:7.2f} s from the first job to an empty queue "
               f"(publishing took {published:.2f} s), {frames / wall:6.1f} frames/s; "
-              f"videos per worker {per}; workers' CPU {cpu / wall:.2f} CPUs")
+              f"videos per worker {per}; the workers used {cpu / wall:.2f} CPUs, "
+              f"{frames / cpu:.1f} frames per CPU-s")
         return wall
     finally:
         for e in encs:
