@@ -12,14 +12,23 @@ Per batch: the time from handing the batch's last frame's last chunk to the sock
 event's arrival. The cameras' batches fall due close together, so the figure includes
 waiting behind the other cameras' batches in the encoder's queue, as in a deployment.
 
+With ``--runner jetstream`` the ingestor packs each sealed batch into a real SeaweedFS
+(catalog: SQLite) and publishes one job to a real nats-server (JetStream); ``--workers``
+encoder processes (``runner = "jetstream"``, ``work.parallel_batches = --parallel``)
+pull the jobs, encode from the store and publish the same video event (its location is
+then the MP4's object key). Same clock: last frame published -> video event.
+
     python bench/bench_e2e.py [--cameras 4] [--fps 10] [--frames-per-video 300]
         [--duration 60]
+    python bench/bench_e2e.py --runner jetstream --workers 2 [--parallel 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import secrets
 import shutil
 import statistics
 import sys
@@ -42,9 +51,11 @@ from bench.common import (
     provision,
     pub_spec,
     storage_root,
+    store_section,
     svga_jpegs,
 )
 from camstack.procs import ServiceProcess, service_config
+from camstack.servers import start_nats, start_seaweedfs
 
 
 def main() -> int:
@@ -60,26 +71,59 @@ def main() -> int:
                          "period, so batches fall due evenly; 0: all at once, worst case)")
     ap.add_argument("--storage", help="put the storage root in a fresh folder here "
                     "(default: the scratch folder), removed afterwards")
+    ap.add_argument("--runner", choices=["mqtt", "jetstream"], default="mqtt",
+                    help="mqtt: the ready event to one encoder on the shared disk; "
+                    "jetstream: packs in SeaweedFS, jobs in NATS, --workers encoders")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="encoder processes (runner jetstream only)")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="work.parallel_batches of each encoder (runner jetstream only)")
     args = ap.parse_args()
+    if args.runner == "mqtt" and (args.workers != 1 or args.parallel != 1):
+        ap.error("--workers and --parallel need --runner jetstream")
     print(machine())
     jpegs = svga_jpegs(8, args.kb * 1000)
     print(f"{args.cameras} cameras x {args.fps:g} frames/s, 800x600 JPEG "
           f"{statistics.mean(map(len, jpegs)) / 1000:.1f} KB, batches of "
           f"{args.frames_per_video}, {args.duration:.0f} s, encoder preset {args.preset}")
-    with bench_broker() as (broker, tmp):
+    if args.runner == "jetstream":
+        print(f"runner jetstream: {args.workers} encoder process(es), parallel_batches "
+              f"{args.parallel} each; SeaweedFS, nats-server, SQLite catalog")
+    with bench_broker() as (broker, tmp), contextlib.ExitStack() as servers:
         devices = provision(broker, args.cameras, prefix="e2e")
-        for acc in ("ingestor-e2e", "encoder-e2e", "operator-e2e"):
+        enc_accounts = (["encoder-e2e"] if args.runner == "mqtt"
+                        else [f"encoder-e2e-{i}" for i in range(args.workers)])
+        for acc in ("ingestor-e2e", "operator-e2e", *enc_accounts):
             broker.add_service(acc)
         root = storage_root(tmp, args.storage)
         print(f"storage: {root} on {fs_note(root)}")
         off = {"enabled": False, "port": 0}
+        cloud: dict[str, Any] = {}
+        if args.runner == "jetstream":
+            nats = start_nats(tmp / "nats")
+            servers.callback(nats.stop)
+            weed = start_seaweedfs(tmp / "weed", bucket="e2e")
+            servers.callback(weed.stop)
+            cloud = {"store": store_section(weed),
+                     "catalog": {"backend": "sqlite", "path": str(tmp / "catalog.sqlite3")},
+                     "runner": "jetstream",
+                     "jobqueue": {"servers": [nats.url], "stream": "E2E" + secrets.token_hex(3),
+                                  "fetch_timeout_s": 0.5}}
         ing_cfg = service_config(broker, "ingestor-e2e", root, tmp / "ing.toml",
                                  ingest={"frames_per_video": args.frames_per_video},
-                                 metrics=off)
-        enc_cfg = service_config(broker, "encoder-e2e", root, tmp / "enc.toml",
-                                 encode={"preset": args.preset}, metrics=off)
-        ing = ServiceProcess("ingestor", ing_cfg, tmp / "ing.log").start()
-        enc = ServiceProcess("encoder", enc_cfg, tmp / "enc.log").start()
+                                 metrics=off, **cloud)
+        # This checkout's code (camstack.procs runs the services from the parent folder).
+        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        ing = ServiceProcess("ingestor", ing_cfg, tmp / "ing.log", env=env).start()
+        encs = []
+        for i, acc in enumerate(enc_accounts):
+            # jetstream: each encoder has a folder of its own (never the ingestor's disk).
+            enc_root = root if args.runner == "mqtt" else tmp / f"enc{i}-disk"
+            enc_cfg = service_config(broker, acc, enc_root, tmp / f"enc{i}.toml",
+                                     encode={"preset": args.preset}, metrics=off,
+                                     work={"parallel_batches": args.parallel}, **cloud)
+            encs.append(ServiceProcess("encoder", enc_cfg, tmp / f"enc{i}.log",
+                                       env=env).start())
         videos: list[tuple[float, dict[str, Any]]] = []
         lock = threading.Lock()
 
@@ -93,7 +137,8 @@ def main() -> int:
         sub.subscribe("cam/+/video", qos=1)
         try:
             ing.wait_event("ingestor_ready", 30)
-            enc.wait_event("encoder_ready", 30)
+            for enc in encs:
+                enc.wait_event("encoder_ready", 30)
             frames = int(args.fps * args.duration)
             stagger = (args.frames_per_video / args.fps if args.stagger is None
                        else args.stagger)
@@ -113,7 +158,8 @@ def main() -> int:
         finally:
             sub.disconnect()
             sub.loop_stop()
-            enc.stop()
+            for enc in encs:
+                enc.stop()
             ing.stop()
         if args.storage is not None:
             shutil.rmtree(root, ignore_errors=True)

@@ -48,9 +48,15 @@ from PIL import Image
 
 from broker.accounts import Account, hash_password, new_password
 from camstack.brokerproc import BrokerHandle, start_broker
+from camstack.servers import SeaweedHandle
+from catalog import SealedBatch, SqlCatalog
 from config.settings import MqttSettings, TlsSettings
 from contract.codec import DEFAULT_CHUNK_DATA, split_frame
+from contract.layout import pack_key
+from encoder.cloud import BatchRef
 from mqttclient import make_client
+from objstore import S3Store
+from objstore.pack import pack_bytes
 
 T0_MS = 1_795_515_300_000
 """Capture time of frame 0 in backlog mode (a fixed date, so runs are comparable)."""
@@ -173,6 +179,52 @@ def svga_jpegs(count: int, target_bytes: int = 50_000, width: int = 800,
     while len(one(0, sigma)) < target_bytes and sigma < 40:
         sigma *= 1.15
     return [one(i, sigma) for i in range(count)]
+
+
+# ===================================================================== object store
+def make_pack(device: str, batch: str, jpegs: list[bytes], t0: int) -> tuple[bytes, str, int]:
+    """A pack as the ingestor seals it: manifest (name, size, CRC-32, times) + frames.
+
+    Returns:
+        (pack bytes, SHA-256 hex, size).
+    """
+    frames = [(f"frames/{t0 + i * 100:013d}_0000cafe_{i:010d}.jpg", data)
+              for i, data in enumerate(jpegs)]
+    n = len(frames)
+    man = {"v": 1, "device": device, "batch": batch, "sealed_ms": t0 + n * 100 + 1000,
+           "frames": [{"file": name, "ts_ms": t0 + i * 100, "bytes": len(data),
+                       "crc32": zlib.crc32(data), "boot_id": 0xCAFE, "frame_seq": i,
+                       "capture_ms": t0 + i * 100, "clock_synced": True}
+                      for i, (name, data) in enumerate(frames)],
+           "first_capture_ms": t0, "last_capture_ms": t0 + (n - 1) * 100}
+    data, idx = pack_bytes(json.dumps(man).encode(), frames)
+    return data, idx.sha256, idx.size
+
+
+def stage(store: S3Store, cat: SqlCatalog, device: str, batches: int,
+          jpegs: list[bytes]) -> list[BatchRef]:
+    """Upload ``batches`` packs of ``jpegs`` with their catalog rows (state uploaded)."""
+    refs = []
+    for b in range(batches):
+        t0 = T0_MS + b * 3_600_000
+        batch = f"{device}-20261124T{10 + b // 60:02d}{b % 60:02d}00Z-{b + 1:04d}"
+        data, sha, size = make_pack(device, batch, jpegs, t0)
+        cat.record_sealed(SealedBatch(device=device, batch=batch, frames=len(jpegs),
+                                      first_capture_ms=t0,
+                                      last_capture_ms=t0 + (len(jpegs) - 1) * 100))
+        key = pack_key(device, batch)
+        store.put_bytes(key, data)
+        cat.mark_uploaded(device, batch, pack_key=key, pack_sha256=sha, pack_bytes=size)
+        refs.append(BatchRef(device, batch))
+    return refs
+
+
+def store_section(weed: SeaweedHandle) -> dict[str, Any]:
+    """A service's ``[store]`` section for SeaweedFS (the secret written out)."""
+    s = weed.s3_settings(connect_timeout_s=2, read_timeout_s=30, max_attempts=2)
+    d = s.model_dump(mode="json", exclude_none=True)
+    d["secret_access_key"] = s.secret_access_key.get_secret_value()
+    return {"backend": "s3", "s3": d}
 
 
 # ===================================================================== broker
