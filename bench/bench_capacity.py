@@ -8,14 +8,17 @@ the simulated cameras (one device account and TLS connection each, QoS 1, SVGA J
 ``--kb`` KB in 8 KiB chunks, spread over ``--pub-procs`` publisher processes), each at 1
 frame/s. Three ramps, one after the other, each with a fresh ingestor and storage root:
 
-1. **ingest only** (no encoder): bench_fleet.py's method, shortened: +``--ingest-step``
-   cameras per step, a ``--ingest-hold`` second window after ``--ingest-settle`` s;
+1. **ingest only** (no encoder): bench_fleet.py's method and rule, with the same batch
+   size as the encode ramps (sealing costs the ingestor too) and its own steps
+   (``--ingest-start``/``--ingest-step``/``--ingest-max``);
 2. **ingest + 1 encoder**;
 3. **ingest + 2 encoders** (two processes, two accounts, one share group).
 
-Per step of the encode ramps, the cameras added start spread over one batch period
-(``--frames-per-video`` seconds), so their batches fall due evenly; after ``--settle``
-seconds (default: one batch period + 5 s) a ``--hold`` second window is measured:
+Each ramp gets a fresh broker too (a stopped service's persistent session would go on
+queueing its messages). At each step the cameras added start spread over one batch
+period (``--frames-per-video`` seconds), so their batches fall due evenly; after
+``--settle`` seconds (default: one batch period + 5 s, every camera added is streaming)
+a ``--hold`` second window is measured:
 
 * **ingest kept up**: backlog = frames the cameras sent - frames the ingestor made
   durable (``camstack_ingestor_frames_stored_total``); the step fails when it grows by
@@ -26,8 +29,8 @@ seconds (default: one batch period + 5 s) a ``--hold`` second window is measured
   catalog and not yet taken by an encoder, sampled every second from
   ``<storage>/state/catalog.sqlite3`` (read-only). The step fails when its least-squares
   trend over the window adds up to more than ``--max-backlog-growth`` of the batches
-  sealed in the window (and at least 2 batches), or when the oldest waiting batch is
-  older than 2 batch periods at the end of the window.
+  sealed in the window (and at least ``--min-backlog-growth`` batches), or when the
+  oldest waiting batch is older than 2 batch periods at the end of the window.
 
 The sustained figure of a ramp is the last step before the first failing one. Every
 figure and ratio printed is measured in this run. Everything shares the machine's CPUs
@@ -233,7 +236,7 @@ def run_ramp(ramp: Ramp, broker: BrokerHandle, tmp: Path, *, devices: list[tuple
         for i, enc in enumerate(encs):
             assert enc.proc is not None
             pids[f"encoder{i + 1}"] = enc.proc.pid
-        offsets = (offsets_for(devices, ramp.start, ramp.step, fpv) if ramp.workers else {})
+        offsets = offsets_for(devices, ramp.start, ramp.step, fpv)
         pool = PublisherPool(pub_spec(broker, devices[:ramp.start], jpegs, mode="live",
                                       frames=0, fps=1.0, window=8, offsets=offsets),
                              args.pub_procs)
@@ -278,7 +281,7 @@ def run_ramp(ramp: Ramp, broker: BrokerHandle, tmp: Path, *, devices: list[tuple
                 st.waiting1 = sum(c1.get(s, 0) for s in WAITING)
                 st.trend = slope(samples) * dt_
                 st.oldest_s = age1
-                limit = max(2.0, args.max_backlog_growth * st.sealed)
+                limit = max(args.min_backlog_growth, args.max_backlog_growth * st.sealed)
                 if st.trend > limit:
                     st.encode_ok = False
                     st.why.append(f"encode backlog grew {st.trend:.1f} batches "
@@ -329,12 +332,18 @@ def main() -> int:
                     help="measured seconds per encode step")
     ap.add_argument("--max-backlog-growth", type=float, default=0.05,
                     help="allowed encode backlog trend over a window, as a fraction of "
-                         "the batches sealed in it (at least 2 batches)")
+                         "the batches sealed in it (at least --min-backlog-growth)")
+    ap.add_argument("--min-backlog-growth", type=float, default=3.0,
+                    help="encode backlog trend always allowed, in batches (the waiting "
+                         "count jitters by a few batches as they fall due)")
     ap.add_argument("--ingest-start", type=int, default=200)
     ap.add_argument("--ingest-step", type=int, default=200)
     ap.add_argument("--ingest-max", type=int, default=2000)
-    ap.add_argument("--ingest-hold", type=float, default=8.0)
-    ap.add_argument("--ingest-settle", type=float, default=4.0)
+    ap.add_argument("--ingest-hold", type=float, default=None,
+                    help="measured seconds per ingest-only step (default: one batch period, "
+                         "at least 8 s, so every camera seals once in the window)")
+    ap.add_argument("--ingest-settle", type=float, default=None,
+                    help="seconds before measuring an ingest-only step (default: as --settle)")
     ap.add_argument("--max-growth-s", type=float, default=0.25,
                     help="allowed ingest backlog growth over a window, in seconds of fleet "
                          "output (bench_fleet.py's rule)")
@@ -354,9 +363,11 @@ def main() -> int:
         args.frames_per_video, args.start, args.step, args.max = 10, 20, 40, 60
         args.hold, args.settle = 15.0, 12.0
         args.ingest_start, args.ingest_step, args.ingest_max = 100, 200, 300
-        args.ingest_hold, args.ingest_settle = 5.0, 3.0
+        args.ingest_hold, args.ingest_settle = 10.0, 12.0
     fpv = args.frames_per_video
     settle = fpv + 5.0 if args.settle is None else args.settle
+    ingest_settle = settle if args.ingest_settle is None else args.ingest_settle
+    ingest_hold = max(8.0, fpv) if args.ingest_hold is None else args.ingest_hold
     print(machine())
     print("note: other processes may be running on this machine; their load shows in the "
           "load averages printed below")
@@ -367,7 +378,7 @@ def main() -> int:
     ramps: list[Ramp] = []
     if not args.no_ingest_only:
         ramps.append(Ramp("ingest", 0, args.ingest_start, args.ingest_step, args.ingest_max,
-                          args.ingest_settle, args.ingest_hold))
+                          ingest_settle, ingest_hold))
     for w in args.workers:
         ramps.append(Ramp(f"w{w}", w, args.start, args.step, args.max, settle, args.hold))
     for ramp in ramps:
