@@ -2,8 +2,10 @@
 
 One machine runs everything: a real broker (the guard plugin's per-device budgets
 lifted, bench/common.py), ``python -m ingestor`` (durable storage, batches of
-``--frames-per-video`` frames, filesystem store, SQLite catalog), ``python -m encoder``
-processes (MQTT runner, shared subscription, one account each, preset ``--preset``) and
+``--frames-per-video`` frames, SQLite catalog), ``python -m encoder`` processes (one
+account each, preset ``--preset``; ``--runner mqtt``, the default: filesystem store and
+ready events on a shared subscription; ``--runner jetstream``: packs in a SeaweedFS and
+one job per batch in a NATS JetStream queue, both started for each ramp) and
 the simulated cameras (one device account and TLS connection each, QoS 1, SVGA JPEGs of
 ``--kb`` KB in 8 KiB chunks, spread over ``--pub-procs`` publisher processes), each at 1
 frame/s. Three ramps, one after the other, each with a fresh ingestor and storage root:
@@ -38,7 +40,8 @@ figure and ratio printed is measured in this run. Everything shares the machine'
 average is printed before each phase.
 
     python bench/bench_capacity.py [--start 20] [--step 20] [--max 400] [--hold 60]
-        [--frames-per-video 30] [--ingest-start 200] [--ingest-step 200] [--quick]
+        [--frames-per-video 30] [--ingest-start 100] [--ingest-step 100]
+        [--runner mqtt|jetstream] [--quick]
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from bench.common import (
 )
 from camstack.brokerproc import BrokerHandle
 from camstack.procs import ServiceProcess, service_config
+from camstack.servers import NatsHandle, SeaweedHandle, start_nats, start_seaweedfs
 
 WAITING = ("sealed", "uploaded")
 """Catalog states of a batch waiting for an encoder (jobqueue/backlog.py)."""
@@ -210,24 +214,43 @@ def run_ramp(ramp: Ramp, broker: BrokerHandle, tmp: Path, *, devices: list[tuple
     fpv = args.frames_per_video
     tag = ramp.name
     root = tmp / f"store-{tag}"
+    catalog_file = root / "state" / "catalog.sqlite3"
     ing_acc = f"ingestor-cap-{tag}"
     broker.add_service(ing_acc)
+    weed: SeaweedHandle | None = None
+    nats: NatsHandle | None = None
+    cloud: dict[str, Any] = {}
+    if args.runner == "jetstream":
+        # Packs and videos in a SeaweedFS, one job per batch in a NATS JetStream queue;
+        # the catalog stays the ingestor's SQLite file, which the encoders open too.
+        weed = start_seaweedfs(tmp / f"seaweedfs-{tag}", bucket="camstack-bench")
+        nats = start_nats(tmp / f"nats-{tag}")
+        s3 = weed.s3_settings()
+        s3d = s3.model_dump(mode="json", exclude_none=True)
+        s3d["secret_access_key"] = s3.secret_access_key.get_secret_value()
+        cloud = {"store": {"backend": "s3", "s3": s3d}, "runner": "jetstream",
+                 "jobqueue": {"servers": [nats.url]}}
     ing_cfg = service_config(broker, ing_acc, root, tmp / f"ing-{tag}.toml",
                              ingest={"frames_per_video": fpv},
-                             metrics={"enabled": True, "port": 0})
+                             metrics={"enabled": True, "port": 0}, **cloud)
     ing = ServiceProcess("ingestor", ing_cfg, tmp / f"ing-{tag}.log").start()
     encs: list[ServiceProcess] = []
     pool: PublisherPool | None = None
-    cat = Catalog(root / "state" / "catalog.sqlite3")
+    cat = Catalog(catalog_file)
     try:
         ing.wait_event("ingestor_ready", 60)
         stored = MetricSum(ing, "camstack_ingestor_frames_stored_total")
         for i in range(ramp.workers):
             acc = f"encoder-cap-{tag}-{i}"
             broker.add_service(acc)
-            cfg = service_config(broker, acc, root, tmp / f"enc-{tag}-{i}.toml",
+            own: dict[str, Any] = {}
+            enc_root = root
+            if cloud:  # a worker's folder is its scratch only; the catalog is shared
+                enc_root = tmp / f"enc-root-{tag}-{i}"
+                own = {**cloud, "catalog": {"path": str(catalog_file)}}
+            cfg = service_config(broker, acc, enc_root, tmp / f"enc-{tag}-{i}.toml",
                                  encode={"preset": args.preset},
-                                 metrics={"enabled": False, "port": 0})
+                                 metrics={"enabled": False, "port": 0}, **own)
             enc = ServiceProcess("encoder", cfg, tmp / f"enc-{tag}-{i}.log").start()
             encs.append(enc)
             enc.wait_event("encoder_ready", 60)  # one at a time: the first makes the key
@@ -313,6 +336,9 @@ def run_ramp(ramp: Ramp, broker: BrokerHandle, tmp: Path, *, devices: list[tuple
         for enc in encs:
             enc.stop()
         ing.stop()
+        for server in (nats, weed):
+            if server is not None:
+                server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -336,8 +362,8 @@ def main() -> int:
     ap.add_argument("--min-backlog-growth", type=float, default=3.0,
                     help="encode backlog trend always allowed, in batches (the waiting "
                          "count jitters by a few batches as they fall due)")
-    ap.add_argument("--ingest-start", type=int, default=200)
-    ap.add_argument("--ingest-step", type=int, default=200)
+    ap.add_argument("--ingest-start", type=int, default=100)
+    ap.add_argument("--ingest-step", type=int, default=100)
     ap.add_argument("--ingest-max", type=int, default=2000)
     ap.add_argument("--ingest-hold", type=float, default=None,
                     help="measured seconds per ingest-only step (default: one batch period, "
@@ -352,6 +378,10 @@ def main() -> int:
     ap.add_argument("--no-ingest-only", action="store_true",
                     help="skip the ingest-only ramp")
     ap.add_argument("--preset", default="veryfast")
+    ap.add_argument("--runner", choices=["mqtt", "jetstream"], default="mqtt",
+                    help="mqtt: filesystem store, ready events on a shared subscription; "
+                         "jetstream: SeaweedFS store (packs), NATS JetStream jobs, started "
+                         "for each ramp; the SQLite catalog either way")
     ap.add_argument("--kb", type=int, default=50)
     ap.add_argument("--pub-procs", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
@@ -374,7 +404,9 @@ def main() -> int:
     jpegs = svga_jpegs(8, args.kb * 1000)
     print(f"cameras at 1 frame/s, 800x600 JPEG {statistics.mean(map(len, jpegs)) / 1000:.1f} "
           f"KB, TLS, QoS 1; batches of {fpv} frames (one every {fpv} s per camera); encoder "
-          f"preset {args.preset}, MQTT runner, filesystem store, SQLite catalog")
+          f"preset {args.preset}, "
+          + ("MQTT runner, filesystem store" if args.runner == "mqtt"
+             else "JetStream runner, S3 store (SeaweedFS)") + ", SQLite catalog")
     ramps: list[Ramp] = []
     if not args.no_ingest_only:
         ramps.append(Ramp("ingest", 0, args.ingest_start, args.ingest_step, args.ingest_max,
