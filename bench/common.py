@@ -239,9 +239,16 @@ def bench_broker(keep: bool = False) -> Iterator[tuple[BrokerHandle, Path]]:
     os.environ.setdefault("CAM_TEST_NO_DOCKER", "1")
     # Load generators publish far faster than a camera may: lift the guard's per-device
     # budgets (docs/security.md) so the ingestor, not the guard, is what is measured.
-    broker = start_broker(tmp / "broker", use_docker=False, device_msgs_per_s=1e6,
-                          device_burst_msgs=10**6, device_bytes_per_s=8 * 1024**3,
-                          device_burst_bytes=10**10)
+    try:
+        broker = start_broker(tmp / "broker", use_docker=False, device_msgs_per_s=1e6,
+                              device_burst_msgs=10**6, device_bytes_per_s=8 * 1024**3,
+                              device_burst_bytes=10**10)
+    except BaseException:  # e.g. the guard plugin not built (make -C broker/plugin)
+        print(f"the broker did not start; its log: {tmp / 'broker' / 'mosquitto.log'}"
+              if keep else "the broker did not start")
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         yield broker, tmp
     finally:
