@@ -20,6 +20,7 @@ Not thread-safe: one writer thread owns the store.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -64,6 +65,8 @@ class PendingFrames:
     keys: list[FrameKey] = field(default_factory=list)
     in_child: bool = False
     """Sent to the disk process; its answer is still to be read."""
+    dirs: list[Path] = field(default_factory=list)
+    """The folders its temp files go to (kept while it is in flight)."""
 
 
 @dataclass
@@ -100,6 +103,9 @@ class Store:
         self._index: set[FrameKey] = set()
         self._batches: dict[str, dict[str, list[FrameKey]]] = {}
         self._durable_dirs: set[Path] = set()
+        # Folders a group in the disk child writes into: a seal must not remove them
+        # while the child has not created its temp file there yet.
+        self._busy_dirs: collections.Counter[Path] = collections.Counter()
         # Frame groups are written by a child process (ingestor/diskproc.py): the one
         # durable write path, the same in tests as in production.
         self._disk: DiskProcess | None = DiskProcess(sync_threads)
@@ -180,10 +186,17 @@ class Store:
                 raise OSError(errno.EIO, "store closed")
             self._disk.submit(jobs)
             pending.in_child = True
+            pending.dirs = sorted({tmp.parent for tmp, _ in pending.temps})
+            self._busy_dirs.update(pending.dirs)
         except OSError:
             self.abort_frames(pending)
             raise
         return pending
+
+    def _release_dirs(self, pending: PendingFrames) -> None:
+        self._busy_dirs.subtract(pending.dirs)
+        self._busy_dirs = +self._busy_dirs  # drop the zero counts
+        pending.dirs = []
 
     def finish_frames(self, pending: PendingFrames) -> None:
         """Second half of :meth:`write_frames`: wait for the fsyncs, rename, sync folders.
@@ -201,6 +214,8 @@ class Store:
         except OSError:
             self.abort_frames(pending)
             raise
+        finally:
+            self._release_dirs(pending)
         for key in pending.keys:
             self._index.add(key)
 
@@ -211,6 +226,7 @@ class Store:
             assert self._disk is not None
             with contextlib.suppress(OSError):
                 self._disk.wait()  # its answer comes in order; the group is given up anyway
+        self._release_dirs(pending)
         for tmp, _ in pending.temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -278,6 +294,8 @@ class Store:
         return man
 
     def _remove_if_empty(self, folder: Path) -> None:
+        if self._busy_dirs[folder]:
+            return  # the next group is about to write here (in the disk child)
         try:
             folder.rmdir()
         except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,40 @@ def test_seal_scan_and_counters(tmp_path: Path) -> None:
     assert res.unsealed["cam01"] == [m for m, _ in group[3:]]  # metadata from the xattr
     assert [x.batch for x in res.sealed] == ["cam01-20261124T101500Z-0001"]
     assert all(st2.contains(m.key) for m, _ in group)
+
+
+def test_seal_keeps_the_folder_a_group_in_flight_writes_to(tmp_path: Path) -> None:
+    """The writer seals while the next group is still in the disk child: the seal empties
+    the day folder, and removing it then would make the child's write fail (ENOENT,
+    seen in bench_capacity as storage_unavailable for the first frame after a seal)."""
+    st = Store(tmp_path)
+    st.scan()
+    first = [frame(i) for i in range(3)]
+    st.write_frames(first)
+    b = Batcher(3, 1.0)
+    for m, _ in first:
+        b.add(m, 0.0)
+    (plan,) = b.due(0.0)
+    day = (tmp_path / first[0][0].rel_path).parent
+    nxt = frame(3)
+    # Hold the disk child so that the next group is handed over but not yet written.
+    child = st._disk._proc  # type: ignore[union-attr]
+    assert child is not None
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        pending = st.begin_frames([nxt])
+        assert st.seal(plan, 42) is not None
+        assert day.is_dir(), "the seal removed a folder a write is in flight to"
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    st.finish_frames(pending)
+    assert st.contains(nxt[0].key) and (tmp_path / nxt[0].rel_path).read_bytes() == nxt[1]
+    # With nothing in flight, an emptied folder is still removed at the next seal.
+    b.commit(plan)
+    b.add(nxt[0], 0.0)
+    (last,) = b.due(10**9)
+    assert st.seal(last, 43) is not None
+    assert not day.exists()
 
 
 def test_interrupted_seal_rolls_back(tmp_path: Path) -> None:
