@@ -22,6 +22,7 @@ from rich.console import Console
 
 from broker import cli as broker_cli
 from broker.accounts import AccountStore
+from broker.cluster import broker_pid_files
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
@@ -44,6 +45,7 @@ from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
 from camstack.supervise import (
     PROGRAMS,
+    cluster_program,
     conf_path,
     exec_supervisord,
     local_jetstream_port,
@@ -367,13 +369,17 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     layout = prepare(settings)
     for path in render_local(settings):
         print(f"wrote {path}")
+    nodes = settings.nats.nodes if settings.engine == "nats" else None
     conf = write_supervisord(layout, broker_config=args.config.resolve() if args.config
-                             else None)
+                             else None, cluster_nodes=nodes)
     if args.render_only:
         print(conf)
         return 0
     nats = local_jetstream_port(layout) is not None
-    print(f"running {', '.join((*PROGRAMS, 'nats') if nats else PROGRAMS)}; logs in "
+    programs = [*PROGRAMS, *(["nats"] if nats else [])]
+    if nodes is not None:
+        programs[:1] = [cluster_program(i) for i in range(nodes)]
+    print(f"running {', '.join(programs)}; logs in "
           f"{logs_dir(layout)}, "
           "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)
     exec_supervisord(conf)
@@ -432,7 +438,7 @@ def _simulate(args: argparse.Namespace, settings: BrokerSettings) -> int:
     devices = [f"{args.device_prefix}{i:02d}" for i in range(1, args.devices + 1)]
     before = {a.name for a in store.list()}
     passwords = {d: ensure_device_account(store, d, pw_dir) for d in devices}
-    if set(devices) - before and store.reload_broker():
+    if set(devices) - before and store.reload_broker(broker_pid_files(settings, layout)):
         time.sleep(0.5)  # Mosquitto applies SIGHUP on its next loop
     faults = Faults(drop_every_s=args.drop_every, corrupt_rate=args.corrupt_rate,
                     duplicate_rate=args.duplicate_rate)

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from config.settings import EncoderSettings, MqttSettings
+from broker.cluster import broker_pid_files, mqtt_ports
+from broker.layout import Layout
+from camstack.stack import nats_service_documents
+from camstack.supervise import render_supervisord
+from config.settings import (
+    BrokerSettings,
+    EncoderSettings,
+    IngestorSettings,
+    MonitorSettings,
+    MqttSettings,
+    NatsClusterSettings,
+)
 from monitor.service import broker_sys_topics
 
 
@@ -25,3 +39,51 @@ def test_encoder_refuses_the_mqtt_runner_on_3_1_1() -> None:
 def test_monitor_follows_no_sys_on_3_1_1() -> None:
     assert broker_sys_topics(MqttSettings(protocol="3.1.1")) == ()
     assert "$SYS/broker/publish/messages/dropped" in broker_sys_topics(MqttSettings())
+
+
+def _nats_settings(tmp_path: Path) -> BrokerSettings:
+    return BrokerSettings(data_dir=tmp_path / "data", engine="nats",
+                          nats=NatsClusterSettings(nodes=3, mqtt_port_base=18883))
+
+
+def test_supervisord_runs_one_program_per_node_instead_of_mosquitto(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data")
+    text = render_supervisord(layout, python="/py", cluster_nodes=3)
+    programs = re.findall(r"^\[program:(.+)\]$", text, re.M)
+    assert programs == ["nats-node-0", "nats-node-1", "nats-node-2", "ingestor", "encoder",
+                        "monitor", "web"]
+    block = text.split("[program:nats-node-1]")[1].split("[program:")[0]
+    assert f"command=/py -m broker --data-dir {layout.data_dir} run --node 1" in block
+    assert "priority=10" in block and "CAM_CONFIG" not in block
+    assert "[program:broker]" in render_supervisord(layout, python="/py")  # default kept
+
+
+def test_pid_files_one_per_node(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    assert broker_pid_files(s, layout) == [
+        s.data_dir / "nats" / f"node-{i}" / "nats.pid" for i in range(3)]
+    assert broker_pid_files(BrokerSettings(data_dir=s.data_dir), layout) == [
+        s.data_dir / "broker" / "mosquitto.pid"]
+    assert mqtt_ports(s) == [18883, 18884, 18885]
+
+
+def test_nats_service_documents(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    docs = nats_service_documents(s, layout, ingestors=[("ingestor-a", list(range(32))),
+                                                        ("ingestor-b", list(range(32, 64)))])
+    assert {d["mqtt"]["protocol"] for d in docs.values()} == {"3.1.1"}
+    assert all(d["mqtt"]["tls"]["enabled"] for d in docs.values())
+    assert docs["ingestor-a"]["ingest"]["partitions"] == list(range(32))
+    assert docs["ingestor-b"]["mqtt"]["port"] == 18884
+    assert docs["ingestor-b"]["mqtt"]["password_file"].endswith("ingestor-b.pass")
+    assert docs["encoder"]["mqtt"]["port"] == 18884
+    assert docs["monitor"]["mqtt"]["port"] == 18885
+    assert docs["encoder"]["runner"] == "jetstream"
+    s3 = {"store": _s3()}
+    IngestorSettings(**{**docs["ingestor-a"], **s3})
+    EncoderSettings(**{**docs["encoder"], **s3})
+    MonitorSettings(**docs["monitor"])
+    one = nats_service_documents(s, layout)
+    assert one["ingestor"]["ingest"]["partitions"] == list(range(64))
