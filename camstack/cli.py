@@ -29,6 +29,7 @@ from broker.run import prepare
 from camstack.catalogcli import COMMANDS as CATALOG_COMMANDS
 from camstack.catalogcli import add_catalog_commands, run_catalog_command
 from camstack.demo import DemoOptions, run_demo
+from camstack.democluster import run_cluster_demo
 from camstack.devcmd import (
     BOOL_FIELDS,
     FRAME_SIZES,
@@ -263,6 +264,10 @@ def add_commands(sub: Any) -> None:
                       help="with --cloud: N encode workers pulling jobs from a NATS "
                            "JetStream queue started for the run (default 0: one encoder "
                            "on the MQTT runner)")
+    demo.add_argument("--cluster", action="store_true",
+                      help="the NATS cluster engine: 3 nodes, 2 ingestors (partitions 0-31, "
+                           "32-63), JetStream encode workers (--workers, default 2) on "
+                           "SeaweedFS + PostgreSQL (make demo-cluster)")
     demo.add_argument("--web", action="store_true",
                       help="then keep the stack and the web page up (prints the URL) "
                            "until Ctrl-C")
@@ -318,6 +323,10 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
                            local_port=args.local_port, timeout_s=args.timeout,
                            web=args.web, web_port=args.web_port, cloud=args.cloud,
                            workers=args.workers)
+        if args.cluster:
+            if args.web:
+                raise BrokerToolError("--cluster does not run the web page (--web)")
+            return run_cluster_demo(settings, opts)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 
