@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from broker.accounts import AccountStore
-from broker.cluster import broker_pid_files, cluster_nodes, exec_node, mqtt_ports, run_cluster
+from broker.cluster import (
+    accounts_without_hash,
+    broker_pid_files,
+    cluster_nodes,
+    exec_node,
+    mqtt_ports,
+    run_cluster,
+)
 from broker.errors import ProvisionError
 from broker.layout import Layout
 from broker.pki import certificate_names, create_server_cert
@@ -153,7 +160,15 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     if args.cmd == "init":
         prepare(settings)
-        print(f"prepared {layout.data_dir}: config {layout.conf_file}, CA {layout.pki.ca_cert}")
+        if settings.engine == "nats":
+            nodes = cluster_nodes(settings, layout)
+            print(f"prepared {layout.data_dir}: {len(nodes)} NATS node configs under "
+                  f"{nodes[0].dir.parent}, accounts {store.nats_accounts}, "
+                  f"CA {layout.pki.ca_cert}")
+            _warn_without_hash(store)
+        else:
+            print(f"prepared {layout.data_dir}: config {layout.conf_file}, "
+                  f"CA {layout.pki.ca_cert}")
     elif args.cmd == "server-cert":
         create_server_cert(layout.pki, list(args.names))
         print(f"issued {layout.pki.server_cert} for {', '.join(args.names)}; restart the broker")
@@ -168,6 +183,7 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
     elif args.cmd == "run":
         prepare(settings)
         if settings.engine == "nats":
+            _warn_without_hash(store)
             nodes = cluster_nodes(settings, layout)
             if args.node is None:
                 return run_cluster(nodes)
@@ -183,6 +199,14 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
     elif args.cmd == "service":
         return _service(args, layout, store, settings)
     return 0
+
+
+def _warn_without_hash(store: AccountStore) -> None:
+    names = accounts_without_hash(store)
+    if names:
+        print(f"warning: {', '.join(names)} were created before the NATS engine and cannot "
+              "log in to it (no bcrypt hash): `device revoke <id>`, then `device add <id> "
+              "--force` (and flash the camera again)", file=sys.stderr)
 
 
 def _service(args: argparse.Namespace, layout: Layout, store: AccountStore,

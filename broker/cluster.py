@@ -62,6 +62,7 @@ def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
     """
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     store.ensure_rendered()
+    rehash_services(store, layout)
     nodes = cluster_nodes(settings, layout)
     tls = TlsFiles(layout.pki.server_cert, layout.pki.server_key, layout.pki.ca_cert)
     for node in nodes:
@@ -71,6 +72,35 @@ def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
             mqtt_bind=settings.tls_bind, stream_replicas=settings.nats.replicas,
             max_ack_pending=settings.nats.max_ack_pending), encoding="utf-8")
     return nodes
+
+
+def rehash_services(store: AccountStore, layout: Layout) -> list[str]:
+    """Give service accounts made before the NATS engine their bcrypt hash.
+
+    An account created by an older camstack has only Mosquitto's hash and is left out
+    of the NATS accounts file. A service's password is still in ``data/secrets/``: the
+    account is re-created with that same password (now with both hashes), so the
+    service's config keeps working. Devices cannot be re-hashed (their password was
+    shown once): :func:`accounts_without_hash` names them.
+
+    Returns:
+        The services re-hashed.
+    """
+    done = []
+    for acc in store.list():
+        pw_file = layout.service_password_file(acc.name)
+        if acc.kind != "service" or acc.nats_hash or not pw_file.exists():
+            continue
+        password = pw_file.read_text(encoding="utf-8").rstrip("\r\n")
+        store.revoke(acc.name)
+        store.add(acc.name, "service", password=password)
+        done.append(acc.name)
+    return done
+
+
+def accounts_without_hash(store: AccountStore) -> list[str]:
+    """Active accounts that cannot log in to NATS (no bcrypt hash): re-add them."""
+    return sorted(a.name for a in store.list() if not a.nats_hash)
 
 
 def broker_pid_files(settings: BrokerSettings, layout: Layout) -> list[Path]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import bcrypt
 import pytest
 from pydantic import ValidationError
 
-from broker.cluster import broker_pid_files, mqtt_ports
+from broker.accounts import AccountStore
+from broker.cluster import accounts_without_hash, broker_pid_files, mqtt_ports, write_cluster
 from broker.layout import Layout
 from camstack.stack import nats_service_documents
 from camstack.supervise import render_supervisord
@@ -87,3 +90,28 @@ def test_nats_service_documents(tmp_path: Path) -> None:
     MonitorSettings(**docs["monitor"])
     one = nats_service_documents(s, layout)
     assert one["ingestor"]["ingest"]["partitions"] == list(range(64))
+
+
+def test_old_service_accounts_are_rehashed_from_their_password_file(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    layout.secrets_dir.mkdir(parents=True)
+    store = AccountStore(layout.broker_dir, "cam")
+    pw = store.add("encoder-old", "service")
+    layout.service_password_file("encoder-old").write_text(pw + "\n")
+    store.add("olddev", "device")
+    # As an older camstack wrote them: Mosquitto's hash only.
+    raw = json.loads((layout.broker_dir / "accounts.json").read_text())
+    for acc in (raw.values() if isinstance(raw, dict) else raw):
+        if isinstance(acc, dict) and acc.get("name") in ("encoder-old", "olddev"):
+            acc["nats_hash"] = None
+    (layout.broker_dir / "accounts.json").write_text(json.dumps(raw))
+    assert {"encoder-old", "olddev"} <= set(accounts_without_hash(store))
+    write_cluster(s, layout)
+    assert "encoder-old" not in accounts_without_hash(store)
+    assert "olddev" in accounts_without_hash(store)
+    new = next(a for a in store.list() if a.name == "encoder-old")
+    assert new.nats_hash and bcrypt.checkpw(pw.encode(), new.nats_hash.encode())
+    text = store.nats_accounts.read_text()
+    assert "encoder-old" in text and "olddev" not in text
+    assert (s.data_dir / "nats" / "node-2" / "nats.conf").exists()
