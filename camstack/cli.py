@@ -366,11 +366,17 @@ def _systemd(args: argparse.Namespace, settings: BrokerSettings) -> int:
     version = systemd_version()
     units = render_units(layout.data_dir, user=args.user,
                          broker_config=args.config.resolve() if args.config else None,
-                         restart_steps=version is None or version >= 254)
+                         restart_steps=version is None or version >= 254,
+                         cluster_nodes=settings.nats.nodes if settings.engine == "nats"
+                         else None)
     dest = args.out or layout.data_dir / "systemd"
     for path in write_units(units, dest):
         print(f"wrote {path}")
-    print(install_hint(dest, layout.data_dir, args.user))
+    hint = install_hint(dest, layout.data_dir, args.user)
+    if settings.engine == "nats":
+        hint = hint.replace("systemctl kill -s HUP camstack-broker",
+                            "systemctl kill -s HUP 'camstack-nats-node-*'")
+    print(hint)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import bcrypt
@@ -15,6 +17,7 @@ from broker.cluster import accounts_without_hash, broker_pid_files, mqtt_ports, 
 from broker.layout import Layout
 from camstack.stack import nats_service_documents
 from camstack.supervise import render_supervisord
+from camstack.systemd import render_units, systemd_version, write_units
 from config.settings import (
     BrokerSettings,
     EncoderSettings,
@@ -115,3 +118,22 @@ def test_old_service_accounts_are_rehashed_from_their_password_file(tmp_path: Pa
     text = store.nats_accounts.read_text()
     assert "encoder-old" in text and "olddev" not in text
     assert (s.data_dir / "nats" / "node-2" / "nats.conf").exists()
+
+
+def test_systemd_one_unit_per_node(tmp_path: Path) -> None:
+    units = render_units(Path("/srv/camstack"), python="/opt/cs/bin/python", cluster_nodes=3)
+    assert "camstack-broker.service" not in units
+    node = units["camstack-nats-node-2.service"]
+    assert "ExecStart=/opt/cs/bin/python -m broker --data-dir /srv/camstack run --node 2" in node
+    assert "ReadWritePaths=/srv/camstack" in node and "After=network-online.target\n" in node
+    nodes = " ".join(f"camstack-nats-node-{i}.service" for i in range(3))
+    assert f"After=network-online.target {nodes}" in units["camstack-ingestor.service"]
+    assert f"Wants={nodes} camstack-ingestor.service" in units["camstack.target"]
+    if shutil.which("systemd-analyze") is not None:
+        version = systemd_version()
+        files = write_units(render_units(
+            tmp_path / "data", cluster_nodes=3,
+            restart_steps=version is None or version >= 254), tmp_path / "units")
+        res = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
