@@ -16,12 +16,13 @@ APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitt
                 /usr/bin/promtool /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test promtool pytest test \
-        demo demo-cloud up broker clean
+        demo demo-cloud demo-cluster up broker clean
 
 help:
 	@echo "make demo   - broker + ingestor + encoder + simulated cameras, until MP4s exist"
 	@echo "make test   - ruff, mypy --strict, firmware host tests, pytest (unit + integration)"
 	@echo "make demo-cloud - the demo on SeaweedFS, PostgreSQL and WORKERS=2 NATS JetStream encode workers"
+	@echo "make demo-cluster - 3 NATS nodes, 2 partitioned ingestors, JetStream encode workers, simulated cameras"
 	@echo "make demo WEB=1 - the demo, then the web page stays up (prints its URL) until Ctrl-C"
 	@echo "make up     - the stack in the foreground for real cameras, restarting what dies (Ctrl-C stops it)"
 	@echo "make broker - only the local broker in the foreground"
@@ -79,6 +80,11 @@ demo: deps venv guard-plugin
 # The demo on a SeaweedFS (S3) and a PostgreSQL started locally for the run.
 demo-cloud: deps venv guard-plugin
 	$(VENV)/bin/camstack --data-dir $(DATA) demo --cloud --workers $(WORKERS)
+
+# broker.engine = "nats": 3 NATS nodes, ingestors owning partitions 0-31 and 32-63,
+# encode workers on a JetStream queue, SeaweedFS and PostgreSQL started for the run.
+demo-cluster: deps venv
+	$(VENV)/bin/camstack --data-dir $(DATA) demo --cluster --workers $(WORKERS)
 
 # `camstack up` prepares the data folder, then becomes supervisord (foreground): a
 # process that dies is restarted, the others keep running; Ctrl-C stops all, exit 0.

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -272,15 +272,23 @@ class AccountStore:
         with self._locked():
             pass
 
-    def reload_broker(self) -> bool:
-        """Send SIGHUP to the running broker so it re-reads ``passwd`` and ``acl``.
+    def reload_broker(self, pid_files: Sequence[Path] | None = None) -> bool:
+        """Send SIGHUP to the running broker so it re-reads its accounts.
+
+        Args:
+            pid_files: Every process to signal (one per NATS node,
+                broker/cluster.py ``broker_pid_files``); default: Mosquitto's pid file.
 
         Returns:
-            True when a running broker was signalled, False when none is running here.
+            True when at least one running broker process was signalled, False when
+            none is running here.
         """
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, signal.SIGHUP)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return False
-        return True
+        signalled = False
+        for pid_file in pid_files if pid_files is not None else [self.pid_file]:
+            try:
+                pid = int(pid_file.read_text().strip())
+                os.kill(pid, signal.SIGHUP)
+            except (FileNotFoundError, ValueError, ProcessLookupError):
+                continue
+            signalled = True
+        return signalled

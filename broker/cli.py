@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from broker.accounts import AccountStore
+from broker.cluster import (
+    accounts_without_hash,
+    broker_pid_files,
+    cluster_nodes,
+    exec_node,
+    mqtt_ports,
+    run_cluster,
+)
 from broker.errors import ProvisionError
 from broker.layout import Layout
 from broker.pki import certificate_names, create_server_cert
@@ -74,7 +82,11 @@ def add_commands(sub: Any) -> Any:
     cert = sub.add_parser("server-cert", help="re-issue the server certificate")
     cert.add_argument("names", nargs="+", help="DNS names / IPs for the certificate")
     sub.add_parser("render", help="print the broker's rendered configuration")
-    sub.add_parser("run", help="prepare and run Mosquitto in the foreground")
+    run = sub.add_parser("run", help="prepare and run the broker in the foreground "
+                                     "(Mosquitto, or every NATS node with engine = nats)")
+    run.add_argument("--node", type=int, default=None,
+                     help="engine = nats: become this one node (0-based; what supervisord "
+                          "runs, one program per node)")
 
     dev = sub.add_parser("device", help="device accounts").add_subparsers(dest="dcmd",
                                                                           required=True)
@@ -116,10 +128,16 @@ def add_commands(sub: Any) -> Any:
     return dev
 
 
-def _reload_note(store: AccountStore, skip: bool) -> str:
+def _reload_note(store: AccountStore, skip: bool,
+                 settings: BrokerSettings | None = None) -> str:
     if skip:
         return "broker not signalled (--no-reload)"
-    if store.reload_broker():
+    layout = Layout(settings.data_dir.resolve()) if settings is not None else None
+    pid_files = (broker_pid_files(settings, layout)
+                 if settings is not None and layout is not None else None)
+    if store.reload_broker(pid_files):
+        if settings is not None and settings.engine == "nats":
+            return f"every running NATS node reloaded (SIGHUP to {len(pid_files or [])})"
         return "broker reloaded (SIGHUP)"
     return ("no local broker running; a running one needs SIGHUP "
             "(docker compose kill -s SIGHUP broker)")
@@ -142,28 +160,63 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     if args.cmd == "init":
         prepare(settings)
-        print(f"prepared {layout.data_dir}: config {layout.conf_file}, CA {layout.pki.ca_cert}")
+        if settings.engine == "nats":
+            nodes = cluster_nodes(settings, layout)
+            print(f"prepared {layout.data_dir}: {len(nodes)} NATS node configs under "
+                  f"{nodes[0].dir.parent}, accounts {store.nats_accounts}, "
+                  f"CA {layout.pki.ca_cert}")
+            _warn_without_hash(store)
+        else:
+            print(f"prepared {layout.data_dir}: config {layout.conf_file}, "
+                  f"CA {layout.pki.ca_cert}")
     elif args.cmd == "server-cert":
         create_server_cert(layout.pki, list(args.names))
         print(f"issued {layout.pki.server_cert} for {', '.join(args.names)}; restart the broker")
     elif args.cmd == "render":
-        sys.stdout.write(render_config(settings, layout))
+        if settings.engine == "nats":
+            prepare(settings)
+            for node in cluster_nodes(settings, layout):
+                sys.stdout.write(f"# {node.conf_file}\n")
+                sys.stdout.write(node.conf_file.read_text(encoding="utf-8"))
+        else:
+            sys.stdout.write(render_config(settings, layout))
     elif args.cmd == "run":
         prepare(settings)
+        if settings.engine == "nats":
+            _warn_without_hash(store)
+            nodes = cluster_nodes(settings, layout)
+            if args.node is None:
+                return run_cluster(nodes)
+            if not 0 <= args.node < len(nodes):
+                raise ProvisionError(f"--node {args.node}: the cluster has nodes "
+                                     f"0..{len(nodes) - 1} (broker.nats.nodes)")
+            exec_node(nodes[args.node])
+        elif args.node is not None:
+            raise ProvisionError("--node needs broker.engine = \"nats\"")
         exec_broker(layout)
     elif args.cmd == "device":
         return _device(args, settings, layout, store)
     elif args.cmd == "service":
-        return _service(args, layout, store)
+        return _service(args, layout, store, settings)
     return 0
 
 
-def _service(args: argparse.Namespace, layout: Layout, store: AccountStore) -> int:
+def _warn_without_hash(store: AccountStore) -> None:
+    names = accounts_without_hash(store)
+    if names:
+        print(f"warning: {', '.join(names)} were created before the NATS engine and cannot "
+              "log in to it (no bcrypt hash): `device revoke <id>`, then `device add <id> "
+              "--force` (and flash the camera again)", file=sys.stderr)
+
+
+def _service(args: argparse.Namespace, layout: Layout, store: AccountStore,
+             settings: BrokerSettings) -> int:
     if args.scmd == "add":
         password = store.add(args.name, "service")
         pw_file = layout.service_password_file(args.name)
         write_secret_file(pw_file, password + "\n")
-        print(f"added {args.name}; password in {pw_file}; {_reload_note(store, args.no_reload)}")
+        note = _reload_note(store, args.no_reload, settings)
+        print(f"added {args.name}; password in {pw_file}; {note}")
     elif args.scmd == "list":
         for a in store.list():
             if a.kind == "service":
@@ -171,7 +224,7 @@ def _service(args: argparse.Namespace, layout: Layout, store: AccountStore) -> i
     elif args.scmd == "revoke":
         store.revoke(args.name)
         layout.service_password_file(args.name).unlink(missing_ok=True)
-        print(f"revoked {args.name}; {_reload_note(store, args.no_reload)}")
+        print(f"revoked {args.name}; {_reload_note(store, args.no_reload, settings)}")
     return 0
 
 
@@ -190,7 +243,7 @@ def _device(args: argparse.Namespace, settings: BrokerSettings, layout: Layout,
                 print(f"{a.name:32} created {a.created}  {state}")
     elif args.dcmd == "revoke":
         store.revoke(args.device_id)
-        print(f"revoked {args.device_id}; {_reload_note(store, args.no_reload)}")
+        print(f"revoked {args.device_id}; {_reload_note(store, args.no_reload, settings)}")
     return 0
 
 
@@ -219,18 +272,22 @@ def _device_add(args: argparse.Namespace, settings: BrokerSettings, layout: Layo
                 f"{secrets_file} exists already (another data folder's {args.device_id}?); "
                 "--force overwrites it, or use --secrets-dir / another id")
     password = store.add(args.device_id, "device")
+    # NATS: the camera's port is node 0's MQTT listener; the other nodes are listed.
+    port = settings.nats.mqtt_port_base if settings.engine == "nats" else settings.tls_port
     header = render_secrets_header(
-        device_id=args.device_id, password=password, host=host, port=settings.tls_port,
+        device_id=args.device_id, password=password, host=host, port=port,
         prefix=settings.topic_prefix, ca_pem=layout.pki.ca_cert.read_text("utf-8"),
         wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password, tls_name=tls_name,
         wired=args.wired,
     )
     write_secret_file(secrets_file, header)
-    note = _reload_note(store, args.no_reload)
+    note = _reload_note(store, args.no_reload, settings)
     info: dict[str, object] = {
         "device": args.device_id, "username": args.device_id, "password": password,
-        "host": host, "port": settings.tls_port, "ca_file": str(layout.pki.ca_cert),
+        "host": host, "port": port, "ca_file": str(layout.pki.ca_cert),
         "secrets_file": str(secrets_file), "reload": note}
+    if settings.engine == "nats":
+        info["ports"] = mqtt_ports(settings)
     if tls_name:
         info["tls_name"] = tls_name
     if args.json:

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from broker.accounts import SERVICES, AccountStore
+from broker.cluster import write_cluster
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.pki import ensure_pki
@@ -162,7 +163,10 @@ def prepare(settings: BrokerSettings) -> Layout:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(password + "\n")
     store.ensure_rendered()
-    layout.conf_file.write_text(render_config(settings, layout), encoding="utf-8")
+    if settings.engine == "nats":
+        write_cluster(settings, layout)
+    else:
+        layout.conf_file.write_text(render_config(settings, layout), encoding="utf-8")
     return layout
 
 

@@ -22,12 +22,14 @@ from rich.console import Console
 
 from broker import cli as broker_cli
 from broker.accounts import AccountStore
+from broker.cluster import broker_pid_files
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
 from camstack.catalogcli import COMMANDS as CATALOG_COMMANDS
 from camstack.catalogcli import add_catalog_commands, run_catalog_command
 from camstack.demo import DemoOptions, run_demo
+from camstack.democluster import run_cluster_demo
 from camstack.devcmd import (
     BOOL_FIELDS,
     FRAME_SIZES,
@@ -44,6 +46,7 @@ from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
 from camstack.supervise import (
     PROGRAMS,
+    cluster_program,
     conf_path,
     exec_supervisord,
     local_jetstream_port,
@@ -261,6 +264,10 @@ def add_commands(sub: Any) -> None:
                       help="with --cloud: N encode workers pulling jobs from a NATS "
                            "JetStream queue started for the run (default 0: one encoder "
                            "on the MQTT runner)")
+    demo.add_argument("--cluster", action="store_true",
+                      help="the NATS cluster engine: 3 nodes, 2 ingestors (partitions 0-31, "
+                           "32-63), JetStream encode workers (--workers, default 2) on "
+                           "SeaweedFS + PostgreSQL (make demo-cluster)")
     demo.add_argument("--web", action="store_true",
                       help="then keep the stack and the web page up (prints the URL) "
                            "until Ctrl-C")
@@ -316,6 +323,10 @@ def run_command(args: argparse.Namespace, settings: BrokerSettings) -> int:
                            local_port=args.local_port, timeout_s=args.timeout,
                            web=args.web, web_port=args.web_port, cloud=args.cloud,
                            workers=args.workers)
+        if args.cluster:
+            if args.web:
+                raise BrokerToolError("--cluster does not run the web page (--web)")
+            return run_cluster_demo(settings, opts)
         return run_demo(settings, opts)
     raise BrokerToolError(f"unknown command {args.cmd}")  # pragma: no cover
 
@@ -355,11 +366,17 @@ def _systemd(args: argparse.Namespace, settings: BrokerSettings) -> int:
     version = systemd_version()
     units = render_units(layout.data_dir, user=args.user,
                          broker_config=args.config.resolve() if args.config else None,
-                         restart_steps=version is None or version >= 254)
+                         restart_steps=version is None or version >= 254,
+                         cluster_nodes=settings.nats.nodes if settings.engine == "nats"
+                         else None)
     dest = args.out or layout.data_dir / "systemd"
     for path in write_units(units, dest):
         print(f"wrote {path}")
-    print(install_hint(dest, layout.data_dir, args.user))
+    hint = install_hint(dest, layout.data_dir, args.user)
+    if settings.engine == "nats":
+        hint = hint.replace("systemctl kill -s HUP camstack-broker",
+                            "systemctl kill -s HUP 'camstack-nats-node-*'")
+    print(hint)
     return 0
 
 
@@ -367,13 +384,17 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     layout = prepare(settings)
     for path in render_local(settings):
         print(f"wrote {path}")
+    nodes = settings.nats.nodes if settings.engine == "nats" else None
     conf = write_supervisord(layout, broker_config=args.config.resolve() if args.config
-                             else None)
+                             else None, cluster_nodes=nodes)
     if args.render_only:
         print(conf)
         return 0
     nats = local_jetstream_port(layout) is not None
-    print(f"running {', '.join((*PROGRAMS, 'nats') if nats else PROGRAMS)}; logs in "
+    programs = [*PROGRAMS, *(["nats"] if nats else [])]
+    if nodes is not None:
+        programs[:1] = [cluster_program(i) for i in range(nodes)]
+    print(f"running {', '.join(programs)}; logs in "
           f"{logs_dir(layout)}, "
           "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)
     exec_supervisord(conf)
@@ -432,7 +453,7 @@ def _simulate(args: argparse.Namespace, settings: BrokerSettings) -> int:
     devices = [f"{args.device_prefix}{i:02d}" for i in range(1, args.devices + 1)]
     before = {a.name for a in store.list()}
     passwords = {d: ensure_device_account(store, d, pw_dir) for d in devices}
-    if set(devices) - before and store.reload_broker():
+    if set(devices) - before and store.reload_broker(broker_pid_files(settings, layout)):
         time.sleep(0.5)  # Mosquitto applies SIGHUP on its next loop
     faults = Faults(drop_every_s=args.drop_every, corrupt_rate=args.corrupt_rate,
                     duplicate_rate=args.duplicate_rate)

@@ -364,7 +364,7 @@ class VideoWatch:
         self.videos: dict[str, list[dict[str, Any]]] = {}
         self.since_ms = since_ms
         self.lock = threading.Lock()
-        self.client = make_client(settings)
+        self.client = make_client(settings, clean_session=True)
         self.client.on_message = self._on_message
         connect_blocking(self.client, settings, clean_start=True)
         for topic in (f"{prefix}/+/status", f"{prefix}/+/video", "svc/+/status"):

@@ -309,7 +309,8 @@ class SimCamera:
     def run(self) -> None:
         """Connect, stream until stopped (or ``frames`` sent), drain, go offline."""
         cfg = self.config
-        client = make_client(self.settings, client_id=self.device, will_topic=self.status_topic)
+        client = make_client(self.settings, client_id=self.device, will_topic=self.status_topic,
+                             clean_session=True)
         client.max_inflight_messages_set(max(20, cfg.window * 4))
         # The queue of unsent chunks is our own window (cfg.window frames), not paho's.
         connect_blocking(client, self.settings, clean_start=True)

@@ -323,10 +323,58 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     (layout.data_dir / "web").mkdir(mode=0o750, exist_ok=True)
     # The services use the loopback listener: the device listener's max_connections can
     # be used up by devices (docs/security.md), this one cannot.
-    docs = (service_documents(settings, layout, host="127.0.0.1", port=settings.local_port,
-                              tls=False)
-            if settings.local_port is not None else service_documents(settings, layout))
+    if settings.engine == "nats":
+        docs = nats_service_documents(settings, layout)
+    else:
+        docs = (service_documents(settings, layout, host="127.0.0.1",
+                                  port=settings.local_port, tls=False)
+                if settings.local_port is not None else service_documents(settings, layout))
     return write_documents(docs, config_dir(layout), force=force)
+
+
+NATS_NODE_OF = {"ingestor": 0, "encoder": 1, "monitor": 2, "web": 0}
+"""Which node each service connects to (modulo the node count): spread the load."""
+
+
+def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
+                           ingestors: list[tuple[str, list[int]]] | None = None,
+                           **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """Service documents for ``broker.engine = "nats"`` (docs/scaling.md).
+
+    MQTT 3.1.1 over TLS to a node's listener on loopback (NATS has no plain listener),
+    the ingestor owning every partition (or ``ingestors``: one document per
+    ``(account, partitions)``), and ``runner = "jetstream"`` for the ingestor and the
+    encoder: NATS has no MQTT shared subscription for the MQTT runner, and the
+    JetStream runner needs ``store.backend = "s3"`` (set ``[store]`` in both files).
+
+    Args:
+        settings: Broker settings (``[broker.nats]``).
+        layout: Paths as the services see them.
+        ingestors: ``[(account, partitions), ...]``; default one ``ingestor`` owning all.
+        **kwargs: Passed to :func:`service_documents`.
+
+    Returns:
+        ``{"ingestor": ..., "encoder": ..., "monitor": ..., "web": ...}``, plus one
+        document per extra ingestor account.
+    """
+    n = settings.nats
+    docs = service_documents(settings, layout, host="127.0.0.1", port=n.mqtt_port_base,
+                             **kwargs)
+    for name, doc in docs.items():
+        doc["mqtt"]["protocol"] = "3.1.1"
+        doc["mqtt"]["port"] = n.mqtt_port_base + NATS_NODE_OF.get(name, 0) % n.nodes
+    docs["encoder"]["runner"] = "jetstream"
+    docs["ingestor"]["runner"] = "jetstream"
+    base = docs["ingestor"]
+    plan = ingestors or [("ingestor", list(range(n.partitions)))]
+    for k, (account, parts) in enumerate(plan):
+        doc = {**base, "mqtt": {**base["mqtt"], "username": account, "client_id": account,
+                                "port": n.mqtt_port_base + k % n.nodes},
+               "ingest": {**base.get("ingest", {}), "partitions": parts}}
+        if account != "ingestor":
+            doc["mqtt"]["password_file"] = str(layout.service_password_file(account))
+        docs[account] = doc
+    return docs
 
 
 def server_cert_names(layout: Layout) -> list[str]:

@@ -27,6 +27,8 @@ from broker.layout import Layout
 from camstack.servers import nats_server_binary, render_nats_conf
 
 PROGRAMS = ("broker", "ingestor", "encoder", "monitor", "web")
+CLUSTER_PROGRAM = "nats-node-"
+"""``broker.engine = "nats"``: program ``nats-node-<i>`` per node, instead of ``broker``."""
 NATS_PROGRAM = "nats"
 """Added when a service config uses ``runner = "jetstream"`` with a loopback server."""
 
@@ -92,6 +94,11 @@ def local_jetstream_port(layout: Layout) -> int | None:
     return None
 
 
+def cluster_program(i: int) -> str:
+    """The supervisord program name of NATS cluster node ``i``."""
+    return f"{CLUSTER_PROGRAM}{i}"
+
+
 def nats_conf_path(layout: Layout) -> Path:
     """``<data>/nats/nats.conf`` (its JetStream store beside it)."""
     return layout.data_dir / "nats" / "nats.conf"
@@ -99,7 +106,8 @@ def nats_conf_path(layout: Layout) -> Path:
 
 def render_supervisord(layout: Layout, *, python: str | None = None,
                        broker_config: Path | None = None,
-                       restart: Restart | None = None, nats_port: int | None = None) -> str:
+                       restart: Restart | None = None, nats_port: int | None = None,
+                       cluster_nodes: int | None = None) -> str:
     """The ``supervisord.conf`` text of the local stack.
 
     Args:
@@ -109,6 +117,9 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
         restart: Restart policy.
         nats_port: Also run a NATS server with JetStream on this loopback port
             (config :func:`nats_conf_path`).
+        cluster_nodes: ``broker.engine = "nats"``: run this many cluster nodes
+            (``nats-node-<i>``, each ``python -m broker run --node <i>``) instead of
+            ``broker``, with the broker's priority (stopped after the services).
 
     Returns:
         The configuration text.
@@ -130,10 +141,18 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
     priority = {"broker": 10, NATS_PROGRAM: 15, "ingestor": 20, "encoder": 30, "monitor": 40,
                 "web": 50}
     programs: tuple[str, ...] = PROGRAMS
+    if cluster_nodes is not None:
+        del commands["broker"]
+        nodes = tuple(cluster_program(i) for i in range(cluster_nodes))
+        for i, node in enumerate(nodes):
+            commands[node] = _cmd(py, "-m", "broker", *broker_args, "--data-dir", str(data),
+                                  "run", "--node", str(i))
+            priority[node] = priority["broker"]
+        programs = (*nodes, *PROGRAMS[1:])
     if nats_port is not None:
         commands[NATS_PROGRAM] = _cmd(str(nats_server_binary()), "-c",
                                       str(nats_conf_path(layout)))
-        programs = (*PROGRAMS, NATS_PROGRAM)
+        programs = (*programs, NATS_PROGRAM)
     lines = [
         "; Rendered by `camstack up` at every start: edit the generator, not this file.",
         "[supervisord]",
@@ -161,7 +180,7 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
     ]
     for name in programs:
         env = {"PYTHONUNBUFFERED": "1"}
-        if name not in ("broker", NATS_PROGRAM):
+        if name not in ("broker", NATS_PROGRAM) and not name.startswith(CLUSTER_PROGRAM):
             env["CAM_CONFIG"] = str(data / "config" / f"{name}.toml")
         lines += [
             f"[program:{name}]",
@@ -186,13 +205,14 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
 
 
 def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
-                      restart: Restart | None = None) -> Path:
+                      restart: Restart | None = None, cluster_nodes: int | None = None) -> Path:
     """Render and write ``<data>/run/supervisord.conf`` (folders created).
 
     Args:
         layout: The prepared data folder (absolute).
         broker_config: The broker settings TOML passed to ``camstack --config``.
         restart: Restart policy.
+        cluster_nodes: NATS cluster nodes to run instead of Mosquitto (engine = nats).
 
     Returns:
         The file.
@@ -208,7 +228,8 @@ def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
     path = conf_path(layout)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_supervisord(layout, broker_config=broker_config, restart=restart,
-                                      nats_port=nats_port), encoding="utf-8")
+                                      nats_port=nats_port, cluster_nodes=cluster_nodes),
+                   encoding="utf-8")
     tmp.replace(path)
     return path
 

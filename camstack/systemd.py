@@ -43,8 +43,8 @@ def systemd_version() -> int | None:
 
 
 def render_units(data_dir: Path, *, user: str = "camstack", python: str | None = None,
-                 broker_config: Path | None = None, restart_steps: bool = True
-                 ) -> dict[str, str]:
+                 broker_config: Path | None = None, restart_steps: bool = True,
+                 cluster_nodes: int | None = None) -> dict[str, str]:
     """Unit files by name.
 
     Args:
@@ -53,6 +53,8 @@ def render_units(data_dir: Path, *, user: str = "camstack", python: str | None =
         python: The interpreter with camstack installed (default: this one).
         broker_config: Broker settings file, passed as ``--config``.
         restart_steps: Grow the restart pause (systemd 254+; older ones warn on the keys).
+        cluster_nodes: ``broker.engine = "nats"``: one ``camstack-nats-node-<i>`` unit per
+            node (``python -m broker run --node <i>``) instead of ``camstack-broker``.
 
     Returns:
         ``{"camstack-broker.service": "...", ..., "camstack.target": "..."}``.
@@ -69,11 +71,20 @@ def render_units(data_dir: Path, *, user: str = "camstack", python: str | None =
     in_home = any(str(p).startswith(HOMES) for p in (data_dir, py))
     broker_args = f" --config {broker_config}" if broker_config else ""
     units: dict[str, str] = {}
-    for name in UNITS:
-        after = "network-online.target" + ("" if name == "broker"
-                                            else " camstack-broker.service")
+    brokers = (["broker"] if cluster_nodes is None
+               else [f"nats-node-{i}" for i in range(cluster_nodes)])
+    descriptions = {**DESCRIPTIONS, **{
+        b: f"camstack NATS cluster node {b.rsplit('-', 1)[1]} (MQTT over TLS, JetStream)"
+        for b in brokers if b != "broker"}}
+    broker_units = " ".join(f"camstack-{b}.service" for b in brokers)
+    for name in (*brokers, *UNITS[1:]):
+        after = "network-online.target" + ("" if name in brokers else f" {broker_units}")
         if name == "broker":
             exec_start = f"{py} -m broker{broker_args} --data-dir {data_dir} run"
+            env = ""
+        elif name in brokers:
+            exec_start = (f"{py} -m broker{broker_args} --data-dir {data_dir} run --node "
+                          f"{name.rsplit('-', 1)[1]}")
             env = ""
         else:
             exec_start = f"{py} -m {name}"
@@ -82,7 +93,7 @@ def render_units(data_dir: Path, *, user: str = "camstack", python: str | None =
         units[f"camstack-{name}.service"] = f"""\
 # Rendered by `camstack systemd`; see docs/operations.md ("systemd").
 [Unit]
-Description={DESCRIPTIONS[name]}
+Description={descriptions[name]}
 Wants=network-online.target
 After={after}
 PartOf=camstack.target
@@ -127,11 +138,11 @@ AmbientCapabilities=
 [Install]
 WantedBy=camstack.target
 """
-    units["camstack.target"] = """\
+    units["camstack.target"] = f"""\
 # Rendered by `camstack systemd`: `systemctl enable --now camstack.target` starts all.
 [Unit]
 Description=camstack (broker, ingestor, encoder, monitor)
-Wants=camstack-broker.service camstack-ingestor.service camstack-encoder.service \
+Wants={broker_units} camstack-ingestor.service camstack-encoder.service \
 camstack-monitor.service
 
 [Install]

@@ -539,6 +539,17 @@ class EncoderSettings(_ServiceSettings):
         _check_runner(self.runner, self.store)
         return self
 
+    @model_validator(mode="after")
+    def _runner_fits_the_protocol(self) -> EncoderSettings:
+        # NATS (the 3.1.1 engine) has no MQTT shared subscriptions: it refuses
+        # $share/<group>/cam/+/ready (SUBACK 0x80; tests/integration/test_nats_services.py).
+        if self.mqtt.protocol == "3.1.1" and self.runner == "mqtt":
+            raise ValueError(
+                'runner = "mqtt" needs MQTT 5 shared subscriptions ($share/...), which the '
+                'NATS engine (mqtt.protocol = "3.1.1") does not have: set runner = '
+                '"jetstream" (with store.backend = "s3" and [jobqueue]), docs/scaling.md')
+        return self
+
 
 class BrokerSettings(_ServiceSettings):
     """How the local broker is rendered and run (``camstack``, ``python -m broker``)."""

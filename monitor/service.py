@@ -27,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import start_http_server
 
 from config.metrics import metrics_port_guard
-from config.settings import MonitorSettings
+from config.settings import MonitorSettings, MqttSettings
 from contract.events import safe_text
 from contract.topics import HA_STATE_PREFIX
 from contract.topics import service_status_topic as svc_status_topic
@@ -206,6 +206,18 @@ def _topics(prefix: str) -> list[str]:
     return [f"{prefix}/+/status", f"{prefix}/+/video", "svc/+/status"]
 
 
+def broker_sys_topics(mqtt_settings: MqttSettings) -> tuple[str, ...]:
+    """The ``$SYS`` topics to follow: none on MQTT 3.1.1 (``broker.engine = "nats"``).
+
+    NATS grants a ``$SYS/...`` subscription over MQTT but never publishes on it (its
+    system account is not reachable over MQTT; checked against a real cluster,
+    tests/integration/test_nats_services.py): the broker figures and the
+    ``broker_dropping`` rule are then unavailable, said once at start, and every other
+    rule works as on Mosquitto.
+    """
+    return () if mqtt_settings.protocol == "3.1.1" else SYS_TOPICS
+
+
 def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
                    quiet_s: float = 0.5, max_s: float = 3.0) -> HealthModel:
     """Read every retained status once (and the storage), then disconnect.
@@ -241,9 +253,9 @@ def collect_status(settings: MonitorSettings, *, account: str = STATUS_ACCOUNT,
                 apply_message(model, msg)
             last_msg[0] = time.monotonic()
 
-    topics = [*_topics(m.topic_prefix), *SYS_TOPICS, f"{alert_prefix}/#"]
+    topics = [*_topics(m.topic_prefix), *broker_sys_topics(m), f"{alert_prefix}/#"]
     subacks = threading.Semaphore(0)
-    client = make_client(mqtt_settings)
+    client = make_client(mqtt_settings, clean_session=True)
     client.on_message = on_message
     client.on_subscribe = lambda *_a: subacks.release()
     connect_blocking(client, mqtt_settings, clean_start=True)
@@ -371,7 +383,13 @@ class Monitor:
         self.book = AlertBook()
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._client = make_client(settings.mqtt, will_topic=svc_status_topic(self.account))
+        # Nothing queued for us is worth keeping: every topic we read is retained.
+        self._client = make_client(settings.mqtt, will_topic=svc_status_topic(self.account),
+                                   clean_session=True)
+        if settings.mqtt.protocol == "3.1.1":
+            log.warning("broker_sys_unavailable", protocol="3.1.1",
+                        detail="no $SYS over MQTT 3.1.1 (NATS engine): camstack_broker_* "
+                        "metrics and the broker_dropping alert are off")
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._connected = threading.Event()
@@ -405,7 +423,8 @@ class Monitor:
         if rc.is_failure:
             log.warning("mqtt_refused", reason=str(rc))
             return
-        topics = [*_topics(self.prefix), *SYS_TOPICS, f"{self.settings.alert_prefix}/#"]
+        topics = [*_topics(self.prefix), *broker_sys_topics(self.settings.mqtt),
+                  f"{self.settings.alert_prefix}/#"]
         if self.ha is not None:
             # Our retained configs and states from an earlier run: kept or cleared.
             topics += [f"{self.ha.prefix}/+/+/+/config", f"{HA_STATE_PREFIX}/#"]

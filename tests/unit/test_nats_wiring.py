@@ -1,0 +1,139 @@
+"""The NATS engine's wiring into the services and tools (issue 17): pure checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import bcrypt
+import pytest
+from pydantic import ValidationError
+
+from broker.accounts import AccountStore
+from broker.cluster import accounts_without_hash, broker_pid_files, mqtt_ports, write_cluster
+from broker.layout import Layout
+from camstack.stack import nats_service_documents
+from camstack.supervise import render_supervisord
+from camstack.systemd import render_units, systemd_version, write_units
+from config.settings import (
+    BrokerSettings,
+    EncoderSettings,
+    IngestorSettings,
+    MonitorSettings,
+    MqttSettings,
+    NatsClusterSettings,
+)
+from monitor.service import broker_sys_topics
+
+
+def _s3() -> dict[str, object]:
+    return {"backend": "s3", "s3": {"bucket": "camstack", "endpoint_url": "http://127.0.0.1:1"}}
+
+
+def test_encoder_refuses_the_mqtt_runner_on_3_1_1() -> None:
+    with pytest.raises(ValidationError, match=r"\$share.*runner = \"jetstream\""):
+        EncoderSettings(mqtt=MqttSettings(protocol="3.1.1"))
+    ok = EncoderSettings(mqtt=MqttSettings(protocol="3.1.1"), runner="jetstream",
+                         store=_s3())
+    assert ok.runner == "jetstream"
+    assert EncoderSettings().runner == "mqtt"  # MQTT 5 unchanged
+
+
+def test_monitor_follows_no_sys_on_3_1_1() -> None:
+    assert broker_sys_topics(MqttSettings(protocol="3.1.1")) == ()
+    assert "$SYS/broker/publish/messages/dropped" in broker_sys_topics(MqttSettings())
+
+
+def _nats_settings(tmp_path: Path) -> BrokerSettings:
+    return BrokerSettings(data_dir=tmp_path / "data", engine="nats",
+                          nats=NatsClusterSettings(nodes=3, mqtt_port_base=18883))
+
+
+def test_supervisord_runs_one_program_per_node_instead_of_mosquitto(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data")
+    text = render_supervisord(layout, python="/py", cluster_nodes=3)
+    programs = re.findall(r"^\[program:(.+)\]$", text, re.M)
+    assert programs == ["nats-node-0", "nats-node-1", "nats-node-2", "ingestor", "encoder",
+                        "monitor", "web"]
+    block = text.split("[program:nats-node-1]")[1].split("[program:")[0]
+    assert f"command=/py -m broker --data-dir {layout.data_dir} run --node 1" in block
+    assert "priority=10" in block and "CAM_CONFIG" not in block
+    assert "[program:broker]" in render_supervisord(layout, python="/py")  # default kept
+
+
+def test_pid_files_one_per_node(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    assert broker_pid_files(s, layout) == [
+        s.data_dir / "nats" / f"node-{i}" / "nats.pid" for i in range(3)]
+    assert broker_pid_files(BrokerSettings(data_dir=s.data_dir), layout) == [
+        s.data_dir / "broker" / "mosquitto.pid"]
+    assert mqtt_ports(s) == [18883, 18884, 18885]
+
+
+def test_nats_service_documents(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    docs = nats_service_documents(s, layout, ingestors=[("ingestor-a", list(range(32))),
+                                                        ("ingestor-b", list(range(32, 64)))])
+    assert {d["mqtt"]["protocol"] for d in docs.values()} == {"3.1.1"}
+    assert all(d["mqtt"]["tls"]["enabled"] for d in docs.values())
+    assert docs["ingestor-a"]["ingest"]["partitions"] == list(range(32))
+    assert docs["ingestor-b"]["mqtt"]["port"] == 18884
+    assert docs["ingestor-b"]["mqtt"]["password_file"].endswith("ingestor-b.pass")
+    assert docs["encoder"]["mqtt"]["port"] == 18884
+    assert docs["monitor"]["mqtt"]["port"] == 18885
+    assert docs["encoder"]["runner"] == "jetstream"
+    s3 = {"store": _s3()}
+    IngestorSettings(**{**docs["ingestor-a"], **s3})
+    EncoderSettings(**{**docs["encoder"], **s3})
+    MonitorSettings(**docs["monitor"])
+    one = nats_service_documents(s, layout)
+    assert one["ingestor"]["ingest"]["partitions"] == list(range(64))
+
+
+def test_old_service_accounts_are_rehashed_from_their_password_file(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    layout.secrets_dir.mkdir(parents=True)
+    store = AccountStore(layout.broker_dir, "cam")
+    pw = store.add("encoder-old", "service")
+    layout.service_password_file("encoder-old").write_text(pw + "\n")
+    store.add("olddev", "device")
+    # As an older camstack wrote them: Mosquitto's hash only.
+    raw = json.loads((layout.broker_dir / "accounts.json").read_text())
+    for acc in (raw.values() if isinstance(raw, dict) else raw):
+        if isinstance(acc, dict) and acc.get("name") in ("encoder-old", "olddev"):
+            acc["nats_hash"] = None
+    (layout.broker_dir / "accounts.json").write_text(json.dumps(raw))
+    assert {"encoder-old", "olddev"} <= set(accounts_without_hash(store))
+    write_cluster(s, layout)
+    assert "encoder-old" not in accounts_without_hash(store)
+    assert "olddev" in accounts_without_hash(store)
+    new = next(a for a in store.list() if a.name == "encoder-old")
+    assert new.nats_hash and bcrypt.checkpw(pw.encode(), new.nats_hash.encode())
+    text = store.nats_accounts.read_text()
+    assert "encoder-old" in text and "olddev" not in text
+    assert (s.data_dir / "nats" / "node-2" / "nats.conf").exists()
+
+
+def test_systemd_one_unit_per_node(tmp_path: Path) -> None:
+    units = render_units(Path("/srv/camstack"), python="/opt/cs/bin/python", cluster_nodes=3)
+    assert "camstack-broker.service" not in units
+    node = units["camstack-nats-node-2.service"]
+    assert "ExecStart=/opt/cs/bin/python -m broker --data-dir /srv/camstack run --node 2" in node
+    assert "ReadWritePaths=/srv/camstack" in node and "After=network-online.target\n" in node
+    nodes = " ".join(f"camstack-nats-node-{i}.service" for i in range(3))
+    assert f"After=network-online.target {nodes}" in units["camstack-ingestor.service"]
+    assert f"Wants={nodes} camstack-ingestor.service" in units["camstack.target"]
+    if shutil.which("systemd-analyze") is not None:
+        version = systemd_version()
+        files = write_units(render_units(
+            tmp_path / "data", cluster_nodes=3,
+            restart_steps=version is None or version >= 254), tmp_path / "units")
+        res = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
