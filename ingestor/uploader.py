@@ -146,6 +146,8 @@ class Finisher:
                 shutil.rmtree(d, ignore_errors=True)
         if self.store is None:
             return
+        if self.upload_process is not None:
+            self.upload_process.start()  # its imports now, not during the first upload
         now = time.monotonic()
         for state in ("uploaded", "encoding"):
             try:

@@ -12,9 +12,11 @@ order as before (the frames are released only after this answer and ``mark_uploa
 The child is started as ``python -m ingestor.uploadproc`` with one end of a socket pair
 (like ``ingestor/diskproc.py``, not through ``multiprocessing``'s spawn), receives the
 store's settings (credentials included) on the pipe, never in its argv or environment,
-and lowers its CPU priority by ``ingest.upload_nice``: frames waiting for a PUBACK go
-first, uploads take the CPU that is left (the local disk is the buffer). One request
-is in flight at a time. It ignores SIGINT/SIGTERM and exits when the pipe closes.
+says it is ready (the service waits for that before connecting, so the imports do not
+compete with the first frames), then lowers its CPU priority by ``ingest.upload_nice``:
+frames waiting for a PUBACK go first, uploads take the CPU that is left (the local disk
+is the buffer). One request is in flight at a time. It ignores SIGINT/SIGTERM and exits
+when the pipe closes.
 
 A child that dies (killed, out of memory, a bug) is seen as end-of-file on the pipe:
 the upload fails with :class:`~objstore.UnavailableError`, counted like any failed
@@ -26,6 +28,7 @@ same bytes), so a batch whose child died after its PUT is simply uploaded again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing.connection as mpc
 import os
 import signal
@@ -57,6 +60,9 @@ log = structlog.get_logger("ingestor.uploadproc")
 
 SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
 """A pack up to this size is built in memory; a larger one spills to a file."""
+
+READY_TIMEOUT_S = 60.0
+"""A child that has not opened its store by then is killed (the upload fails, retried)."""
 
 
 class UploadInterruptedError(Exception):
@@ -107,13 +113,19 @@ def _child_main(conn: mpc.Connection) -> None:
         spec, spool, nice = conn.recv()
     except (EOFError, OSError):
         return
-    if nice:
-        with contextlib.suppress(OSError):
-            os.nice(nice)
     # The parent logs each outcome; the child's own lines would only repeat them.
     configure_logging("warning", service="ingestor-upload")
     store = open_store(ObjectStoreSettings.model_validate(spec), check=False)
     spool_dir = Path(spool)
+    # Imports and the client are ready (at full priority: the service waits for this
+    # before it connects); from now on uploads yield the CPU to the ingestor.
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    try:
+        conn.send(("ready",))
+    except OSError:
+        return
     while True:
         try:
             folder, key = conn.recv()
@@ -187,16 +199,30 @@ class UploadProcess:
         conn = mpc.Connection(mine.detach())
         try:
             conn.send((self._spec, str(self._spool_dir), self._nice))
-        except OSError:
+            if not conn.poll(READY_TIMEOUT_S) or conn.recv() != ("ready",):
+                raise OSError(errno.ETIMEDOUT, "upload process not ready")
+        except (OSError, EOFError) as exc:
             conn.close()
             proc.kill()
             proc.wait()
-            raise
+            raise OSError(errno.EIO, f"upload process did not start: {exc}") from exc
         self._conn, self._proc = conn, proc
         log.info("upload_process_started", pid=proc.pid, restart=self._lost_once)
         if self._lost_once and self._on_restart is not None:
             self._on_restart()
         return conn
+
+    def start(self) -> None:
+        """Start the child and wait until it is ready (a failure waits for the first upload).
+
+        The service calls this before it connects, so that the child's imports and client
+        set-up do not compete with the first frames for the CPU.
+        """
+        if self._conn is None:
+            try:
+                self._start()
+            except OSError as exc:
+                log.warning("upload_process_start_failed", error=str(exc))
 
     def upload(self, folder: Path, key: str, stop: threading.Event) -> tuple[str, int]:
         """Build and upload the pack of ``folder`` in the child; wait for its answer.
