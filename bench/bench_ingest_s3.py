@@ -12,9 +12,9 @@ filesystem's.
     python bench/bench_ingest_s3.py [--devices 10] [--frames 100] [--rounds 4]
         [--frames-per-video 50]
 
-Each round also prints the CPU seconds (user + system) the ingestor (with its child
-processes), the broker and SeaweedFS used between the ingestor's CONNACK and its last
-durable frame: on a 2-core machine that says where the time went.
+Each round also prints the CPU seconds (user + system) the ingestor, its disk and upload
+child processes, the broker and SeaweedFS used between the ingestor's CONNACK and its
+last durable frame: on a 2-core machine that says where the time went.
 """
 
 from __future__ import annotations
@@ -50,37 +50,51 @@ from camstack.procs import ServiceProcess, service_config
 from camstack.servers import start_seaweedfs
 
 
-def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants (0 if gone)."""
+def _cpu_s(pid: int | None, name: str) -> dict[str, float]:
+    """User + system CPU seconds of ``pid`` and of each live child process (0 if gone).
+
+    The ingestor's children are told apart by module: ``disk child``, ``upload child``.
+    """
     if pid is None:
-        return 0.0
+        return {name: 0.0}
+    out: dict[str, float] = {}
     try:
         p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
+        procs = [(name, p)]
+        for c in p.children(recursive=True):
+            cmd = " ".join(c.cmdline())
+            label = ("disk child" if "ingestor.diskproc" in cmd else
+                     "upload child" if "ingestor.uploadproc" in cmd else f"{name} child")
+            procs.append((label, c))
     except psutil.Error:
-        return 0.0
-    total = 0.0
-    for q in procs:
+        return {name: 0.0}
+    for label, q in procs:
         with contextlib.suppress(psutil.Error):
             t = q.cpu_times()
-            total += t.user + t.system
-    return total
+            out[label] = out.get(label, 0.0) + t.user + t.system
+    return out
 
 
 class CpuWindow:
-    """CPU seconds per named process tree between :meth:`begin` and :meth:`end`."""
+    """CPU seconds per process (tree) between :meth:`begin` and :meth:`end`."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
         self.t0: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
+    def _now(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for k, v in self.pids.items():
+            out.update(_cpu_s(v, k))
+        return out
+
     def begin(self) -> None:
-        self.t0 = {k: _cpu_s(v) for k, v in self.pids.items()}
+        self.t0 = self._now()
 
     def end(self) -> None:
         if self.t0 and not self.used:
-            self.used = {k: _cpu_s(v) - self.t0[k] for k, v in self.pids.items()}
+            self.used = {k: v - self.t0.get(k, 0.0) for k, v in self._now().items()}
 
     def text(self) -> str:
         return ", ".join(f"{k} {v:.2f}" for k, v in self.used.items())
