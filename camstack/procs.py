@@ -19,6 +19,8 @@ from camstack.brokerproc import BrokerHandle
 from config.loader import to_toml
 
 REPO = Path(__file__).resolve().parents[1]
+"""The checkout this module belongs to: services run from it (``python -m`` finds its
+packages first), not from wherever the venv's editable install points."""
 
 
 def service_config(broker: BrokerHandle, account: str, storage_root: Path, path: Path,

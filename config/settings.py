@@ -172,6 +172,14 @@ class IngestSettings(_Section):
         "(doubles each time).")
     upload_retry_max_s: float = Field(
         default=30.0, gt=0, le=3600, description="Longest wait between such retries.")
+    upload_process: bool = Field(
+        default=True,
+        description="S3: build and upload packs in a child process (ingestor/uploadproc.py); "
+        "false: on the finisher thread, sharing the GIL with the network thread.")
+    upload_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="S3: added to the upload child's nice value, so that storing and "
+        "acknowledging frames gets the CPU first (0: same priority).")
     storage_retry_s: float = Field(
         default=2.0, gt=0, le=300, description="Pause between retries while the disk fails."
     )

@@ -89,6 +89,10 @@ class IngestMetrics:
         self.upload_backlog = Gauge(
             "camstack_ingestor_upload_backlog",
             "Sealed batches not yet finished (catalog row, upload, release).", registry=r)
+        self.upload_process_restarts = Counter(
+            "camstack_ingestor_upload_process_restarts_total",
+            "Upload child processes started again after one died (each death also "
+            "counts as a failed upload).", registry=r)
         self.storage_available.set(1)
         self._rejecting: set[str] = set()
 

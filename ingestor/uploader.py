@@ -5,7 +5,7 @@ writer thread keeps committing frames whatever the catalog or the object store d
 
 1. ``record_sealed`` in the catalog (idempotent);
 2. with ``store.backend = "s3"`` only: the batch folder becomes one pack
-   (objstore/pack.py), written to ``state/ingestor/uploads/`` and uploaded with its
+   (objstore/pack.py) by the upload child process (ingestor/uploadproc.py) and uploaded with its
    SHA-256 to ``packs/<id>/<batch>.tar``; ``mark_uploaded``; then the local batch folder
    is **released** (one rename into ``state/ingestor/trash/``, then deleted);
 3. with ``runner = "jetstream"`` only: one encode job is published to NATS JetStream
@@ -44,12 +44,12 @@ from catalog import CatalogError, InvalidValueError, SealedBatch, SqlCatalog
 from config.settings import IngestSettings
 from contract.events import Manifest, ReadyEvent
 from contract.layout import BATCHES_DIR, STATE_DIR, pack_key
+from ingestor import uploadproc
 from ingestor.durable import fsync_dir
 from ingestor.messages import Announce, Mailbox, UploadState
 from ingestor.metrics import IngestMetrics
 from jobqueue import JobQueueError
 from objstore import ObjectStore, ObjectStoreError
-from objstore.batchpack import write_batch_pack
 
 log = structlog.get_logger("ingestor.uploader")
 
@@ -110,6 +110,12 @@ class Finisher:
         self._failing = ""
         self._unfinished: dict[str, _Unfinished] = {}
         self.uploaded = 0
+        # S3: packs are built and uploaded by a child process (ingestor/uploadproc.py).
+        spec = uploadproc.store_spec(store) if store is not None and ing.upload_process \
+            else None
+        self.upload_process = None if spec is None else uploadproc.UploadProcess(
+            spec, self.uploads_dir, nice=ing.upload_nice,
+            on_restart=metrics.upload_process_restarts.inc)
 
     # ----------------------------------------------------------------- intake
     def submit(self, man: Manifest) -> None:
@@ -152,6 +158,8 @@ class Finisher:
                 shutil.rmtree(d, ignore_errors=True)
         if self.store is None:
             return
+        if self.upload_process is not None:
+            self.upload_process.start()  # its imports now, not during the first upload
         now = time.monotonic()
         for state in ("uploaded", "encoding"):
             try:
@@ -168,6 +176,13 @@ class Finisher:
     # ----------------------------------------------------------------- the loop
     def run(self) -> None:
         """Finish batches in order until stopped (the thread's target)."""
+        try:
+            self._run()
+        finally:
+            if self.upload_process is not None:
+                self.upload_process.close()
+
+    def _run(self) -> None:
         while not self.stop.is_set():
             with self._cond:
                 if not self._pending:
@@ -248,18 +263,14 @@ class Finisher:
             return result
 
     def _upload(self, folder: Path, key: str) -> tuple[str, int]:
+        """Pack and upload ``folder``: in the child process, or here without one."""
         assert self.store is not None
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.uploads_dir / f".{folder.name}.tar"
+        if self.upload_process is None:
+            return uploadproc.upload_pack(self.store, folder, key, self.uploads_dir)
         try:
-            with tmp.open("wb") as f:
-                index = write_batch_pack(folder, f)
-            with tmp.open("rb") as f:
-                self.store.put_stream(key, f, sha256=index.sha256, size=index.size,
-                                      content_type="application/x-tar")
-        finally:
-            tmp.unlink(missing_ok=True)
-        return index.sha256, index.size
+            return self.upload_process.upload(folder, key, self.stop)
+        except uploadproc.UploadInterruptedError:
+            raise StoppedError from None
 
     def _release(self, folder: Path) -> None:
         """Take the batch folder out of ``batches/`` with one rename, then delete it."""

@@ -122,38 +122,6 @@ def layout_index(manifest_size: int, frames: Iterable[tuple[str, int]],
     return PackIndex(tuple(members), -(-pos // RECORD) * RECORD, sha256)
 
 
-class _CountingWriter:
-    """Counts and hashes every byte written through it."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.pos = 0
-        self.hash = hashlib.sha256()
-
-    def write(self, b: bytes) -> int:
-        self.out.write(b)
-        self.hash.update(b)
-        self.pos += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.pos
-
-
-class _BytesReader:
-    """A minimal file object over ``bytes`` for ``TarFile.addfile``."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else min(len(self.data), self.pos + n)
-        chunk = bytes(self.data[self.pos:end])
-        self.pos = end
-        return chunk
-
-
 def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.size = size
@@ -182,15 +150,31 @@ def write_pack(out: BinaryIO, manifest: bytes, frames: Iterable[tuple[str, bytes
     Raises:
         PackError: On an invalid frame name.
     """
-    w = _CountingWriter(out)
+    # The bytes TarFile(format=USTAR, encoding="utf-8").addfile would write, without
+    # its 16 KiB copy loop: each header, the data as one write, the padding; then the
+    # two end blocks and the padding to a whole record (tarfile.RECORDSIZE).
+    digest = hashlib.sha256()
+    pos = 0
     members: list[PackMember] = []
-    with tarfile.open(fileobj=w, mode="w", format=tarfile.USTAR_FORMAT,  # type: ignore[call-overload]
-                      encoding="utf-8") as tar:
-        for name, data in [(MANIFEST_NAME, manifest), *frames]:
-            member = MANIFEST_NAME if name == MANIFEST_NAME else frame_member_name(name)
-            tar.addfile(_info(member, len(data), mtime), _BytesReader(data))
-            members.append(PackMember(member, w.pos - _padded(len(data)), len(data)))
-    return PackIndex(tuple(members), w.pos, w.hash.hexdigest())
+
+    def emit(b: bytes) -> None:
+        nonlocal pos
+        out.write(b)
+        digest.update(b)
+        pos += len(b)
+
+    for name, data in [(MANIFEST_NAME, manifest), *frames]:
+        member = MANIFEST_NAME if name == MANIFEST_NAME else frame_member_name(name)
+        emit(_info(member, len(data), mtime).tobuf(tarfile.USTAR_FORMAT, "utf-8",
+                                                   "surrogateescape"))
+        members.append(PackMember(member, pos, len(data)))
+        emit(data)
+        if len(data) % BLOCK:
+            emit(bytes(BLOCK - len(data) % BLOCK))
+    emit(bytes(2 * BLOCK))
+    if pos % RECORD:
+        emit(bytes(RECORD - pos % RECORD))
+    return PackIndex(tuple(members), pos, digest.hexdigest())
 
 
 def pack_bytes(manifest: bytes, frames: Iterable[tuple[str, bytes]], *,

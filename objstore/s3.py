@@ -146,7 +146,10 @@ class S3Store:
             connect_timeout=settings.connect_timeout_s,
             read_timeout=settings.read_timeout_s,
             retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-            s3={"addressing_style": settings.addressing_style},
+            # Every PUT carries ChecksumSHA256 (signed, verified by the store): the body
+            # is not hashed a second time for the signature (over http botocore would).
+            s3={"addressing_style": settings.addressing_style,
+                "payload_signing_enabled": False},
             signature_version="s3v4",
             max_pool_connections=16,
             tcp_keepalive=True,

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from camstack.brokerproc import BrokerHandle
@@ -235,6 +237,49 @@ def test_seaweedfs_killed_during_uploads_loses_no_acknowledged_frame(
         watcher.disconnect()
         watcher.loop_stop()
         assert st.ing.stop() == 0
+    finally:
+        st.stop()
+
+
+def test_upload_child_killed_is_replaced_each_frame_in_one_pack(
+        broker: BrokerHandle, seaweedfs: SeaweedHandle, tmp_path: Path) -> None:
+    bucket = "upkill-" + secrets.token_hex(4)
+    seaweedfs.create_bucket(bucket)
+    st = Stack(broker, tmp_path, store_section(seaweedfs, bucket),
+               {"path": str(tmp_path / "catalog.sqlite3")}, frames_per_video=5)
+    st.ing.start()
+    try:
+        st.ing.wait_event("ingestor_ready", 30)
+        d = f"cam{uid()}"
+        acked = publish_frames(broker, d, 5)
+        st.ing.wait_event("batch_uploaded", 60)
+        assert st.ing.proc is not None
+        children = [c for c in psutil.Process(st.ing.proc.pid).children()
+                    if "ingestor.uploadproc" in " ".join(c.cmdline())]
+        assert len(children) == 1, "one upload child"
+        children[0].send_signal(signal.SIGKILL)
+        # A zombie until the ingestor notices (at the next upload) and reaps it.
+        wait_until(lambda: not children[0].is_running()
+                   or children[0].status() == psutil.STATUS_ZOMBIE, 10, "child dead")
+        acked += publish_frames(broker, d, 15, start_seq=5)
+        wait_until(lambda: sum(1 for e in st.ing.events() if e.get("event") == "batch_uploaded")
+                   >= 4, 90, "every batch uploaded by a new child")
+        wait_until(lambda: batch_folders(st.ing_root) == [], 30, "local batches released")
+        m = scrape(st.ing)
+        assert m[("camstack_ingestor_upload_process_restarts_total", ())] == 1
+        assert m[("camstack_ingestor_uploads_failed_total", ())] >= 1
+        assert any(e.get("event") == "upload_process_lost" for e in st.ing.events())
+        store = S3Store(seaweedfs.s3_settings(bucket=bucket))
+        seen: list[tuple[int, int]] = []
+        for info in store.list(f"packs/{d}/"):
+            _man, frames = read_pack(io.BytesIO(store.get_bytes(info.key, sha256=info.sha256)))
+            seen += [(f.entry["boot_id"], f.entry["frame_seq"]) for f in frames]
+        store.close()
+        assert sorted(seen) == sorted(acked), "lost or duplicated frames"
+        assert st.ing.stop() == 0
+        assert not any("ingestor.uploadproc" in " ".join(c.cmdline())
+                       for c in psutil.Process().children(recursive=True)
+                       if c.is_running() and c.status() != psutil.STATUS_ZOMBIE)
     finally:
         st.stop()
 

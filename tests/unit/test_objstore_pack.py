@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -55,6 +56,36 @@ def test_round_trip_and_offsets(blobs: list[bytes]) -> None:
 def test_deterministic() -> None:
     man, frames = _batch([b"a" * 10, b"b" * 700])
     assert pack_bytes(man, frames)[0] == pack_bytes(man, frames)[0]
+
+
+def _tarfile_pack(manifest: bytes, frames: list[tuple[str, bytes]], mtime: int) -> bytes:
+    """The pack as the standard library's TarFile writes it (the format's reference)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT,
+                      encoding="utf-8") as tar:
+        for name, data in [("manifest.json", manifest), *frames]:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(data), 0o640, mtime, 0, 0
+            ti.uname = ti.gname = ""
+            tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=11000), min_size=0, max_size=8),
+       st.integers(min_value=0, max_value=2**33 - 1))
+def test_same_bytes_as_tarfile(blobs: list[bytes], mtime: int) -> None:
+    # Packs already stored and their recorded SHA-256 stay valid: the writer's output
+    # is the TarFile's, byte for byte.
+    man, frames = _batch(blobs)
+    assert pack_bytes(man, frames, mtime=mtime)[0] == _tarfile_pack(man, frames, mtime)
+
+
+def test_pinned_digest() -> None:
+    man, frames = _batch([b"a" * 10, b"b" * 700, b"", b"c" * 512, b"d" * 10241])
+    _, index = pack_bytes(man, frames, mtime=1795515600)
+    assert (index.sha256, index.size) == (
+        "58308480e126b2cc5b45367f25af8c0d1ae688d006a38f88f6b2b68bdfaf9eaf", 20480)
 
 
 def test_gnu_tar_lists_and_extracts(tmp_path: Path) -> None:
