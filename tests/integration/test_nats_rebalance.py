@@ -10,16 +10,33 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from camstack.procs import ServiceProcess
 from camstack.servers import NatsClusterHandle, start_nats_cluster
+from config.loader import to_toml
 from contract.partition import device_partition, partition_frame_filter
 from tests.integration.test_nats_cluster import TIMEOUT, Client, wait_until
+from tests.integration.test_nats_faults import (
+    again,
+    camera,
+    check,
+    devices_in,
+    settle,
+    start_cluster,
+    stored_keys,
+)
+from tests.integration.test_nats_ingestor import start_ingestor
+from tests.support.faults import wait_until as wait_for
+from tests.support.fleet import Fleet, FrameKey
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +47,14 @@ def clients() -> Iterator[list[Client]]:
     yield made
     for c in reversed(made):
         c.close()
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Any]]:
+    made: list[Any] = []
+    yield made
+    for thing in reversed(made):
+        thing.close()
 
 
 def _msgs_stream(cluster: NatsClusterHandle) -> tuple[int, list[tuple[int, int]]]:
@@ -172,3 +197,97 @@ def test_what_nats_does_with_a_sessions_subscriptions(tmp_path: Path,
             c.close()
         clients.clear()
         cluster.close()
+
+
+def _reconfigure(svc: ServiceProcess, tag: str, **ingest: Any) -> ServiceProcess:
+    """Stop ``svc`` (SIGTERM: every durable frame acknowledged, its session kept), change
+    its ``[ingest]`` settings (a value None removes the key), start it again."""
+    assert svc.stop() == 0
+    cfg = tomllib.loads(svc.config.read_text())
+    for k, v in ingest.items():
+        if v is None:
+            cfg["ingest"].pop(k, None)
+        else:
+            cfg["ingest"][k] = v
+    svc.config.write_text(to_toml(cfg), encoding="utf-8")
+    return again(svc, tag)
+
+
+def _capture_ms(root: Path, runs: list[ServiceProcess]) -> dict[FrameKey, int]:
+    """Capture time (the file name's, trusted clocks here) of each frame the runs stored."""
+    out: dict[FrameKey, int] = {}
+    for r in runs:
+        for e in r.events():
+            if e.get("event") == "frame_stored":
+                out[(str(e["device"]), int(e["boot_id"]), int(e["seq"]))] = int(
+                    Path(str(e["file"])).name.split("_")[0])
+    return out
+
+
+def test_moving_partitions_under_load_loses_and_duplicates_nothing(
+        tmp_path: Path, cleanup: list[Any]) -> None:
+    cluster = start_cluster(tmp_path / "cluster")
+    cleanup.append(cluster)
+    moving = list(range(16, 32))
+    a = start_ingestor(cluster, 1, "ingestor-a", tmp_path, list(range(48)))
+    b = start_ingestor(cluster, 2, "ingestor-b", tmp_path, list(range(48, 64)))
+    cleanup += [a, b]
+    a.wait_event("ingestor_ready", 30)
+    b.wait_event("ingestor_ready", 30)
+    mv = devices_in(moving, 2, "mv")
+    stay_a = devices_in(list(range(16)), 1, "sa")
+    stay_b = devices_in(list(range(48, 64)), 1, "sb")
+    fleet = Fleet([camera(cluster, i % 3, i, d, 10.0)
+                   for i, d in enumerate(mv + stay_a + stay_b)])
+    cleanup.append(fleet)
+    fleet.start()
+    wait_for(lambda: {k[0] for k in stored_keys(a)} >= set(mv + stay_a), 30,
+               "A storing the moving devices' frames")
+    # 1. The fence, a capture time ahead of both restarts. 2. B takes the partitions on
+    # (subscribed before the fence), A is told to give them away at the fence.
+    at_ms = int(time.time() * 1000) + 10_000
+    handoff = {"partitions": moving, "at_ms": at_ms}
+    b2 = _reconfigure(b, "2", partitions=list(range(16, 32)) + list(range(48, 64)),
+                      handoff={**handoff, "role": "acquire"})
+    cleanup.append(b2)
+    b2.wait_event("ingestor_ready", 30)
+    a2 = _reconfigure(a, "2", handoff={**handoff, "role": "release",
+                                        "release_after_s": 60})
+    cleanup.append(a2)
+    a2.wait_event("ingestor_ready", 30)
+    assert time.time() * 1000 < at_ms, "restarts slower than the fence's lead"
+    assert not any(e.get("event") == "handoff_subscribed_late" for e in b2.events())
+    # 3. A unsubscribes once every moving device sent it a frame captured after the fence.
+    released = a2.wait_event("handoff_released", 40)
+    assert released["partitions"] == moving and released["waiting"] == []
+    assert released["crossed"] == len(mv)
+    # Both applied the fence: B skipped frames from before it, A frames from after.
+    assert any(e.get("event") == "frame_handed_off" for e in a2.events())
+    assert any(e.get("event") == "frame_handed_off" for e in b2.events())
+    n_b = len([k for k in stored_keys(b2) if k[0] in mv])
+    wait_for(lambda: len([k for k in stored_keys(b2) if k[0] in mv]) >= n_b + 20, 30,
+               "B storing the moved devices after the release")
+    # 4. The settings made final at leisure (no handoff left): nothing moves any more.
+    a3 = _reconfigure(a2, "3", partitions=list(range(16)) + list(range(32, 48)),
+                      handoff=None)
+    cleanup.append(a3)
+    a3.wait_event("ingestor_ready", 30)
+    b3 = _reconfigure(b2, "3", handoff=None)
+    cleanup.append(b3)
+    b3.wait_event("ingestor_ready", 30)
+    n_b = len([k for k in stored_keys(b3) if k[0] in mv])
+    wait_for(lambda: len([k for k in stored_keys(b3) if k[0] in mv]) >= n_b + 10, 30,
+               "B storing the moved devices with its final settings")
+    runs_a, runs_b = [a, a2, a3], [b, b2, b3]
+    settle(fleet, runs_a + runs_b)
+    # Every acknowledged frame stored, none twice, on one side of the fence each.
+    check(fleet, {"a": (tmp_path / "ingestor-a" / "store", runs_a),
+                  "b": (tmp_path / "ingestor-b" / "store", runs_b)})
+    cap_a, cap_b = _capture_ms(tmp_path, runs_a), _capture_ms(tmp_path, runs_b)
+    assert all(ms < at_ms for k, ms in cap_a.items() if k[0] in mv)
+    assert all(ms >= at_ms for k, ms in cap_b.items() if k[0] in mv)
+    assert {k[0] for k in cap_b} == set(mv + stay_b)
+    print(f"\nhandoff: acked {len(fleet.acked())} frames; moving devices: A stored "
+          f"{len([k for k in cap_a if k[0] in mv])} before the fence, B "
+          f"{len([k for k in cap_b if k[0] in mv])} after; 0 lost, 0 stored twice")
+    assert a3.stop() == 0 and b3.stop() == 0
