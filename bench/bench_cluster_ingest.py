@@ -34,6 +34,7 @@ against the Mosquitto set-up of the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import statistics
 import sys
@@ -83,6 +84,8 @@ class Result:
     broker_cpu: float
     pub_cpu: float
     errors: list[str]
+    longest_pause: float
+    """Longest time without a new stored frame between the first and the last one."""
 
     @property
     def acked_per_s(self) -> float:
@@ -129,7 +132,7 @@ def nats_ingestor(cluster: NatsClusterHandle, node: int, account: str, tmp: Path
 
 
 def measure(name: str, pool_factory: Callable[[], PublisherPool], ingestors: list[ServiceProcess],
-            broker_pids: list[int], expected: int) -> Result:
+            broker_pids: list[int], *, expected: int, patience: float) -> Result:
     """Run the publishers to the end, wait for the ingestors, collect the figures."""
     for svc in ingestors:
         svc.wait_event("ingestor_ready", 60)
@@ -137,6 +140,7 @@ def measure(name: str, pool_factory: Callable[[], PublisherPool], ingestors: lis
     tails = [LogTail(svc.log_path) for svc in ingestors]
     stored: Counter[tuple[str, int]] = Counter()
     last_stored = [0.0]
+    times: list[float] = []
 
     def poll() -> int:
         for tail in tails:
@@ -144,6 +148,7 @@ def measure(name: str, pool_factory: Callable[[], PublisherPool], ingestors: lis
                 if e.get("event") == "frame_stored":
                     stored[(str(e["device"]), int(e["seq"]))] += 1
                     last_stored[0] = max(last_stored[0], log_time(e))
+                    times.append(log_time(e))
         return len(stored)
 
     poll()
@@ -152,9 +157,11 @@ def measure(name: str, pool_factory: Callable[[], PublisherPool], ingestors: lis
     pool = pool_factory()
     pool.wait_connected()
     pub = pool.join(timeout=1800)
-    # Until every acknowledged frame is stored, or no progress for 10 s.
+    # Until every acknowledged frame is stored, or no progress for ``patience`` s (longer
+    # than NATS's MQTT ack_wait, 30 s: a message delivered but not acknowledged comes
+    # again only then).
     last, last_change = -1, time.monotonic()
-    while last < pub.frames_acked and time.monotonic() - last_change < 10:
+    while last < pub.frames_acked and time.monotonic() - last_change < patience:
         n = poll()
         if n != last:
             last, last_change = n, time.monotonic()
@@ -168,9 +175,11 @@ def measure(name: str, pool_factory: Callable[[], PublisherPool], ingestors: lis
     errors = list(pub.errors)
     if pub.frames_sent != expected:
         errors.append(f"{pub.frames_sent} frames sent, {expected} planned")
+    times.sort()
+    pause = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
     return Result(name, pub.frames_acked, len(stored), sum(1 for n in stored.values() if n > 1),
                   pub.first_publish, pub.last_ack, last_stored[0], ing_cpu, br_cpu, pub.cpu_s,
-                  errors)
+                  errors, pause)
 
 
 def run_mosquitto(args: Any, jpegs: list[bytes]) -> Result:
@@ -184,23 +193,26 @@ def run_mosquitto(args: Any, jpegs: list[bytes]) -> Result:
         try:
             return measure("mosquitto", lambda: PublisherPool(pub_spec(
                 broker, devices, jpegs, mode="backlog", frames=args.frames, window=8),
-                args.pub_procs), [svc], [broker_pid(broker)], args.cameras * args.frames)
+                args.pub_procs), [svc], [broker_pid(broker)], expected=args.cameras * args.frames,
+                patience=args.patience)
         finally:
             svc.close()
 
 
 def run_nats(args: Any, jpegs: list[bytes], ingestors: int) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="camstack-bench-nats-"))
-    cluster = start_nats_cluster(tmp / "cluster", 3)
+    cluster = start_nats_cluster(tmp / "cluster", args.nodes)
     svcs: list[ServiceProcess] = []
     try:
         devices = nats_devices(cluster, args.cameras)
         if ingestors == 1:
             svcs.append(nats_ingestor(cluster, 0, "ingestor-all", tmp, list(range(64))))
         else:
-            svcs.append(nats_ingestor(cluster, 1, "ingestor-a", tmp, list(range(32))))
-            svcs.append(nats_ingestor(cluster, 2, "ingestor-b", tmp, list(range(32, 64))))
-        ports = [cluster.mqtt_port(i) for i in range(3)]
+            svcs.append(nats_ingestor(cluster, 1 % args.nodes, "ingestor-a", tmp,
+                                      list(range(32))))
+            svcs.append(nats_ingestor(cluster, 2 % args.nodes, "ingestor-b", tmp,
+                                      list(range(32, 64))))
+        ports = [cluster.mqtt_port(i) for i in range(args.nodes)]
         broker_pids = [p.pid for p in cluster.procs.values()]
         spec_kw = {"mode": "backlog", "frames": args.frames, "window": 8,
                    "protocol": "3.1.1", "ports": ports}
@@ -211,7 +223,7 @@ def run_nats(args: Any, jpegs: list[bytes], ingestors: int) -> Result:
                                          jpegs=jpegs, **spec_kw), args.pub_procs)
 
         return measure(f"nats x{ingestors}", pool, svcs, broker_pids,
-                       args.cameras * args.frames)
+                       expected=args.cameras * args.frames, patience=args.patience)
     finally:
         for s in svcs:
             s.close()
@@ -232,6 +244,10 @@ def main() -> int:
                     help="run only these set-ups (repeatable); default: all three")
     ap.add_argument("--quick", action="store_true",
                     help="a small run (10 cameras x 20 frames of 20 KB) to try the bench")
+    ap.add_argument("--nodes", type=int, default=3, help="NATS nodes (streams replicated "
+                    "min(3, nodes) times)")
+    ap.add_argument("--patience", type=float, default=45.0,
+                    help="seconds without a new stored frame before giving up waiting")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folders (logs)")
     args = ap.parse_args()
     if args.quick:
@@ -253,7 +269,7 @@ def main() -> int:
         r = results[-1]
         print(f"   {r.name:10s} acked {r.acked:6d} ({r.acked_per_s:7.0f}/s)  stored {r.stored:6d} "
               f"({r.stored_per_s:7.0f}/s)  lost {r.acked - min(r.acked, r.stored)}  "
-              f"twice {r.twice}  CPU-s: ingestors {r.ingestor_cpu:.1f}, broker "
+              f"twice {r.twice}  longest pause {r.longest_pause:.1f} s  CPU-s: ingestors {r.ingestor_cpu:.1f}, broker "
               f"{r.broker_cpu:.1f}, publishers {r.pub_cpu:.1f}"
               + (f"  ERRORS {r.errors[:3]}" if r.errors else ""), flush=True)
     print(f"at the end: {load()}")

@@ -90,7 +90,7 @@ def stored_keys(*runs: ServiceProcess) -> Counter[FrameKey]:
     return out
 
 
-def settle(fleet: Fleet, runs: list[ServiceProcess], timeout: float = 60.0) -> None:
+def settle(fleet: Fleet, runs: list[ServiceProcess], timeout: float = 120.0) -> None:
     """Stop the cameras (every in-flight frame acknowledged), then wait until every
     acknowledged frame has been stored by one of ``runs``."""
     assert fleet.finish(30) == 0, "frames left without PUBACK"
