@@ -269,8 +269,8 @@ def main() -> int:
         r = results[-1]
         print(f"   {r.name:10s} acked {r.acked:6d} ({r.acked_per_s:7.0f}/s)  stored {r.stored:6d} "
               f"({r.stored_per_s:7.0f}/s)  lost {r.acked - min(r.acked, r.stored)}  "
-              f"twice {r.twice}  longest pause {r.longest_pause:.1f} s  CPU-s: ingestors {r.ingestor_cpu:.1f}, broker "
-              f"{r.broker_cpu:.1f}, publishers {r.pub_cpu:.1f}"
+              f"twice {r.twice}  longest pause {r.longest_pause:.1f} s  CPU-s: ingestors "
+              f"{r.ingestor_cpu:.1f}, broker {r.broker_cpu:.1f}, publishers {r.pub_cpu:.1f}"
               + (f"  ERRORS {r.errors[:3]}" if r.errors else ""), flush=True)
     print(f"at the end: {load()}")
     base = next((r for r in results if r.name == "mosquitto"), None)
