@@ -368,6 +368,11 @@ class PubSpec:
     seed: int = 0
     offsets: dict[str, float] = field(default_factory=dict)
     """Live mode: seconds a camera starts later than the others (spreads batch ends)."""
+    protocol: str = "5"
+    """MQTT version: ``"5"`` (Mosquitto) or ``"3.1.1"`` (the NATS engine)."""
+    ports: list[int] = field(default_factory=list)
+    """More brokers' ports (a cluster's nodes): camera ``i`` of a process connects to
+    ``ports[i % len(ports)]``; empty: ``port``."""
 
 
 @dataclass
@@ -413,21 +418,27 @@ class _Publisher:
         self.live = spec.mode == "live"
 
     def settings(self, device: str, password: str) -> MqttSettings:
-        return MqttSettings(host=self.spec.host, port=self.spec.port, username=device,
-                            password=password, client_id=device, keepalive_s=60,
+        ports = self.spec.ports or [self.spec.port]
+        return MqttSettings(host=self.spec.host, port=ports[len(self.cams) % len(ports)],
+                            username=device, password=password, client_id=device,
+                            keepalive_s=60, protocol="3.1.1" if self.spec.protocol == "3.1.1"
+                            else "5",
                             tls=TlsSettings(enabled=True, ca_file=Path(self.spec.ca_file)))
 
     def add(self, devices: list[tuple[str, str]], start_at: float) -> None:
         for device, password in devices:
             s = self.settings(device, password)
-            c = make_client(s, client_id=device)
+            c = make_client(s, client_id=device, clean_session=True)
             c.max_inflight_messages_set(0)  # our window is in frames, not paho's
             c.on_publish = self._on_publish
             cam = _Cam(device, c, [])
             c.user_data_set(cam)
             for attempt in range(5):
                 try:
-                    c.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
+                    if s.protocol == "3.1.1":  # clean session: fixed by make_client
+                        c.connect(s.host, s.port, keepalive=s.keepalive_s)
+                    else:
+                        c.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
                     break
                 except OSError as exc:
                     if attempt == 4:

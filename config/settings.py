@@ -120,6 +120,32 @@ class MetricsSettings(_Section):
     port: int = Field(default=9100, ge=0, le=65535, description="0 picks a free port.")
 
 
+class HandoffSettings(_Section):
+    """Moving partitions between two live ingestors at a capture-time fence.
+
+    The releasing ingestor stores the frames of ``partitions`` captured before
+    ``at_ms`` and acknowledges the later ones without storing them; the acquiring one
+    does the opposite. Frames without a trusted capture time are kept by both (a
+    duplicate is possible, a loss is not). docs/scaling.md, "Rebalancing partitions".
+    """
+
+    role: Literal["release", "acquire"] = Field(
+        description="release: this ingestor gives the partitions away; acquire: takes "
+        "them.")
+    partitions: list[Annotated[int, Field(ge=0, le=63)]] = Field(
+        min_length=1, max_length=64, description="The partitions that move (a subset of "
+        "ingest.partitions).")
+    at_ms: int = Field(
+        ge=0, description="The fence: a capture time, Unix milliseconds. The acquiring "
+        "ingestor must be subscribed before it (it refuses to start less than 5 s "
+        "before).")
+    release_after_s: float = Field(
+        default=300.0, gt=0, le=86_400,
+        description="release: UNSUBSCRIBE the partitions once every device seen on them "
+        "has sent a frame captured at or after at_ms, or at the latest this long after "
+        "at_ms.")
+
+
 class IngestSettings(_Section):
     """Reassembly, storage and batching rules of the ingestor."""
 
@@ -196,11 +222,17 @@ class IngestSettings(_Section):
         description="broker.engine = nats: the frame partitions this ingestor owns; it "
         "subscribes p/<n>/<prefix>/+/frame for each (docs/scaling.md). None: every "
         "device's <prefix>/+/frame (Mosquitto).")
+    handoff: HandoffSettings | None = Field(
+        default=None, description="NATS engine: partitions moving to or from another "
+        "ingestor at a capture-time fence (docs/scaling.md).")
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
         if self.partitions is not None and len(set(self.partitions)) != len(self.partitions):
             raise ValueError("partitions must not repeat")
+        if self.handoff is not None and not set(self.handoff.partitions) <= set(
+                self.partitions or []):
+            raise ValueError("handoff.partitions must be a subset of partitions")
         if self.max_device_inflight_bytes > self.max_inflight_bytes:
             raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
         if self.max_device_inflight_bytes < self.max_frame_bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from types import FrameType
 
 from prometheus_client import disable_created_metrics
@@ -16,6 +17,7 @@ from catalog import CatalogError
 from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import IngestorSettings
+from ingestor.handoff import ACQUIRE_LEAD_MS
 from ingestor.service import IngestorService
 from jobqueue import JobQueueError
 from objstore import ObjectStoreError
@@ -33,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     config = service_arguments("python -m ingestor", __doc__ or "", argv)
     settings = load_or_exit(IngestorSettings, config)
     configure_logging(settings.log.level, settings.log.format, service="ingestor")
+    handoff = settings.ingest.handoff
+    if (handoff is not None and handoff.role == "acquire"
+            and handoff.at_ms < time.time() * 1000 + ACQUIRE_LEAD_MS):
+        # Subscribed after the fence, it would miss frames the releasing one skips.
+        print(f"python -m ingestor: ingest.handoff.at_ms {handoff.at_ms} is less than "
+              f"{ACQUIRE_LEAD_MS // 1000} s ahead: choose a later fence", file=sys.stderr)
+        return 2
     # One series per counter: no companion *_created series (docs/operations.md).
     disable_created_metrics()  # type: ignore[no-untyped-call]
     try:

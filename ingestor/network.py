@@ -28,10 +28,16 @@ from config.settings import IngestorSettings
 from contract.events import ReadyEvent
 from contract.ids import is_device_id
 from contract.layout import FrameKey, FrameMeta, frame_time
-from contract.partition import parse_partition_frame_topic, partition_frame_filter
+from contract.partition import (
+    PARTITIONS,
+    device_partition,
+    parse_partition_frame_topic,
+    partition_frame_filter,
+)
 from contract.topics import all_devices, parse_device_topic, ready_topic, service_status_topic
 from ingestor.acks import AckLedger, AckToken
 from ingestor.assembler import Assembler, CompleteFrame, Drop, FeedResult, Status
+from ingestor.handoff import Release, keeps
 from ingestor.messages import (
     AckTokens,
     Announce,
@@ -94,6 +100,17 @@ class NetworkLoop:
             else [partition_frame_filter(self.prefix, n) for n in self.partitions])
         self.frame_filter = ",".join(self.frame_filters)
         """Logged (``ingestor_ready``, ``subscribed``)."""
+        # Partitions owned now (a release removes the moving ones); None: Mosquitto.
+        self.owned: set[int] | None = (None if self.partitions is None
+                                       else set(self.partitions))
+        self.handoff = self.ing.handoff
+        self.moving: set[int] = set(self.handoff.partitions) if self.handoff else set()
+        self.release: Release | None = (
+            Release(self.handoff.at_ms, self.handoff.release_after_s)
+            if self.handoff is not None and self.handoff.role == "release" else None)
+        self.handed_off = 0
+        """Frames of moving partitions acknowledged without storing (the other's)."""
+        self._not_owned: set[int] = set()
         self._subscribing: dict[int, list[str]] = {}
         self._refused: list[str] = []
         self._resubscribe_at = 0.0
@@ -268,7 +285,8 @@ class NetworkLoop:
         self.metrics.connected.set(1)
         log.info("mqtt_connected", session_present=bool(flags.session_present),
                  voided_acks=voided, receive_maximum=self.ing.receive_maximum)
-        self._subscribe(self.frame_filters)
+        self._unsubscribe_unowned()
+        self._subscribe(self.owned_filters())
         self._publish_status()
         for a in self._announces.values():
             a.info = None  # publish again on this connection
@@ -279,9 +297,30 @@ class NetworkLoop:
         self.metrics.connected.set(0)
         log.warning("mqtt_disconnected", reason=str(rc), unacked=self.ledger.held)
 
+    def owned_filters(self) -> list[str]:
+        """The frame filters to subscribe: every device's, or the partitions owned."""
+        if self.owned is None:
+            return list(self.frame_filters)
+        return [partition_frame_filter(self.prefix, n) for n in self.partitions or []
+                if n in self.owned]
+
+    def _unsubscribe_unowned(self) -> None:
+        # A persistent session's subscriptions come back at every reconnect (measured,
+        # docs/scaling.md): a partition this ingestor no longer owns would keep coming.
+        # UNSUBSCRIBE deletes what the session had not acknowledged for it: the
+        # procedure (docs/scaling.md) makes sure another ingestor has those frames.
+        if self.owned is None:
+            return
+        gone = [partition_frame_filter(self.prefix, n) for n in range(PARTITIONS)
+                if n not in self.owned]
+        if gone:
+            self._client.unsubscribe(gone)
+
     def _subscribe(self, filters: list[str]) -> None:
         """One SUBSCRIBE of ``filters`` at QoS 1; each SUBACK code is checked."""
         self._subscribing.clear()  # a new connection: older SUBACKs never come
+        if not filters:  # every partition released: nothing to read
+            return
         rc, mid = self._client.subscribe([(f, 1) for f in filters])
         if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
             self._subscribing[mid] = list(filters)
@@ -304,6 +343,11 @@ class NetworkLoop:
             self._publish_status()
             return
         self._refused = []
+        if (self.handoff is not None and self.handoff.role == "acquire"
+                and time.time() * 1000 >= self.handoff.at_ms
+                and not self._ready_logged):
+            log.error("handoff_subscribed_late", at_ms=self.handoff.at_ms,
+                      partitions=sorted(self.moving))
         if not self._ready_logged:
             self._ready_logged = True
             log.info("ingestor_ready", topic=self.frame_filter, **self.ready_info)
@@ -331,6 +375,15 @@ class NetworkLoop:
             device = parts[3] if len(parts) == 5 else topic
             by_part = parse_partition_frame_topic(topic, self.prefix)
             account = by_part[1] if by_part is not None else None
+            if by_part is not None and self.owned is not None and by_part[0] not in self.owned:
+                # A partition released or no longer configured, still in flight: the
+                # owner's session has its own copy. Acknowledged, not stored.
+                if by_part[0] not in self._not_owned:
+                    self._not_owned.add(by_part[0])
+                    log.warning("partition_not_owned", partition=by_part[0])
+                self.metrics.discarded.inc()
+                self._release([token])
+                return
         if retain:
             # A retained frame is a replay the broker keeps for every new subscriber,
             # not a capture: it would come back after each restart (docs/security.md).
@@ -406,6 +459,16 @@ class NetworkLoop:
                 "device_frames": {d: self._device_frames.get(d, 0) for d, _ in worst}}
 
     def _submit(self, frame: CompleteFrame[AckToken]) -> None:
+        if self.handoff is not None and device_partition(frame.device) in self.moving:
+            if self.release is not None:
+                self.release.frame(frame.device, frame.capture_ms, frame.clock_synced)
+            if not keeps(self.handoff.role, self.handoff.at_ms, frame.capture_ms,
+                         frame.clock_synced):
+                self.handed_off += 1
+                log.info("frame_handed_off", device=frame.device, boot_id=frame.boot_id,
+                         seq=frame.frame_seq, capture_ms=frame.capture_ms)
+                self._release(frame.tokens)
+                return
         if is_device_id(frame.device):
             self._count_device(self._device_frames, frame.device)
         t = frame_time(frame.capture_ms, frame.clock_synced, int(time.time() * 1000))
@@ -447,8 +510,22 @@ class NetworkLoop:
                 and now >= self._resubscribe_at):
             log.warning("subscribe_retry", topics=self._refused)
             self._subscribe(self._refused)
+        if (self.release is not None and self._connected
+                and self.release.due(int(time.time() * 1000))):
+            self._release_moving()
         if self._connected and now - self._status_at >= self.ing.status_interval_s:
             self._publish_status()
+
+    def _release_moving(self) -> None:
+        """UNSUBSCRIBE the partitions handed off (release role), once it is safe."""
+        assert self.release is not None and self.owned is not None
+        self.release.done = True
+        self.owned -= self.moving
+        self._client.unsubscribe([partition_frame_filter(self.prefix, n)
+                                  for n in sorted(self.moving)])
+        log.info("handoff_released", partitions=sorted(self.moving),
+                 crossed=len(self.release.crossed), waiting=sorted(self.release.waiting))
+        self._publish_status()
 
     def _announce_due(self, now: float) -> None:
         if not self._connected:
@@ -478,6 +555,11 @@ class NetworkLoop:
             "storage_ok": self._storage_ok, "upload_ok": self._upload_ok,
             **({"reason": self._upload_reason} if not self._upload_ok else {}),
             **({"refused_topics": self._refused[:64]} if self._refused else {}),
+            **({"partitions": sorted(self.owned)} if self.owned is not None else {}),
+            **({"handoff": {"role": self.handoff.role, "partitions": sorted(self.moving),
+                            "at_ms": self.handoff.at_ms, "handed_off": self.handed_off,
+                            "released": bool(self.release and self.release.done)}}
+               if self.handoff is not None else {}),
             "ts_ms": int(time.time() * 1000),
             **self._device_rejections(),
         }

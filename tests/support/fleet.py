@@ -153,7 +153,8 @@ class MarkedCamera:
         Returns:
             self.
         """
-        client = make_client(self.settings, client_id=self.device)
+        # A camera has no persistent session (MQTT 3.1.1: fixed when the client is made).
+        client = make_client(self.settings, client_id=self.device, clean_session=True)
         # paho queues what exceeds its in-flight limit; the camera's window bounds it.
         client.max_inflight_messages_set(1000)
         connect_blocking(client, self.settings, clean_start=True)

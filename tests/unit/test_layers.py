@@ -43,7 +43,7 @@ PURE_MODULES = {
     # Pure logic: no paho, no PyAV, no database or object store client, no file system.
     "contract/codec.py", "contract/layout.py", "contract/events.py", "contract/topics.py",
     "contract/ids.py", "contract/partition.py", "ingestor/assembler.py",
-    "ingestor/batcher.py", "ingestor/acks.py",
+    "ingestor/batcher.py", "ingestor/acks.py", "ingestor/handoff.py",
     "monitor/health.py", "encoder/timeline.py", "web/live.py", "web/auth.py",
     "web/commands.py", "jobqueue/job.py", "jobqueue/lambda_handler.py",
     "jobqueue/backlog.py",
