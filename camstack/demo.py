@@ -440,6 +440,31 @@ def _summary(watch: VideoWatch, storage: Path, fleet: Fleet, elapsed: float,
     return "\n".join(lines), ok
 
 
+def demo_console(out: TextIO | None) -> Callable[[str], None]:
+    """The demos' ``say``; SIGTERM and SIGHUP become KeyboardInterrupt (a clean stop).
+
+    Args:
+        out: Where progress goes (default: stdout).
+
+    Returns:
+        ``say(text)``, which never fails: output piped into `head` must not cost the
+        clean stop of the children.
+    """
+    stream = out or sys.stdout
+
+    def say(text: str) -> None:
+        with contextlib.suppress(OSError):
+            print(text, file=stream, flush=True)
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
+    return say
+
+
 def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = None) -> int:
     """Run the demo from start to clean stop.
 
@@ -451,20 +476,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
     Returns:
         0 when every camera got a video; 1 otherwise.
     """
-    stream = out or sys.stdout
-
-    def say(text: str) -> None:
-        # Output piped into `head` must not cost the clean stop of the children.
-        with contextlib.suppress(OSError):
-            print(text, file=stream, flush=True)
-
-    def interrupt(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, interrupt)
-
+    say = demo_console(out)
     real = Layout(settings.data_dir.resolve())
     # The demo is a data folder of its own (CA, accounts, broker state, storage): its
     # simulated cameras and its operator never get an account on the real broker.

@@ -22,7 +22,6 @@ import contextlib
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ from camstack.demo import (
     _summary,
     _table,
     _tail,
+    demo_console,
     reap_leftovers,
 )
 from camstack.servers import _http_json
@@ -153,19 +153,7 @@ def run_cluster_demo(settings: BrokerSettings, opts: DemoOptions,
     Returns:
         0 when every camera got a video, each from the ingestor owning its partition.
     """
-    stream = out or sys.stdout
-
-    def say(text: str) -> None:
-        with contextlib.suppress(OSError):
-            print(text, file=stream, flush=True)
-
-    def interrupt(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, interrupt)
-
+    say = demo_console(out)
     real = Layout(settings.data_dir.resolve())
     data = real.data_dir / "demo-cluster"
     paths = DemoPaths(data)

@@ -8,7 +8,6 @@ ingestors' ``frame_stored`` events covering every acknowledged frame), never a s
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,6 @@ def start_cluster(base: Path, **kwargs: Any) -> NatsClusterHandle:
         h.close()
         raise
     return h
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for thing in reversed(made):
-        thing.close()
 
 
 def devices_in(parts: list[int], n: int, tag: str) -> list[str]:

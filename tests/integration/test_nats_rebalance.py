@@ -49,14 +49,6 @@ def clients() -> Iterator[list[Client]]:
         c.close()
 
 
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for thing in reversed(made):
-        thing.close()
-
-
 def _msgs_stream(cluster: NatsClusterHandle) -> tuple[int, list[tuple[int, int]]]:
     """Messages in ``$MQTT_msgs`` and (ack pending, pending) of each of its consumers."""
     _, jsz = cluster.http(0, "/jsz?accounts=true&streams=true&consumers=true")
