@@ -253,6 +253,9 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             # Without the CSP the escaping checks below are stricter, not weaker.
             bypass_csp=True)
         ctx.set_default_timeout(20_000)
+        # expect() has its own 5 s default; the whole suite on 2 CPUs can take longer
+        # for the first live update (a positive signal: a pass returns at once).
+        playwright_sync.expect.set_options(timeout=20_000)
         yield ctx
         ctx.close()
 
