@@ -18,20 +18,27 @@ from tests.unit.test_homeassistant import validate
 
 pytestmark = pytest.mark.integration
 
+MARKER = "svc/operator-hamon/status"  # the monitor's retained status
 JPEG = b"\xff\xd8\xff\xe0" + bytes(300) + b"\xff\xd9"
 
 
 def _retained(broker: BrokerHandle, account: str) -> dict[str, bytes]:
-    """Every retained HA message a new subscriber gets (topic -> payload)."""
+    """Every retained HA message a new subscriber gets (topic -> payload).
+
+    The broker answers subscriptions in order, each with its retained messages, so the
+    monitor's own retained status, subscribed last, marks the end of the HA ones: no fixed
+    wait, which the session broker (holding other tests' topics too) could outlast."""
     c = broker.client(account, client_id=account)
     col = Collector(c)
     col.subscribe("homeassistant/#")
     col.subscribe("camstack/ha/#")
-    col.wait_for(lambda ms: False, timeout=1.0)  # retained ones arrive right after SUBACK
+    col.subscribe(MARKER)
+    assert col.wait_for(lambda ms: any(m.topic == MARKER for m in ms), timeout=20)
     c.disconnect()
     c.loop_stop()
     with col.lock:  # live updates after the retained ones are left out
-        return {m.topic: bytes(m.payload) for m in col.messages if m.retain}
+        return {m.topic: bytes(m.payload) for m in col.messages
+                if m.retain and m.topic != MARKER}
 
 
 def _ours(topics: dict[str, bytes], device: str) -> dict[str, bytes]:
@@ -74,12 +81,15 @@ def test_discovery_is_retained_and_cleared_when_a_camera_is_revoked_or_disappear
     runner = threading.Thread(target=mon.run, daemon=True)
     runner.start()
     try:
-        def complete(ms: list[mqtt.MQTTMessage]) -> bool:
-            t = _latest(ms)
+        def settled(t: dict[str, bytes]) -> bool:
+            """Every device's discovery, state and raised alert, and ha-a's thumbnail."""
             return all(t.get(f"homeassistant/binary_sensor/camstack_{d}/alert_device_offline/"
-                             "config") for d in devs) and bool(t.get("camstack/ha/ha-a/image"))
+                             "config") and t.get(f"camstack/ha/{d}/alert/device_offline") == b"ON"
+                       and b'"offline"' in t.get(f"camstack/ha/{d}/state", b"")
+                       for d in devs) and bool(t.get("camstack/ha/ha-a/image"))
 
-        assert col.wait_for(complete, timeout=20), sorted(_latest(col.messages))
+        assert col.wait_for(lambda ms: settled(_latest(ms)), timeout=20), \
+            sorted(_latest(col.messages))
         retained = _retained(broker, "operator-haread")
         for dev in devs:
             mine = _ours(retained, dev)
