@@ -39,14 +39,25 @@ def free_port() -> int:
         return port
 
 
-def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+def wait_port(host: str, port: int, timeout: float = 10.0,
+              proc: subprocess.Popen[bytes] | None = None) -> None:
     """Block until ``host:port`` accepts TCP connections.
+
+    Args:
+        host: Address.
+        port: Port.
+        timeout: Longest wait.
+        proc: The server expected to listen: its exit ends the wait at once.
 
     Raises:
         TimeoutError: If it does not within ``timeout`` seconds.
+        RuntimeError: If ``proc`` exited first.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode} before listening on "
+                               f"{host}:{port}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.02)

@@ -116,7 +116,10 @@ class SeaweedHandle:
             # each, and 8 volumes ran out ("No writable volumes and no free volumes
             # left", an InternalError to S3 clients). Volumes are sparse files.
             "-master.volumeSizeLimitMB=64", "-volume.max=500",
-            f"-filer.localSocket={b / 'filer.sock'}", f"-s3.localSocket={b / 's3.sock'}",
+            # Relative to its working folder (``base``): a unix socket path holds at most
+            # 107 bytes, which a deep test folder (pytest-xdist's popen-gw<n>/) exceeded
+            # and weed died at once ("bind: invalid argument").
+            "-filer.localSocket=filer.sock", "-s3.localSocket=s3.sock",
             f"-s3.config={b / 's3.json'}", f"-bucket={self.bucket}",
         ]
 
@@ -129,7 +132,10 @@ class SeaweedHandle:
         self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=self.base, start_new_session=True)
         deadline = time.monotonic() + timeout
-        wait_port("127.0.0.1", self.ports["s3"], timeout=timeout)
+        try:
+            wait_port("127.0.0.1", self.ports["s3"], timeout=timeout, proc=self.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; see {self.log_file}") from None
         client = self.client()
         while True:
             if self.proc.poll() is not None:

@@ -94,6 +94,14 @@ class Up:
             return self.count(pattern) >= n
         wait_until(ok, timeout, f"{n} x {pattern!r} in:\n{self.text()[-3000:]}")
 
+    def wait_ingestor_subscribed(self, timeout: float = 60.0) -> None:
+        """Until the ingestor has its subscription: a QoS 1 frame the broker acknowledges
+        before the ingestor's first session exists goes to no one (RUNNING in supervisord
+        only means the process started)."""
+        log = self.data / "logs" / "ingestor.log"
+        wait_until(lambda: log.is_file() and '"ingestor_ready"' in log.read_text(
+            errors="replace"), timeout, f"ingestor_ready in {log}")
+
     def pids(self) -> dict[str, int]:
         res = subprocess.run(supervisorctl_argv(self.conf, "status"), capture_output=True,
                              text=True, timeout=30, check=False)
@@ -157,6 +165,7 @@ def test_make_up_restarts_each_killed_process_and_loses_no_acked_frame(up: Up) -
     first = up.pids()
     assert set(first) == set(PROGRAMS), up.text()
     wait_port("127.0.0.1", up.tls_port)
+    up.wait_ingestor_subscribed()
 
     store = AccountStore(up.data / "broker")
     password = store.add("supcam1", "device")
@@ -271,6 +280,7 @@ def test_make_up_runs_nats_for_the_jetstream_runner(up: Up, seaweedfs: Any) -> N
     pids = up.pids()
     assert (up.data / "nats" / "jetstream").is_dir()
     wait_port("127.0.0.1", up.tls_port)
+    up.wait_ingestor_subscribed()
 
     store = AccountStore(up.data / "broker")
     password = store.add("supjs1", "device")
