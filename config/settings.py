@@ -415,6 +415,15 @@ class CatalogSettings(_Section):
         return self.dsn.get_secret_value()
 
 
+def nats_inbox_prefix(user: str) -> str:
+    """Reply subjects of ``user``'s NATS connections: ``_INBOX.<user>`` (``_INBOX`` if none).
+
+    On the NATS cluster engine each service account may subscribe only its own inbox
+    subtree (broker/natscluster.py), so no account reads another's replies.
+    """
+    return f"_INBOX.{user}" if user else "_INBOX"
+
+
 class JobQueueSettings(_Section):
     """The JetStream work queue of encode jobs (docs/scaling.md)."""
 
@@ -450,6 +459,16 @@ class JobQueueSettings(_Section):
                                description="Larger job messages are rejected unread.")
     credentials_file: Path | None = Field(
         default=None, description="NATS .creds file (JWT + NKey seed); none: no auth.")
+    user: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]{0,32}$",
+        description="NATS user name (the service account on the NATS cluster engine; "
+        "with password_file). Empty: no user/password login.")
+    password_file: Path | None = Field(
+        default=None, description="File holding the user's password (one line).")
+    replicas: int = Field(
+        default=1, ge=1, le=5,
+        description="Replicas of the job stream: 1 on a single server, the cluster's "
+        "stream replicas (broker.nats.stream_replicas) on the NATS cluster engine.")
     tls: bool = Field(default=False, description="Require TLS to the servers.")
     tls_ca_file: Path | None = Field(default=None, description="CA of the servers' certificate.")
     tls_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
@@ -461,11 +480,21 @@ class JobQueueSettings(_Section):
             raise ValueError("heartbeat_s must be below ack_wait_s")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if bool(self.user) != (self.password_file is not None):
+            raise ValueError("jobqueue.user and jobqueue.password_file must be given together")
+        if self.user and self.credentials_file is not None:
+            raise ValueError("jobqueue: give credentials_file or user/password_file, not both")
         for url in self.servers:
             if not re.fullmatch(r"(nats|tls)://[A-Za-z0-9.:\[\]_-]{1,253}", url):
                 raise ValueError(f"servers: {url[:80]!r} is not nats://host[:port] "
                                  "or tls://host[:port]")
         return self
+
+    def resolved_password(self) -> str:
+        """The password in ``password_file`` without a trailing newline ("" without one)."""
+        if self.password_file is None:
+            return ""
+        return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
 
 
 SHARED_CATALOG = Path("state") / "catalog.sqlite3"
