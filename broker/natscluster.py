@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.accounts import Account, service_role
-from config.settings import JobQueueSettings, nats_inbox_prefix
+from config.settings import JobQueueSettings, LeaseSettings, nats_inbox_prefix
 from contract.partition import PARTITION_PREFIX, PARTITIONS, device_partition
 from contract.topics import device_acl_patterns, role_acl_lines
 
@@ -156,7 +156,22 @@ JOB_ROLES = frozenset({"ingestor", "encoder"})
 """Service roles that also log in over the NATS protocol, for the encode job queue."""
 
 
-def job_permissions(role: str, user: str, jobs: JobQueueSettings) -> Permissions:
+def lease_permissions(leases: LeaseSettings) -> list[str]:
+    """An ingestor's publish rights on the partition-lease bucket (ingestor/leases.py).
+
+    Open the bucket (STREAM.INFO) or create it (STREAM.CREATE), read a key
+    (STREAM.MSG.GET: the bucket is made without direct gets), and create, update or
+    delete keys (a publish on ``$KV.<bucket>.<key>``). Any ingestor may write any key:
+    which partitions an ingestor owns is its config, the bucket is what makes two owners
+    see each other.
+    """
+    b = leases.bucket
+    return [f"$JS.API.STREAM.INFO.KV_{b}", f"$JS.API.STREAM.CREATE.KV_{b}",
+            f"$JS.API.STREAM.MSG.GET.KV_{b}", f"$KV.{b}.>"]
+
+
+def job_permissions(role: str, user: str, jobs: JobQueueSettings,
+                    leases: LeaseSettings | None = None) -> Permissions:
     """The NATS-protocol rights of a job-queue service: its job stream and nothing else.
 
     The minimal set found against nats-server 2.15.1 (docs/scaling.md, "The job queue on
@@ -169,6 +184,7 @@ def job_permissions(role: str, user: str, jobs: JobQueueSettings) -> Permissions
         role: ``ingestor`` or ``encoder``.
         user: The account name (its inbox).
         jobs: Stream, subject prefix and consumer names.
+        leases: The ingestor's lease bucket (default: the ``[leases]`` default).
 
     Returns:
         The rights.
@@ -180,6 +196,7 @@ def job_permissions(role: str, user: str, jobs: JobQueueSettings) -> Permissions
                f"{api}.STREAM.UPDATE.{s}", f"{api}.CONSUMER.DURABLE.CREATE.{s}.{c}"]
     if role == "ingestor":
         publish.append(f"{jobs.subject_prefix}.>")
+        publish += lease_permissions(leases or LeaseSettings())
     else:  # the encoder also exports the consumer's pending count (CONSUMER.INFO)
         publish += [f"{api}.CONSUMER.INFO.{s}.{c}", f"{api}.CONSUMER.MSG.NEXT.{s}.{c}",
                     f"$JS.ACK.{s}.{c}.>"]

@@ -369,6 +369,10 @@ def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
     docs["encoder"]["jobqueue"] = {**docs["encoder"].get("jobqueue", {}),
                                    **cluster_jobqueue(settings, layout, "encoder")}
     base = docs["ingestor"]
+    base["jobqueue"] = {**base.get("jobqueue", {}),
+                        **cluster_jobqueue(settings, layout, "ingestor")}
+    # One owner per partition: each ingestor claims its partitions on the cluster.
+    base["leases"] = {"enabled": True}
     plan = ingestors or [("ingestor", list(range(n.partitions)))]
     for k, (account, parts) in enumerate(plan):
         doc = {**base, "mqtt": {**base["mqtt"], "username": account, "client_id": account,

@@ -497,6 +497,35 @@ class JobQueueSettings(_Section):
         return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
 
 
+class LeaseSettings(_Section):
+    """Partition leases of the NATS engine: one owner per partition (docs/scaling.md).
+
+    The ingestor claims one key per owned partition in a JetStream key-value bucket on
+    the cluster (over its ``[jobqueue]`` connection) before it subscribes, refreshes
+    them, and deletes them on a clean stop or a handoff release. A partition another
+    live ingestor holds ends the start (exit 2, naming the partition and its owner); a
+    crashed owner's keys expire after ``ttl_s`` (the bucket's max age).
+    """
+
+    enabled: bool = Field(
+        default=False, description="Claim the partitions (ingest.partitions) before "
+        "subscribing; needs runner = \"jetstream\" (the [jobqueue] connection).")
+    bucket: str = Field(default="camstack_partitions", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                        description="The key-value bucket (created with ttl_s).")
+    ttl_s: float = Field(
+        default=30.0, ge=2.0, le=3600,
+        description="A lease not refreshed for this long expires (a crashed owner's); "
+        "the bucket's max age, fixed when the bucket is created.")
+    refresh_s: float = Field(default=10.0, gt=0, le=1200,
+                             description="Refresh every lease this often (below ttl_s / 2).")
+
+    @model_validator(mode="after")
+    def _refresh_below_ttl(self) -> LeaseSettings:
+        if self.refresh_s * 2 >= self.ttl_s:
+            raise ValueError("leases.refresh_s must be below half of leases.ttl_s")
+        return self
+
+
 SHARED_CATALOG = Path("state") / "catalog.sqlite3"
 """Where the services' SQLite catalog is, relative to the storage root, by default."""
 
@@ -551,6 +580,7 @@ class IngestorSettings(_ServiceSettings):
         "encoders' shared subscription) or `jetstream` (also one NATS JetStream job per "
         "sealed batch; needs store.backend = \"s3\"). docs/scaling.md.")
     jobqueue: JobQueueSettings = JobQueueSettings()
+    leases: LeaseSettings = LeaseSettings()
 
     @model_validator(mode="after")
     def _shared_catalog(self):  # type: ignore[no-untyped-def]
@@ -561,6 +591,15 @@ class IngestorSettings(_ServiceSettings):
     @model_validator(mode="after")
     def _runner_needs_store(self):  # type: ignore[no-untyped-def]
         _check_runner(self.runner, self.store)
+        return self
+
+    @model_validator(mode="after")
+    def _leases_need_the_cluster(self):  # type: ignore[no-untyped-def]
+        if self.leases.enabled and self.runner != "jetstream":
+            raise ValueError('leases.enabled needs runner = "jetstream" (the leases use '
+                             "the [jobqueue] connection to the cluster)")
+        if self.leases.enabled and self.ingest.partitions is None:
+            raise ValueError("leases.enabled needs ingest.partitions (the NATS engine)")
         return self
 
 

@@ -27,7 +27,14 @@ from broker.natscluster import (
 )
 from broker.pki import PkiPaths, create_ca, create_server_cert
 from camstack.servers import nats_server_binary
-from config.settings import BrokerSettings, JobQueueSettings, MqttSettings, nats_inbox_prefix
+from config.settings import (
+    BrokerSettings,
+    IngestorSettings,
+    JobQueueSettings,
+    LeaseSettings,
+    MqttSettings,
+    nats_inbox_prefix,
+)
 from contract.ids import DEVICE_ID_RE
 from contract.partition import (
     device_partition,
@@ -166,10 +173,13 @@ def test_job_queue_services_also_log_in_over_nats_with_job_rights_only() -> None
     assert job_permissions("ingestor", "ingestor-b", jobs) == Permissions(
         publish=["$JS.API.STREAM.INFO.JOBS", "$JS.API.STREAM.CREATE.JOBS",
                  "$JS.API.STREAM.UPDATE.JOBS", "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers",
-                 "j.enc.>"],
+                 "j.enc.>", "$JS.API.STREAM.INFO.KV_camstack_partitions",
+                 "$JS.API.STREAM.CREATE.KV_camstack_partitions",
+                 "$JS.API.STREAM.MSG.GET.KV_camstack_partitions", "$KV.camstack_partitions.>"],
         subscribe=["_INBOX.ingestor-b.>"])
     enc = job_permissions("encoder", "encoder-2", jobs)
-    assert "j.enc.>" not in enc.publish  # an encoder publishes no job
+    assert "j.enc.>" not in enc.publish  # an encoder publishes no job, holds no lease
+    assert not any("KV" in p for p in enc.publish)
     assert enc.publish[4:] == ["$JS.API.CONSUMER.INFO.JOBS.workers",
                                "$JS.API.CONSUMER.MSG.NEXT.JOBS.workers", "$JS.ACK.JOBS.workers.>"]
     # The MQTT rights stay, the job rights come after them.
@@ -188,6 +198,11 @@ def test_jobqueue_user_and_password_file_settings(tmp_path: Path) -> None:
     assert JobQueueSettings().resolved_password() == ""
     assert nats_inbox_prefix("encoder-2") == "_INBOX.encoder-2"
     assert nats_inbox_prefix("") == "_INBOX"
+    assert LeaseSettings(ttl_s=3, refresh_s=1).enabled is False
+    with pytest.raises(ValidationError):
+        LeaseSettings(ttl_s=10, refresh_s=5)  # a refresh must fit twice in the ttl
+    with pytest.raises(ValidationError, match=r"leases\.enabled needs runner"):
+        IngestorSettings(leases={"enabled": True}, ingest={"partitions": [1]})
     for bad in ({"user": "encoder"}, {"password_file": pw},
                 {"user": "encoder", "password_file": pw, "credentials_file": pw},
                 {"user": "a b", "password_file": pw}, {"user": "x.y", "password_file": pw},

@@ -107,6 +107,8 @@ def test_nats_service_documents(tmp_path: Path) -> None:
         assert jq["servers"] == nodes and jq["user"] == name and jq["replicas"] == 3
         assert jq["password_file"] == docs[name]["mqtt"]["password_file"]
     assert one["ingestor"]["jobqueue"]["user"] == "ingestor"
+    assert docs["ingestor-b"]["leases"] == {"enabled": True}
+    assert IngestorSettings(**{**docs["ingestor-b"], **s3}).leases.enabled
     assert "jobqueue" not in docs["monitor"] and "jobqueue" not in docs["web"]
     enc = EncoderSettings(**{**docs["encoder"], **s3})
     assert enc.jobqueue.user == "encoder" and enc.jobqueue.replicas == 3
