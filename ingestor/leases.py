@@ -87,6 +87,21 @@ class Holder:
             return cls("<unreadable lease>", "", "?", 0)
 
 
+def refusal(refused: dict[int, Holder]) -> str:
+    """Why a claim was refused, one clause per holder.
+
+    ``partitions 4, 5 are held by ingestor-a (host vm, since 18:21:42 UTC)``.
+    """
+    by: dict[Holder, list[int]] = {}
+    for p, h in sorted(refused.items()):
+        by.setdefault(h, []).append(p)
+    return "; ".join(
+        f"partition{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))} "
+        f"{'are' if len(ps) > 1 else 'is'} held by {h.owner} (host {h.host}, since "
+        f"{time.strftime('%H:%M:%S', time.gmtime(h.since_ms / 1000))} UTC)"
+        for h, ps in by.items())
+
+
 class PartitionLeases:
     """The leases of one ingestor, kept by a private asyncio loop in a daemon thread.
 
@@ -162,14 +177,10 @@ class PartitionLeases:
         if refused:
             for p in list(self.held):  # nothing half-claimed stays behind
                 await self._delete(p)
-            names = ", ".join(f"{p} (held by {h.owner} on {h.host} since "
-                              f"{time.strftime('%H:%M:%S', time.gmtime(h.since_ms / 1000))}"
-                              " UTC)" for p, h in sorted(refused.items()))
             raise LeaseRefused(
-                f"partition(s) {names} are owned by another live ingestor: two owners "
-                f"would store their frames twice. Stop it or take them with a handoff "
-                f"(docs/scaling.md); a crashed owner's lease expires after "
-                f"{self.settings.ttl_s:g}s (leases.ttl_s)")
+                f"{refusal(refused)}: two owners would store their frames twice. Stop "
+                "it or move them with a handoff (docs/scaling.md); a crashed owner's "
+                f"lease expires after {self.settings.ttl_s:g}s (leases.ttl_s)")
         log.info("partition_leases_claimed", partitions=self.wanted,
                  later=self.later, bucket=self.settings.bucket, ttl_s=self.settings.ttl_s)
 

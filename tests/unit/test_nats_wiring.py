@@ -32,6 +32,7 @@ from config.settings import (
     MqttSettings,
     NatsClusterSettings,
 )
+from ingestor.leases import Holder, refusal
 from monitor.service import broker_sys_topics
 
 
@@ -165,3 +166,13 @@ def test_systemd_one_unit_per_node(tmp_path: Path) -> None:
         res = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
                              capture_output=True, text=True, timeout=120, check=False)
         assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+
+
+def test_a_lease_refusal_names_each_holder_and_its_partitions() -> None:
+    a = Holder("ingestor-a", "i1", "hostA", 0)
+    b = Holder("ingestor-b", "i2", "hostB", 3_600_000)
+    text = refusal({5: a, 4: a, 9: b})
+    assert text == ("partitions 4, 5 are held by ingestor-a (host hostA, since 00:00:00 "
+                    "UTC); partition 9 is held by ingestor-b (host hostB, since 01:00:00 UTC)")
+    assert Holder.parse(a.to_json()) == a
+    assert Holder.parse(b"not json").owner == "<unreadable lease>"  # never taken for ours
