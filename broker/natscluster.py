@@ -190,8 +190,8 @@ def job_permissions(role: str, user: str, jobs: JobQueueSettings,
         The rights.
     """
     api, s, c = "$JS.API", jobs.stream, jobs.consumer
-    # nats-py creates a durable consumer on the legacy DURABLE.CREATE subject (no
-    # consumer name in its config): CONSUMER.CREATE is refused to nobody, but unused.
+    # nats-py creates a durable consumer on the legacy DURABLE.CREATE subject (its
+    # config has no consumer name), so CONSUMER.CREATE is not granted.
     publish = [f"{api}.STREAM.INFO.{s}", f"{api}.STREAM.CREATE.{s}",
                f"{api}.STREAM.UPDATE.{s}", f"{api}.CONSUMER.DURABLE.CREATE.{s}.{c}"]
     if role == "ingestor":
