@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.accounts import Account, service_role
+from config.settings import JobQueueSettings, LeaseSettings, nats_inbox_prefix
 from contract.partition import PARTITION_PREFIX, PARTITIONS, device_partition
 from contract.topics import device_acl_patterns, role_acl_lines
 
@@ -151,6 +152,57 @@ def account_permissions(acc: Account, prefix: str,
     return acl_permissions([r.format(name=acc.name) for r in rights], prefix, partitions)
 
 
+JOB_ROLES = frozenset({"ingestor", "encoder"})
+"""Service roles that also log in over the NATS protocol, for the encode job queue."""
+
+
+def lease_permissions(leases: LeaseSettings) -> list[str]:
+    """An ingestor's publish rights on the partition-lease bucket (ingestor/leases.py).
+
+    Open the bucket (STREAM.INFO) or create it (STREAM.CREATE), read a key
+    (STREAM.MSG.GET: the bucket is made without direct gets), and create, update or
+    delete keys (a publish on ``$KV.<bucket>.<key>``). Any ingestor may write any key:
+    which partitions an ingestor owns is its config, the bucket is what makes two owners
+    see each other.
+    """
+    b = leases.bucket
+    return [f"$JS.API.STREAM.INFO.KV_{b}", f"$JS.API.STREAM.CREATE.KV_{b}",
+            f"$JS.API.STREAM.MSG.GET.KV_{b}", f"$KV.{b}.>"]
+
+
+def job_permissions(role: str, user: str, jobs: JobQueueSettings,
+                    leases: LeaseSettings | None = None) -> Permissions:
+    """The NATS-protocol rights of a job-queue service: its job stream and nothing else.
+
+    The minimal set found against nats-server 2.15.1 (docs/scaling.md, "The job queue on
+    the cluster"): both roles create or update the stream and the shared durable
+    consumer at start (``jobqueue.queue.ensure_stream``); the ingestor publishes jobs;
+    the encoder pulls them, acks them (``$JS.ACK`` is the reply subject of every
+    delivered job) and reads the consumer's depth. Replies come to the user's own inbox.
+
+    Args:
+        role: ``ingestor`` or ``encoder``.
+        user: The account name (its inbox).
+        jobs: Stream, subject prefix and consumer names.
+        leases: The ingestor's lease bucket (default: the ``[leases]`` default).
+
+    Returns:
+        The rights.
+    """
+    api, s, c = "$JS.API", jobs.stream, jobs.consumer
+    # nats-py creates a durable consumer on the legacy DURABLE.CREATE subject (its
+    # config has no consumer name), so CONSUMER.CREATE is not granted.
+    publish = [f"{api}.STREAM.INFO.{s}", f"{api}.STREAM.CREATE.{s}",
+               f"{api}.STREAM.UPDATE.{s}", f"{api}.CONSUMER.DURABLE.CREATE.{s}.{c}"]
+    if role == "ingestor":
+        publish.append(f"{jobs.subject_prefix}.>")
+        publish += lease_permissions(leases or LeaseSettings())
+    else:  # the encoder also exports the consumer's pending count (CONSUMER.INFO)
+        publish += [f"{api}.CONSUMER.INFO.{s}.{c}", f"{api}.CONSUMER.MSG.NEXT.{s}.{c}",
+                    f"$JS.ACK.{s}.{c}.>"]
+    return Permissions(publish=publish, subscribe=[f"{nats_inbox_prefix(user)}.>"])
+
+
 def _q(value: str) -> str:
     return json.dumps(value)
 
@@ -164,14 +216,20 @@ def _perm_map(allow: list[str]) -> str:
     return f"{{allow: {_list(allow)}}}" if allow else '{deny: [">"]}'
 
 
-def render_accounts(accounts: list[Account], prefix: str,
-                    partitions: int = PARTITIONS) -> tuple[str, list[str]]:
+def render_accounts(accounts: list[Account], prefix: str, partitions: int = PARTITIONS,
+                    jobs: JobQueueSettings | None = None) -> tuple[str, list[str]]:
     """The accounts file every node includes.
+
+    Devices and operators log in over MQTT only. Ingestor and encoder accounts may also
+    log in over the NATS protocol, for the encode job queue (:func:`job_permissions`,
+    added to their MQTT rights).
 
     Args:
         accounts: All accounts; revoked ones are left out.
         prefix: Device topic prefix.
         partitions: Number of partitions.
+        jobs: The job queue's stream, subject prefix and consumer (default: the
+            ``[jobqueue]`` defaults).
 
     Returns:
         The file text, and the names of active accounts left out because they have no
@@ -189,10 +247,19 @@ def render_accounts(accounts: list[Account], prefix: str,
         if not acc.nats_hash:
             missing.append(acc.name)
             continue
+        # MQTT only, except the job queue's services: for any other account a password
+        # is no NATS-protocol login on the client port.
+        kinds = ["MQTT"]
+        role = service_role(acc.name) if acc.kind == "service" else None
+        if role in JOB_ROLES:
+            assert role is not None
+            kinds.append("STANDARD")
+            extra = job_permissions(role, acc.name, jobs or JobQueueSettings())
+            perms.publish += [p for p in extra.publish if p not in perms.publish]
+            perms.subscribe += [p for p in extra.subscribe if p not in perms.subscribe]
         users.append(
             f"      {{user: {_q(acc.name)}, password: {_q(acc.nats_hash)},\n"
-            # MQTT only: a password is no NATS-protocol login on the client port.
-            '        allowed_connection_types: ["MQTT"], permissions: {\n'
+            f"        allowed_connection_types: {_list(kinds)}, permissions: {{\n"
             f"        publish: {_perm_map(perms.publish)}\n"
             f"        subscribe: {_perm_map(perms.subscribe)}\n"
             "      }}")

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from broker import cli as broker_cli
 from broker.accounts import AccountStore
-from broker.cluster import broker_pid_files
+from broker.cluster import broker_pid_files, cluster_nodes
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.run import prepare
@@ -385,12 +385,14 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     for path in render_local(settings):
         print(f"wrote {path}")
     nodes = settings.nats.nodes if settings.engine == "nats" else None
+    ports = ([n.client_port for n in cluster_nodes(settings, layout)]
+             if settings.engine == "nats" else [])
     conf = write_supervisord(layout, broker_config=args.config.resolve() if args.config
-                             else None, cluster_nodes=nodes)
+                             else None, cluster_nodes=nodes, cluster_ports=ports)
     if args.render_only:
         print(conf)
         return 0
-    nats = local_jetstream_port(layout) is not None
+    nats = local_jetstream_port(layout, ports) is not None
     programs = [*PROGRAMS, *(["nats"] if nats else [])]
     if nodes is not None:
         programs[:1] = [cluster_program(i) for i in range(nodes)]

@@ -3,14 +3,15 @@
 Three NATS nodes (``broker.engine = "nats"``, rendered by broker/cluster.py into
 ``<data>/demo-cluster/nats``), two ingestors owning partitions 0-31 and 32-63 (MQTT
 3.1.1, each on another node), a SeaweedFS (S3) and a PostgreSQL, two encode workers
-pulling jobs from a NATS JetStream queue, and simulated cameras on loopback chosen so
-that both halves of the partitions have cameras. It streams until every camera has a
-video, prints which ingestor stored which camera's frames, the videos (object keys and
-catalog rows) and the jobs each worker handled, stops everything and exits 0.
+pulling jobs from a NATS JetStream queue on the cluster itself, and simulated cameras
+on loopback chosen so that both halves of the partitions have cameras. It streams until
+every camera has a video, prints which ingestor stored which camera's frames, the
+videos (object keys and catalog rows) and the jobs each worker handled, stops everything
+and exits 0.
 
-The job queue runs on its own ``nats-server`` (started for the run, as ``make
-demo-cloud``'s): the cluster's accounts log in over MQTT only, and the job queue's
-client has no user/password login (docs/scaling.md).
+The job queue is a stream on the cluster, replicated like the MQTT streams: the
+ingestor and encoder accounts log in over the NATS protocol too, with rights on the job
+stream only (broker/natscluster.py ``job_permissions``, docs/scaling.md).
 
 Everything lives under ``<data>/demo-cluster/``, a data folder of its own (CA, accounts
 with their bcrypt hashes, node configs and stores, configs, logs), reused by the next run.
@@ -57,7 +58,13 @@ from camstack.stack import (
     nats_service_documents,
     write_documents,
 )
-from config.settings import BrokerSettings, MqttSettings, NatsClusterSettings, TlsSettings
+from config.settings import (
+    BrokerSettings,
+    JobQueueSettings,
+    MqttSettings,
+    NatsClusterSettings,
+    TlsSettings,
+)
 from contract.partition import device_partition
 from monitor.service import now_ms
 
@@ -185,10 +192,11 @@ def run_cluster_demo(settings: BrokerSettings, opts: DemoOptions,
     ok = False
     started = time.monotonic()
     try:
-        say("starting SeaweedFS (S3), PostgreSQL and NATS (JetStream job queue) for this run")
-        cloud = _Cloud(paths.root / "cloud", workers)
+        say("starting SeaweedFS (S3) and PostgreSQL for this run")
+        cloud = _Cloud(paths.root / "cloud")  # no NATS of its own: jobs go to the cluster
         say(f"  S3 {cloud.weed.endpoint} bucket {cloud.weed.bucket}; PostgreSQL on "
-            f"{cloud.pg.socket_dir}; job queue {cloud.nats.url if cloud.nats else '?'}")
+            f"{cloud.pg.socket_dir}; job queue: stream {JobQueueSettings().stream} on the "
+            f"cluster (R{nats.replicas})")
         docs = nats_service_documents(
             demo, layout, ingestors=list(INGESTORS), storage_root=paths.storage,
             log_format="json", metrics_ports={"ingestor": 0, "encoder": 0, "monitor": 0},
@@ -207,14 +215,17 @@ def run_cluster_demo(settings: BrokerSettings, opts: DemoOptions,
                                                 paths.logs / f"nats-{n.index}.out")
         _save_pids(paths, children)
         wait_cluster(nodes, children, 60)
-        say(f"cluster ready: {NODES} nodes routed to each other, JetStream current")
+        say(f"cluster ready: {NODES} nodes routed to each other, JetStream current; the "
+            "encode jobs go to the cluster too")
         for name in (*(n for n, _ in INGESTORS), *encoders):
             module = "encoder" if name.startswith("encoder") else "ingestor"
             env = {"CAM_CONFIG": str(paths.config / f"{'encoder' if module == 'encoder' else name}"
                                                     ".toml")}
             if module == "encoder" and name != "encoder":
+                pw_file = str(layout.service_password_file(name))
                 env |= {"CAM_MQTT__USERNAME": name, "CAM_MQTT__CLIENT_ID": name,
-                        "CAM_MQTT__PASSWORD_FILE": str(layout.service_password_file(name))}
+                        "CAM_MQTT__PASSWORD_FILE": pw_file,
+                        "CAM_JOBQUEUE__USER": name, "CAM_JOBQUEUE__PASSWORD_FILE": pw_file}
             say(f"starting {name} (config {env['CAM_CONFIG']}, log "
                 f"{paths.logs / (name + '.log')})")
             children[name] = Child(name, [sys.executable, "-m", module],

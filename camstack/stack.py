@@ -25,6 +25,7 @@ import tomlkit.exceptions
 from broker.accounts import AccountStore
 from broker.errors import BrokerToolError
 from broker.layout import Layout
+from broker.natscluster import plan_nodes
 from broker.pki import certificate_names, create_server_cert
 from broker.run import COMPOSE_SERVICE_PORT, INSTALLED_GUARD, render_config
 from broker.secrets import write_secret_file
@@ -365,7 +366,13 @@ def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
         doc["mqtt"]["port"] = n.mqtt_port_base + NATS_NODE_OF.get(name, 0) % n.nodes
     docs["encoder"]["runner"] = "jetstream"
     docs["ingestor"]["runner"] = "jetstream"
+    docs["encoder"]["jobqueue"] = {**docs["encoder"].get("jobqueue", {}),
+                                   **cluster_jobqueue(settings, layout, "encoder")}
     base = docs["ingestor"]
+    base["jobqueue"] = {**base.get("jobqueue", {}),
+                        **cluster_jobqueue(settings, layout, "ingestor")}
+    # One owner per partition: each ingestor claims its partitions on the cluster.
+    base["leases"] = {"enabled": True}
     plan = ingestors or [("ingestor", list(range(n.partitions)))]
     for k, (account, parts) in enumerate(plan):
         doc = {**base, "mqtt": {**base["mqtt"], "username": account, "client_id": account,
@@ -373,8 +380,35 @@ def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
                "ingest": {**base.get("ingest", {}), "partitions": parts}}
         if account != "ingestor":
             doc["mqtt"]["password_file"] = str(layout.service_password_file(account))
+        doc["jobqueue"] = {**base.get("jobqueue", {}),
+                           **cluster_jobqueue(settings, layout, account)}
         docs[account] = doc
     return docs
+
+
+def cluster_jobqueue(settings: BrokerSettings, layout: Layout, account: str) -> dict[str, Any]:
+    """The ``[jobqueue]`` of a service on the NATS engine: the cluster itself.
+
+    Every node's client port (loopback), the service's own account and password file
+    (the cluster lets ingestor and encoder accounts log in over the NATS protocol, with
+    rights on the job stream only: broker/natscluster.py ``job_permissions``), and the
+    job stream replicated like the MQTT streams.
+
+    Args:
+        settings: Broker settings (``[broker.nats]``).
+        layout: Paths as the services see them.
+        account: The service account.
+
+    Returns:
+        The table.
+    """
+    n = settings.nats
+    ports = [p.client_port for p in plan_nodes(layout.data_dir, n.nodes,
+                                               mqtt_port_base=n.mqtt_port_base,
+                                               port_base=n.port_base)]
+    return {"servers": [f"nats://127.0.0.1:{port}" for port in ports],
+            "user": account, "password_file": str(layout.service_password_file(account)),
+            "replicas": n.replicas}
 
 
 def server_cert_names(layout: Layout) -> list[str]:

@@ -20,6 +20,7 @@ import os
 import sys
 import tomllib
 import urllib.parse
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +73,14 @@ def _cmd(*argv: str) -> str:
     return " ".join(a.replace("%", "%%") for a in argv)
 
 
-def local_jetstream_port(layout: Layout) -> int | None:
+def local_jetstream_port(layout: Layout, cluster_ports: Collection[int] = ()) -> int | None:
     """The port of the NATS server ``camstack up`` must run, or None.
 
     That is when the ingestor's or the encoder's rendered config says ``runner =
     "jetstream"`` and its first ``jobqueue.servers`` URL is on this machine's loopback.
-    A NATS elsewhere (a cluster, a managed one) is not ours to run.
+    A NATS elsewhere (a cluster, a managed one) is not ours to run, nor is the NATS
+    engine's own cluster: a URL on one of ``cluster_ports`` (its nodes' client ports,
+    where the job queue runs on that engine) starts no separate server.
     """
     for name in ("ingestor", "encoder"):
         path = layout.data_dir / "config" / f"{name}.toml"
@@ -89,8 +92,9 @@ def local_jetstream_port(layout: Layout) -> int | None:
             continue
         servers = (doc.get("jobqueue") or {}).get("servers") or ["nats://127.0.0.1:4222"]
         url = urllib.parse.urlsplit(str(servers[0]))
-        if url.hostname in ("127.0.0.1", "localhost", "::1"):
-            return url.port or 4222
+        port = url.port or 4222
+        if url.hostname in ("127.0.0.1", "localhost", "::1") and port not in cluster_ports:
+            return port
     return None
 
 
@@ -205,7 +209,8 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
 
 
 def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
-                      restart: Restart | None = None, cluster_nodes: int | None = None) -> Path:
+                      restart: Restart | None = None, cluster_nodes: int | None = None,
+                      cluster_ports: Collection[int] = ()) -> Path:
     """Render and write ``<data>/run/supervisord.conf`` (folders created).
 
     Args:
@@ -213,13 +218,14 @@ def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
         broker_config: The broker settings TOML passed to ``camstack --config``.
         restart: Restart policy.
         cluster_nodes: NATS cluster nodes to run instead of Mosquitto (engine = nats).
+        cluster_ports: Their client ports (a job queue there needs no NATS of its own).
 
     Returns:
         The file.
     """
     for d in (run_dir(layout), logs_dir(layout)):
         d.mkdir(parents=True, exist_ok=True)
-    nats_port = local_jetstream_port(layout)
+    nats_port = local_jetstream_port(layout, cluster_ports)
     if nats_port is not None:
         conf = nats_conf_path(layout)
         (conf.parent / "jetstream").mkdir(parents=True, exist_ok=True)

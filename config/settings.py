@@ -415,6 +415,15 @@ class CatalogSettings(_Section):
         return self.dsn.get_secret_value()
 
 
+def nats_inbox_prefix(user: str) -> str:
+    """Reply subjects of ``user``'s NATS connections: ``_INBOX.<user>`` (``_INBOX`` if none).
+
+    On the NATS cluster engine each service account may subscribe only its own inbox
+    subtree (broker/natscluster.py), so no account reads another's replies.
+    """
+    return f"_INBOX.{user}" if user else "_INBOX"
+
+
 class JobQueueSettings(_Section):
     """The JetStream work queue of encode jobs (docs/scaling.md)."""
 
@@ -450,6 +459,16 @@ class JobQueueSettings(_Section):
                                description="Larger job messages are rejected unread.")
     credentials_file: Path | None = Field(
         default=None, description="NATS .creds file (JWT + NKey seed); none: no auth.")
+    user: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]{0,32}$",
+        description="NATS user name (the service account on the NATS cluster engine; "
+        "with password_file). Empty: no user/password login.")
+    password_file: Path | None = Field(
+        default=None, description="File holding the user's password (one line).")
+    replicas: int = Field(
+        default=1, ge=1, le=5,
+        description="Replicas of the job stream: 1 on a single server, the cluster's "
+        "stream replicas (broker.nats.stream_replicas) on the NATS cluster engine.")
     tls: bool = Field(default=False, description="Require TLS to the servers.")
     tls_ca_file: Path | None = Field(default=None, description="CA of the servers' certificate.")
     tls_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
@@ -461,10 +480,49 @@ class JobQueueSettings(_Section):
             raise ValueError("heartbeat_s must be below ack_wait_s")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if bool(self.user) != (self.password_file is not None):
+            raise ValueError("jobqueue.user and jobqueue.password_file must be given together")
+        if self.user and self.credentials_file is not None:
+            raise ValueError("jobqueue: give credentials_file or user/password_file, not both")
         for url in self.servers:
             if not re.fullmatch(r"(nats|tls)://[A-Za-z0-9.:\[\]_-]{1,253}", url):
                 raise ValueError(f"servers: {url[:80]!r} is not nats://host[:port] "
                                  "or tls://host[:port]")
+        return self
+
+    def resolved_password(self) -> str:
+        """The password in ``password_file`` without a trailing newline ("" without one)."""
+        if self.password_file is None:
+            return ""
+        return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+class LeaseSettings(_Section):
+    """Partition leases of the NATS engine: one owner per partition (docs/scaling.md).
+
+    The ingestor claims one key per owned partition in a JetStream key-value bucket on
+    the cluster (over its ``[jobqueue]`` connection) before it subscribes, refreshes
+    them, and deletes them on a clean stop or a handoff release. A partition another
+    live ingestor holds ends the start (exit 2, naming the partition and its owner); a
+    crashed owner's keys expire after ``ttl_s`` (the bucket's max age).
+    """
+
+    enabled: bool = Field(
+        default=False, description="Claim the partitions (ingest.partitions) before "
+        "subscribing; needs runner = \"jetstream\" (the [jobqueue] connection).")
+    bucket: str = Field(default="camstack_partitions", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                        description="The key-value bucket (created with ttl_s).")
+    ttl_s: float = Field(
+        default=30.0, ge=2.0, le=3600,
+        description="A lease not refreshed for this long expires (a crashed owner's); "
+        "the bucket's max age, fixed when the bucket is created.")
+    refresh_s: float = Field(default=10.0, gt=0, le=1200,
+                             description="Refresh every lease this often (below ttl_s / 2).")
+
+    @model_validator(mode="after")
+    def _refresh_below_ttl(self) -> LeaseSettings:
+        if self.refresh_s * 2 >= self.ttl_s:
+            raise ValueError("leases.refresh_s must be below half of leases.ttl_s")
         return self
 
 
@@ -522,6 +580,7 @@ class IngestorSettings(_ServiceSettings):
         "encoders' shared subscription) or `jetstream` (also one NATS JetStream job per "
         "sealed batch; needs store.backend = \"s3\"). docs/scaling.md.")
     jobqueue: JobQueueSettings = JobQueueSettings()
+    leases: LeaseSettings = LeaseSettings()
 
     @model_validator(mode="after")
     def _shared_catalog(self):  # type: ignore[no-untyped-def]
@@ -532,6 +591,15 @@ class IngestorSettings(_ServiceSettings):
     @model_validator(mode="after")
     def _runner_needs_store(self):  # type: ignore[no-untyped-def]
         _check_runner(self.runner, self.store)
+        return self
+
+    @model_validator(mode="after")
+    def _leases_need_the_cluster(self):  # type: ignore[no-untyped-def]
+        if self.leases.enabled and self.runner != "jetstream":
+            raise ValueError('leases.enabled needs runner = "jetstream" (the leases use '
+                             "the [jobqueue] connection to the cluster)")
+        if self.leases.enabled and self.ingest.partitions is None:
+            raise ValueError("leases.enabled needs ingest.partitions (the NATS engine)")
         return self
 
 

@@ -18,6 +18,7 @@ from config.loader import load_or_exit, service_arguments
 from config.logging import configure_logging
 from config.settings import IngestorSettings
 from ingestor.handoff import ACQUIRE_LEAD_MS
+from ingestor.leases import LeaseRefused
 from ingestor.service import IngestorService
 from jobqueue import JobQueueError
 from objstore import ObjectStoreError
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         service = IngestorService(settings)
-    except (CatalogError, ObjectStoreError, JobQueueError) as exc:
+    except (CatalogError, ObjectStoreError, JobQueueError, LeaseRefused) as exc:
         # One line naming the setting (catalog.dsn, store.s3.bucket, jobqueue.servers),
         # exit 2.
         print(f"python -m ingestor: {exc}", file=sys.stderr)

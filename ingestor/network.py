@@ -110,6 +110,8 @@ class NetworkLoop:
             if self.handoff is not None and self.handoff.role == "release" else None)
         self.handed_off = 0
         """Frames of moving partitions acknowledged without storing (the other's)."""
+        self.on_released: Callable[[list[int]], None] | None = None
+        """Told the partitions a handoff released (their leases are deleted)."""
         self._not_owned: set[int] = set()
         self._subscribing: dict[int, list[str]] = {}
         self._refused: list[str] = []
@@ -525,6 +527,8 @@ class NetworkLoop:
                                   for n in sorted(self.moving)])
         log.info("handoff_released", partitions=sorted(self.moving),
                  crossed=len(self.release.crossed), waiting=sorted(self.release.waiting))
+        if self.on_released is not None:  # their leases go too (ingestor/leases.py)
+            self.on_released(sorted(self.moving))
         self._publish_status()
 
     def _announce_due(self, now: float) -> None:

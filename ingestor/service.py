@@ -27,6 +27,7 @@ from catalog import SqlCatalog, open_catalog
 from config.metrics import metrics_port_guard
 from config.settings import IngestorSettings
 from ingestor.batcher import Batcher
+from ingestor.leases import PartitionLeases
 from ingestor.messages import Mailbox, WriteQueue
 from ingestor.metrics import IngestMetrics
 from ingestor.network import NetworkLoop
@@ -75,6 +76,26 @@ class IngestorService:
                 if self.objects is not None:
                     self.objects.close()
                 raise
+        self.leases: PartitionLeases | None = None
+        self._lease_lost = False
+        if settings.leases.enabled:
+            # Before anything subscribes: a partition another live ingestor owns ends
+            # the start here (two owners would store its frames twice).
+            handoff = settings.ingest.handoff
+            later = handoff.partitions if handoff and handoff.role == "acquire" else []
+            self.leases = PartitionLeases(settings.leases, settings.jobqueue,
+                                          owner=settings.mqtt.username,
+                                          partitions=settings.ingest.partitions or [],
+                                          later=later, on_lost=self._on_lease_lost)
+            try:
+                self.leases.claim()
+            except BaseException:
+                self.catalog.close()
+                if self.objects is not None:
+                    self.objects.close()
+                if self.jobs is not None:
+                    self.jobs.close()
+                raise
         self.store = Store(settings.storage.root)
         self.counters = Counters()
         self.queue = WriteQueue()
@@ -98,8 +119,16 @@ class IngestorService:
                                    metrics=self.metrics, counters=self.counters,
                                    stored=self.store.contains, draining=self._draining,
                                    writer_done=self._writer_done)
+        if self.leases is not None:
+            self.network.on_released = self.leases.release
         self._metrics_server: Any = None
         self.metrics_port: int | None = None
+
+    def _on_lease_lost(self, partition: int, owner: str) -> None:
+        # Another ingestor holds the partition now: stop rather than store twice.
+        log.error("ingestor_stopping_lease_lost", partition=partition, owner=owner)
+        self._lease_lost = True
+        self.stop()
 
     def _publish_job(self, device: str, batch: str, sha256: str | None) -> None:
         assert self.jobs is not None
@@ -161,12 +190,14 @@ class IngestorService:
             self.objects.close()
         if self.jobs is not None:
             self.jobs.close()
+        if self.leases is not None:  # after the last frame stored: free for another
+            self.leases.close()
         self.mailbox.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("ingestor_stopped", frames_stored=self.counters.frames_stored,
                  unflushed_frames=len(self.queue))
-        return 0
+        return 2 if self._lease_lost else 0
 
     def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
         def main() -> None:

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError as JsNotFoundError
 
-from config.settings import JobQueueSettings
+from config.settings import JobQueueSettings, nats_inbox_prefix
 from jobqueue.errors import JobQueueError
 from jobqueue.job import EncodeJob
 
@@ -95,6 +95,15 @@ async def connect(settings: JobQueueSettings, *, name: str = "camstack-jobs",
         opts["tls"] = ctx
     if settings.credentials_file is not None:
         opts["user_credentials"] = str(settings.credentials_file)
+    if settings.user:
+        try:
+            password = settings.resolved_password()
+        except OSError as e:
+            raise JobQueueError(f"jobqueue.password_file {settings.password_file}: "
+                                f"{e.strerror or e}") from None
+        opts["user"], opts["password"] = settings.user, password
+        # The cluster lets a service subscribe its own inbox subtree only.
+        opts["inbox_prefix"] = nats_inbox_prefix(settings.user)
     opts.setdefault("error_cb", _log_error)
     nc = NatsClient()
     try:
@@ -115,7 +124,7 @@ def stream_config(settings: JobQueueSettings) -> js_api.StreamConfig:
         name=settings.stream, subjects=[f"{settings.subject_prefix}.>"],
         retention=js_api.RetentionPolicy.WORK_QUEUE, storage=js_api.StorageType.FILE,
         duplicate_window=settings.duplicate_window_s, max_msg_size=settings.max_job_bytes,
-        discard=js_api.DiscardPolicy.OLD, num_replicas=1)
+        discard=js_api.DiscardPolicy.OLD, num_replicas=settings.replicas)
 
 
 def consumer_config(settings: JobQueueSettings) -> js_api.ConsumerConfig:

@@ -26,6 +26,7 @@ def test_demo_cluster(tmp_path: Path) -> None:
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     assert "cluster ready: 3 nodes routed to each other" in out
+    assert "job queue: stream CAMSTACK_JOBS on the cluster (R3)" in out
     assert "cluster demo finished: every camera produced a video" in out
     cams = re.findall(r"^  camera (demo-cam\d+): partition (\d+), connects to node (\d)$",
                       out, re.M)

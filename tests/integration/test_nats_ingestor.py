@@ -28,11 +28,18 @@ def procs() -> Iterator[list[ServiceProcess]]:
         p.close()
 
 
+def password_file(tmp: Path, account: str) -> Path:
+    """Where :func:`start_ingestor` writes the account's password."""
+    return tmp / f"{account}.pass"
+
+
 def start_ingestor(cluster: NatsClusterHandle, node: int, account: str, tmp: Path,
-                   partitions: list[int], **ingest: Any) -> ServiceProcess:
+                   partitions: list[int], *, sections: dict[str, Any] | None = None,
+                   **ingest: Any) -> ServiceProcess:
+    """Add the account, write its config (``sections``: more top-level keys) and start it."""
     password = cluster.store.add(account, "service")
     cluster.reload()
-    pw_file = tmp / f"{account}.pass"
+    pw_file = password_file(tmp, account)
     pw_file.write_text(password + "\n")
     pw_file.chmod(0o600)
     cfg = {
@@ -44,6 +51,7 @@ def start_ingestor(cluster: NatsClusterHandle, node: int, account: str, tmp: Pat
         "log": {"level": "info", "format": "json"},
         "metrics": {"enabled": False},
         "ingest": {"partitions": partitions, "frames_per_video": 1000, **ingest},
+        **(sections or {}),
     }
     path = tmp / f"{account}.toml"
     path.write_text(to_toml(cfg), encoding="utf-8")

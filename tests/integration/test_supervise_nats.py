@@ -2,10 +2,11 @@
 
 ``camstack up`` on a data folder in tmp with free ports: the three nodes
 (``nats-node-<i>``, each ``python -m broker run --node <i>``), the ingestor owning every
-partition, the encoder on the JetStream runner (its queue on the ``nats`` program), the
-monitor and the web service, all on MQTT 3.1.1. A device added with ``python -m broker
-device add`` (every node reloaded) streams into videos; a SIGKILLed node is brought back
-by supervisord; Ctrl-C stops everything with exit 0. Waits are for positive signals
+partition, the encoder on the JetStream runner (its queue a stream on the cluster itself,
+no separate ``nats`` program), the monitor and the web service, all on MQTT 3.1.1. A
+device added with ``python -m broker device add`` (every node reloaded) streams into
+videos; a SIGKILLed node is brought back by supervisord; Ctrl-C stops everything with
+exit 0. Waits are for positive signals
 (supervisord's log, the catalog, SUBACK-backed readiness), never sleeps.
 """
 
@@ -25,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from camstack.brokerproc import free_port
 from camstack.servers import SeaweedHandle
 from camstack.sim import Fleet, SimCamera, SimConfig
 from camstack.supervise import supervisorctl_argv
@@ -51,7 +51,8 @@ def up_nats(tmp_path: Path) -> Iterator[dict[str, Any]]:
     data = tmp_path / "data"
     state: dict[str, Any] = {"base": [*CAMSTACK, "--config", str(toml), "--data-dir",
                                       str(data)],
-                             "data": data, "mqtt_base": mqtt_base, "out": tmp_path / "up.out"}
+                             "data": data, "mqtt_base": mqtt_base, "port_base": port_base,
+                             "out": tmp_path / "up.out"}
     yield state
     proc = state.get("proc")
     if proc is not None and proc.poll() is None:
@@ -69,18 +70,20 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
     from catalog import open_catalog  # noqa: PLC0415
 
     base, data, out = up_nats["base"], up_nats["data"], up_nats["out"]
+    port_base = up_nats["port_base"]
     res = subprocess.run([*base, "up", "--render-only"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     conf = Path(res.stdout.strip().splitlines()[-1])
     text = conf.read_text()
     assert "[program:broker]" not in text and "[program:nats-node-2]" in text
+    assert "[program:nats]" not in text  # no job queue server beside the cluster
     bucket = "upn-" + os.urandom(4).hex()
     seaweedfs.create_bucket(bucket)
     s3 = seaweedfs.s3_settings(bucket=bucket)
     s3d = s3.model_dump(mode="json", exclude_none=True)
     s3d["secret_access_key"] = s3.secret_access_key.get_secret_value()
-    jobs_port = free_port()
+    ports = [port_base + 10 * i for i in range(NODES)]
     for name in ("ingestor", "encoder", "monitor", "web"):
         path = data / "config" / f"{name}.toml"
         doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -91,8 +94,10 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
             doc["metrics"] = {**doc["metrics"], "port": 0}
         if name in ("ingestor", "encoder"):
             assert doc["runner"] == "jetstream"
-            doc |= {"store": {"backend": "s3", "s3": s3d},
-                    "jobqueue": {"servers": [f"nats://127.0.0.1:{jobs_port}"]}}
+            # The job queue is the cluster, with the service's own account.
+            assert doc["jobqueue"]["servers"] == [f"nats://127.0.0.1:{p}" for p in ports]
+            assert doc["jobqueue"]["user"] == name and doc["jobqueue"]["replicas"] == 3
+            doc |= {"store": {"backend": "s3", "s3": s3d}}
         if name == "ingestor":
             assert doc["ingest"]["partitions"] == list(range(64))
             doc["ingest"] |= {"frames_per_video": 20, "idle_seal_s": 1.0}
@@ -112,7 +117,7 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
         return len(re.findall(pattern, log()))
 
     programs = [f"nats-node-{i}" for i in range(NODES)] + [
-        "ingestor", "encoder", "monitor", "web", "nats"]
+        "ingestor", "encoder", "monitor", "web"]
     for name in programs:
         wait_until(lambda n=name: count(rf"success: {n} entered RUNNING state") >= 1,  # type: ignore[misc]
                    90, f"{name} RUNNING:\n{log()[-3000:]}")

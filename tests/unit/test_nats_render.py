@@ -15,17 +15,26 @@ from pydantic import ValidationError
 
 from broker.accounts import Account, AccountStore
 from broker.natscluster import (
+    Permissions,
     TlsFiles,
     account_permissions,
     filter_subjects,
     frame_mapping,
+    job_permissions,
     plan_nodes,
     render_accounts,
     render_node_config,
 )
 from broker.pki import PkiPaths, create_ca, create_server_cert
 from camstack.servers import nats_server_binary
-from config.settings import BrokerSettings, MqttSettings
+from config.settings import (
+    BrokerSettings,
+    IngestorSettings,
+    JobQueueSettings,
+    LeaseSettings,
+    MqttSettings,
+    nats_inbox_prefix,
+)
 from contract.ids import DEVICE_ID_RE
 from contract.partition import (
     device_partition,
@@ -139,6 +148,67 @@ def test_render_accounts_leaves_out_revoked_and_unhashed() -> None:
     assert "cam02" not in text and "cam03" not in text
     assert '"cam.*.frame": "p.{{partition(64,1)}}.cam.{{wildcard(1)}}.frame"' in text
     assert "$7$" not in text  # Mosquitto's hashes never go there
+
+
+def _users(text: str) -> dict[str, str]:
+    """Each rendered user's block of the accounts file, by name."""
+    blocks = text.split("{user: ")[1:]
+    return {b.split('"')[1]: b for b in blocks}
+
+
+def test_job_queue_services_also_log_in_over_nats_with_job_rights_only() -> None:
+    jobs = JobQueueSettings(stream="JOBS", consumer="workers", subject_prefix="j.enc")
+    text, _ = render_accounts(
+        [_acc("cam01"), _acc("ingestor", "service"), _acc("ingestor-b", "service"),
+         _acc("encoder-2", "service"), _acc("operator", "service")], "cam", jobs=jobs)
+    users = _users(text)
+    for name in ("cam01", "operator"):  # nothing new: MQTT only, no job subject
+        assert 'allowed_connection_types: ["MQTT"]' in users[name]
+        assert "$JS" not in users[name] and "j.enc" not in users[name]
+        assert "_INBOX" not in users[name]
+    for name in ("ingestor", "ingestor-b", "encoder-2"):
+        assert 'allowed_connection_types: ["MQTT", "STANDARD"]' in users[name]
+    ing = account_permissions(_acc("ingestor-b", "service"), "cam")
+    assert ing is not None
+    assert job_permissions("ingestor", "ingestor-b", jobs) == Permissions(
+        publish=["$JS.API.STREAM.INFO.JOBS", "$JS.API.STREAM.CREATE.JOBS",
+                 "$JS.API.STREAM.UPDATE.JOBS", "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers",
+                 "j.enc.>", "$JS.API.STREAM.INFO.KV_camstack_partitions",
+                 "$JS.API.STREAM.CREATE.KV_camstack_partitions",
+                 "$JS.API.STREAM.MSG.GET.KV_camstack_partitions", "$KV.camstack_partitions.>"],
+        subscribe=["_INBOX.ingestor-b.>"])
+    enc = job_permissions("encoder", "encoder-2", jobs)
+    assert "j.enc.>" not in enc.publish  # an encoder publishes no job, holds no lease
+    assert not any("KV" in p for p in enc.publish)
+    assert enc.publish[4:] == ["$JS.API.CONSUMER.INFO.JOBS.workers",
+                               "$JS.API.CONSUMER.MSG.NEXT.JOBS.workers", "$JS.ACK.JOBS.workers.>"]
+    # The MQTT rights stay, the job rights come after them.
+    assert '"p.*.cam.*.frame"' in users["ingestor-b"] and '"j.enc.>"' in users["ingestor-b"]
+    assert '"_INBOX.encoder-2.>"' in users["encoder-2"]
+    # The default [jobqueue] names when none are given.
+    default, _ = render_accounts([_acc("encoder", "service")], "cam")
+    assert '"$JS.API.CONSUMER.MSG.NEXT.CAMSTACK_JOBS.encoders"' in default
+
+
+def test_jobqueue_user_and_password_file_settings(tmp_path: Path) -> None:
+    pw = tmp_path / "enc.pass"
+    pw.write_text("s3cret\n")
+    s = JobQueueSettings(user="encoder-2", password_file=pw, replicas=3)
+    assert s.resolved_password() == "s3cret" and s.replicas == 3
+    assert JobQueueSettings().resolved_password() == ""
+    assert nats_inbox_prefix("encoder-2") == "_INBOX.encoder-2"
+    assert nats_inbox_prefix("") == "_INBOX"
+    assert LeaseSettings(ttl_s=3, refresh_s=1).enabled is False
+    with pytest.raises(ValidationError):
+        LeaseSettings(ttl_s=10, refresh_s=5)  # a refresh must fit twice in the ttl
+    with pytest.raises(ValidationError, match=r"leases\.enabled needs runner"):
+        IngestorSettings(leases={"enabled": True}, ingest={"partitions": [1]})
+    for bad in ({"user": "encoder"}, {"password_file": pw},
+                {"user": "encoder", "password_file": pw, "credentials_file": pw},
+                {"user": "a b", "password_file": pw}, {"user": "x.y", "password_file": pw},
+                {"replicas": 0}, {"replicas": 6}):
+        with pytest.raises(ValidationError):
+            JobQueueSettings(**bad)
 
 
 def test_store_writes_bcrypt_hash_and_nats_accounts(tmp_path: Path) -> None:

@@ -13,10 +13,16 @@ import pytest
 from pydantic import ValidationError
 
 from broker.accounts import AccountStore
-from broker.cluster import accounts_without_hash, broker_pid_files, mqtt_ports, write_cluster
+from broker.cluster import (
+    accounts_without_hash,
+    broker_pid_files,
+    cluster_nodes,
+    mqtt_ports,
+    write_cluster,
+)
 from broker.layout import Layout
-from camstack.stack import nats_service_documents
-from camstack.supervise import render_supervisord
+from camstack.stack import nats_service_documents, write_documents
+from camstack.supervise import local_jetstream_port, render_supervisord
 from camstack.systemd import render_units, systemd_version, write_units
 from config.settings import (
     BrokerSettings,
@@ -26,6 +32,7 @@ from config.settings import (
     MqttSettings,
     NatsClusterSettings,
 )
+from ingestor.leases import Holder, refusal
 from monitor.service import broker_sys_topics
 
 
@@ -93,6 +100,28 @@ def test_nats_service_documents(tmp_path: Path) -> None:
     MonitorSettings(**docs["monitor"])
     one = nats_service_documents(s, layout)
     assert one["ingestor"]["ingest"]["partitions"] == list(range(64))
+    # The job queue is the cluster: every node's client port, each service its own
+    # account and password, the stream replicated like the MQTT streams.
+    nodes = [f"nats://127.0.0.1:{s.nats.port_base + 10 * i}" for i in range(3)]
+    for name in ("ingestor-a", "ingestor-b", "encoder"):
+        jq = docs[name]["jobqueue"]
+        assert jq["servers"] == nodes and jq["user"] == name and jq["replicas"] == 3
+        assert jq["password_file"] == docs[name]["mqtt"]["password_file"]
+    assert one["ingestor"]["jobqueue"]["user"] == "ingestor"
+    assert docs["ingestor-b"]["leases"] == {"enabled": True}
+    assert IngestorSettings(**{**docs["ingestor-b"], **s3}).leases.enabled
+    assert "jobqueue" not in docs["monitor"] and "jobqueue" not in docs["web"]
+    enc = EncoderSettings(**{**docs["encoder"], **s3})
+    assert enc.jobqueue.user == "encoder" and enc.jobqueue.replicas == 3
+
+
+def test_make_up_runs_no_separate_nats_for_jobs_on_the_cluster(tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    write_documents(nats_service_documents(s, layout), layout.data_dir / "config")
+    ports = [n.client_port for n in cluster_nodes(s, layout)]
+    assert local_jetstream_port(layout, ports) is None
+    assert local_jetstream_port(layout) == s.nats.port_base  # else a second server there
 
 
 def test_old_service_accounts_are_rehashed_from_their_password_file(tmp_path: Path) -> None:
@@ -137,3 +166,13 @@ def test_systemd_one_unit_per_node(tmp_path: Path) -> None:
         res = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
                              capture_output=True, text=True, timeout=120, check=False)
         assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+
+
+def test_a_lease_refusal_names_each_holder_and_its_partitions() -> None:
+    a = Holder("ingestor-a", "i1", "hostA", 0)
+    b = Holder("ingestor-b", "i2", "hostB", 3_600_000)
+    text = refusal({5: a, 4: a, 9: b})
+    assert text == ("partitions 4, 5 are held by ingestor-a (host hostA, since 00:00:00 "
+                    "UTC); partition 9 is held by ingestor-b (host hostB, since 01:00:00 UTC)")
+    assert Holder.parse(a.to_json()) == a
+    assert Holder.parse(b"not json").owner == "<unreadable lease>"  # never taken for ours
