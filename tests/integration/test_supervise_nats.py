@@ -112,7 +112,7 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
         return len(re.findall(pattern, log()))
 
     programs = [f"nats-node-{i}" for i in range(NODES)] + [
-        "ingestor", "encoder", "monitor", "web", "nats"]
+        "nats-guard", "ingestor", "encoder", "monitor", "web", "nats"]
     for name in programs:
         wait_until(lambda n=name: count(rf"success: {n} entered RUNNING state") >= 1,  # type: ignore[misc]
                    90, f"{name} RUNNING:\n{log()[-3000:]}")
