@@ -85,7 +85,7 @@ def test_guard_settings_bounds_and_defaults() -> None:
     for bad in ({"interval_s": 0}, {"page_size": 1}, {"reply_timeout_s": 0},
                 {"max_accounts": 0}, {"unknown": 1}):
         with pytest.raises(ValidationError):
-            NatsGuardSettings(**bad)  # type: ignore[arg-type]
+            NatsGuardSettings(**bad)
 
 
 def test_entry_point_answers_help_and_refuses_mosquitto(tmp_path: Path) -> None:
