@@ -12,10 +12,10 @@ connections to close:
   so the bucket is charged in full and may go into **debt** (bounded by ``max_debt_s``
   seconds of rate): a kicked flooder that reconnects is kicked again at the first round
   in which it publishes anything while still in debt.
-* ``client_id_taken``: a device account whose MQTT client id is not its own user name.
-  NATS has no ``use_username_as_clientid``; a device connecting with another device's
-  client id closes the victim's connection (and with a clean session drops its
-  session). Closing the taker bounds that to one round.
+* ``client_id_taken``: a device account whose MQTT client id is not its own
+  (:func:`is_own_client_id`). NATS has no ``use_username_as_clientid``; a device
+  connecting with another device's client id closes the victim's connection (and with
+  a clean session drops its session). Closing the taker bounds that to one round.
 
 Service accounts are never metered nor checked (their client ids are derived from their
 passwords, ``mqttclient.session_client_id``).
@@ -35,6 +35,7 @@ guard never charges a long-lived device its whole history; a counter that went d
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,27 @@ from typing import Literal
 
 Reason = Literal["over_budget", "client_id_taken"]
 REASONS: tuple[Reason, ...] = ("over_budget", "client_id_taken")
+_SESSION_TAG = re.compile(r"-[0-9a-f]{16}")
+
+
+def is_own_client_id(user: str, client_id: str) -> bool:
+    """Whether a device's MQTT client id is its own.
+
+    The firmware sends its device id; camstack's 3.1.1 clients (the simulator, the test
+    fleet) send ``<id>-<16 hex of HMAC(password, id)>`` (``mqttclient.session_client_id``),
+    which no other account can reproduce. Any other id is someone else's or nobody's.
+    One gap: a device named ``<another device's id>-<16 hex>`` could be taken over by
+    that other device (ids are chosen by the operator: do not name devices so).
+
+    Args:
+        user: The account (``authorized_user``).
+        client_id: The MQTT client id (``mqtt_client``).
+
+    Returns:
+        True for the id itself or the id with a session tag.
+    """
+    return client_id == user or (client_id.startswith(user)
+                                 and _SESSION_TAG.fullmatch(client_id[len(user):]) is not None)
 
 
 @dataclass(frozen=True)
@@ -216,7 +238,7 @@ class Meter:
                 if not c.user or self.is_service(c.user) or c.cid in listed:
                     continue
                 listed.add(c.cid)
-                if c.client_id is not None and c.client_id != c.user:
+                if c.client_id is not None and not is_own_client_id(c.user, c.client_id):
                     out.kicks.append(Kick(c.server, c.cid, c.user, c.client_id,
                                           "client_id_taken"))
                     continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natsguard.meter import Budget, Conn, Meter, NodeReport
+from mqttclient import session_client_id
+from natsguard.meter import Budget, Conn, Meter, NodeReport, is_own_client_id
 
 BUDGET = Budget(msgs_per_s=100.0, burst_msgs=200.0, bytes_per_s=10_000.0,
                 burst_bytes=20_000.0, max_debt_s=10.0)
@@ -100,6 +101,20 @@ def test_a_device_under_another_client_id_is_kicked() -> None:
         ("cam02", "cam01", "client_id_taken"), ("cam03", "random-id", "client_id_taken")]
     # A NATS-protocol connection (no MQTT client id) is not a takeover.
     assert m.observe(2.0, [report(conn("cam04", 1, cid=4, client_id=None))]).kicks == []
+
+
+def test_own_client_ids_are_the_id_and_the_session_id_of_the_3_1_1_clients() -> None:
+    assert is_own_client_id("cam01", "cam01")
+    assert is_own_client_id("cam01", session_client_id("cam01", "any password"))
+    assert not is_own_client_id("cam01", "cam02")
+    assert not is_own_client_id("cam0", "cam01")
+    assert not is_own_client_id("cam", "cam-1")  # another device named cam-1
+    assert not is_own_client_id("cam01", "cam01-0123456789ABCDEF")  # not the tag's form
+    assert not is_own_client_id("cam01", "cam01-0123456789abcdef0")
+    m = meter()
+    start(m)
+    res = m.observe(1.0, [report(conn("cam01", 1, client_id=session_client_id("cam01", "pw")))])
+    assert res.kicks == []
 
 
 def test_one_account_on_several_connections_and_nodes_shares_one_bucket() -> None:
