@@ -28,9 +28,10 @@ are forgotten first (which loses nothing), then the least recently charged at al
 Counter deltas are robust to what a node may report: a connection first seen on a node
 the meter already knew is charged everything it sent (it connected since the last
 round); every connection of a node seen for the first time (the guard just started, a
-node restarted with a new server id) is only taken as a baseline, so a restart of the
-guard never charges a long-lived device its whole history; a counter that went down
-(a cid reused) is taken as a new connection.
+node restarted with a new server id), and a connection that started before the node's
+previous answer but was not in it (it fell between two pages), is only taken as a
+baseline, so a long-lived device is never charged its whole history; a counter that
+went down (a cid reused) is taken as a new connection.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Conn:
     """``mqtt_client``; None for a NATS-protocol connection."""
     in_msgs: int
     in_bytes: int
+    started: float | None = None
+    """``start``, seconds since the epoch on the node's clock (None: not given)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class NodeReport:
     conns: tuple[Conn, ...]
     complete: bool = True
     """Every page was read: a known cid missing from it is gone."""
+    now: float | None = None
+    """The node's ``now`` in its answer (seconds since the epoch, its clock)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,8 @@ class _Node:
     last_round: int = 0
     last_at: float = 0.0
     """When it last answered: its connections' deltas were sent after that."""
+    last_node_now: float | None = None
+    """The node's own clock in its last answer."""
 
 
 class Meter:
@@ -226,6 +233,7 @@ class Meter:
                 node = self._nodes[rep.server] = _Node()
             node.last_round = self._round
             since, node.last_at = node.last_at, now
+            seen_until, node.last_node_now = node.last_node_now, rep.now
             seen: dict[int, tuple[int, int]] = {}
             listed: set[int] = set()
             if rep.complete:
@@ -247,7 +255,12 @@ class Meter:
                     if tracked >= self.max_connections:
                         out.untracked += 1
                         continue
-                    dm, db = (0, 0) if baseline else (c.in_msgs, c.in_bytes)
+                    # A connection that started before the node's last answer was there
+                    # then but not listed (pages shift while connections come and go):
+                    # its counters are a baseline, not a whole history to charge.
+                    missed = (c.started is not None and seen_until is not None
+                              and c.started < seen_until)
+                    dm, db = (0, 0) if baseline or missed else (c.in_msgs, c.in_bytes)
                 elif c.in_msgs < prev[0] or c.in_bytes < prev[1]:
                     out.counter_resets += 1
                     dm, db = c.in_msgs, c.in_bytes

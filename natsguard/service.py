@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ log = structlog.get_logger("natsguard")
 
 PING_CONNZ = "$SYS.REQ.SERVER.PING.CONNZ"
 MAX_REPLY_MSGS = 1024
+KICK_BATCH = 64
+"""KICK requests in flight at once."""
 """Replies a round's inbox holds at most (nats-py's pending limit): far above 7 nodes."""
 
 
@@ -105,6 +108,16 @@ class Collected:
     """Connections listed (every account of CAMSTACK)."""
 
 
+def parse_time(value: Any) -> float | None:
+    """An RFC 3339 time of a CONNZ answer (``start``, ``now``) as epoch seconds, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
 def parse_conn(server: str, raw: Any) -> Conn | None:
     """One CONNZ ``connections`` entry, or None when it cannot be read."""
     if not isinstance(raw, dict):
@@ -116,7 +129,7 @@ def parse_conn(server: str, raw: Any) -> Conn | None:
             or (cli is not None and not isinstance(cli, str))):
         return None
     return Conn(server=server, cid=cid, user=user, client_id=cli, in_msgs=msgs,
-                in_bytes=nbytes)
+                in_bytes=nbytes, started=parse_time(raw.get("start")))
 
 
 class Guard:
@@ -227,7 +240,8 @@ class Guard:
                     continue
                 conns.append(conn)
             listed += len(conns)
-            reports.append(NodeReport(server, tuple(conns), complete))
+            reports.append(NodeReport(server, tuple(conns), complete,
+                                      now=parse_time(first.get("now"))))
         return Collected(reports, listed)
 
     def _reply(self, payload: bytes) -> tuple[str | None, dict[str, Any] | None]:
@@ -291,8 +305,10 @@ class Guard:
         m.device_bytes.inc(result.bytes)
         m.untracked.inc(result.untracked)
         m.forgotten.inc(result.accounts_forgotten)
-        for k in result.kicks:
-            await self.kick(nc, k)
+        # KICKs in parallel, KICK_BATCH at a time: a thousand flooders must not take a
+        # thousand request timeouts in a row when a node is slow.
+        for i in range(0, len(result.kicks), KICK_BATCH):
+            await asyncio.gather(*(self.kick(nc, k) for k in result.kicks[i:i + KICK_BATCH]))
         return result
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -9,6 +9,7 @@ client's lost connection, a message at the subscriber.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -21,13 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from camstack.servers import NatsClusterHandle, start_nats_cluster
 from config.loader import to_toml
+from config.settings import NatsGuardSettings
 from contract.partition import device_partition, partition_frame_topic
+from natsguard.meter import Budget
+from natsguard.service import Guard
 from tests.integration.test_nats_cluster import Client, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +52,7 @@ class GuardProcess:
     """``python -m natsguard`` on the test cluster; its JSON log lines and metrics."""
 
     def __init__(self, cluster: NatsClusterHandle, base: Path, password: str) -> None:
+        self.password = password
         pw_file = base / "guard.pass"
         pw_file.write_text(password + "\n", encoding="utf-8")
         pw_file.chmod(0o600)
@@ -238,3 +244,48 @@ def test_a_device_taking_another_devices_client_id_is_kicked_and_the_victim_retu
     op.wait(lambda: b"online-2" in op.payloads("cam/victim01/status"),
             "the victim's status after its return")
     assert guard.kicked("victim01", "client_id_taken") == []
+
+
+class _CountingGuard(Guard):
+    pages = 0
+
+    async def _page(self, nc: Any, server: str, offset: int) -> dict[str, Any] | None:
+        self.pages += 1
+        return await super()._page(nc, server, offset)
+
+
+def test_a_node_with_more_connections_than_a_page_is_read_page_by_page(
+        guarded: tuple[NatsClusterHandle, GuardProcess], cleanup: list[Any]) -> None:
+    cluster, guard = guarded
+    pw = cluster.add_device("pagedev")
+    # 20 connections of one device on node 0 (session-tagged client ids, its own), with
+    # pages of 16: the PING answer holds 16, the rest needs the node's own CONNZ.
+    conns = [Client(cluster, 0, "pagedev", pw, client_id=f"pagedev-{i:016x}").connected()
+             for i in range(20)]
+    cleanup.extend(conns)
+    g = _CountingGuard(NatsGuardSettings(page_size=16), Budget(1e6, 1e6, 1e9, 1e9),
+                       servers=[cluster.client_url(0)], nodes=3, user="guard",
+                       password=guard.password, is_service=lambda n: False)
+
+    async def collect() -> Any:
+        nc = await nats.connect(cluster.client_url(0), user="guard", password=guard.password)
+        try:
+            return await g.collect(nc)
+        finally:
+            await nc.close()
+
+    got = asyncio.run(collect())
+    assert len(got.reports) == 3 and all(r.complete for r in got.reports)
+    mine = [c for r in got.reports for c in r.conns if c.user == "pagedev"]
+    assert len(mine) == 20 and len({(c.server, c.cid) for c in mine}) == 20
+    assert {c.client_id for c in mine} == {f"pagedev-{i:016x}" for i in range(20)}
+    assert g.pages >= 1
+    assert all(c.started is not None for c in mine)
+    # The guard running beside it listed them too and did not take them for takeovers.
+    wait_until(lambda: guard.metric("camstack_natsguard_connections") >= 20,
+               "the running guard listing the 20 connections")
+    rounds = guard.metric("camstack_natsguard_rounds_total")
+    wait_until(lambda: guard.metric("camstack_natsguard_rounds_total") > rounds,
+               "a round after that")
+    assert guard.kicked("pagedev", "client_id_taken") == []
+    assert not any(c.disconnected.is_set() for c in conns)

@@ -126,6 +126,19 @@ def test_one_account_on_several_connections_and_nodes_shares_one_bucket() -> Non
     assert sorted((k.server, k.cid) for k in res.kicks) == [("S1", 1), ("S2", 7)]
 
 
+def test_a_connection_missed_between_pages_is_a_baseline_not_a_history() -> None:
+    m = meter()
+    m.observe(0.0, [NodeReport("S1", (), now=1000.0)])
+    m.observe(1.0, [NodeReport("S1", (), now=1001.0)])
+    # Listed now, but it started before the node's last answer: it fell between two
+    # pages then. Its day of traffic is not charged; a really new one is.
+    old = Conn("S1", 5, "cam01", "cam01", 10**6, 10**8, started=500.0)
+    new = Conn("S1", 6, "cam02", "cam02", 150, 1000, started=1001.5)
+    res = m.observe(2.0, [NodeReport("S1", (old, new), now=1002.0)])
+    assert (res.msgs, res.kicks) == (150, [])
+    assert m.observe(3.0, [NodeReport("S1", (old, new), now=1003.0)]).msgs == 0
+
+
 def test_a_counter_that_went_down_is_a_new_connection() -> None:
     m = meter()
     start(m)
