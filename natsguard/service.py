@@ -222,15 +222,23 @@ class Guard:
             complete = True
             max_pages = self.settings.max_connections // self.settings.page_size + 1
             page = 1
-            while isinstance(total, int) and len(raws) < total and page < max_pages:
+            while isinstance(total, int) and len(raws) < total:
+                if page >= max_pages:
+                    complete = False  # past max_connections: the rest is not metered
+                    break
                 data = await self._page(nc, server, len(raws))
-                got = (data or {}).get("connections") or []
-                if data is None or not got:
+                if data is None:
                     complete = False
                     self.metrics.incomplete.inc()
                     break
-                raws.extend(got)
+                got = data.get("connections") or []
                 total = data.get("total", total)
+                if not got:
+                    # Connections closed since the first page: the list ended earlier.
+                    # Whoever moved to an earlier page meanwhile was not listed.
+                    complete = False
+                    break
+                raws.extend(got)
                 page += 1
             conns = []
             for raw in raws:

@@ -19,6 +19,7 @@ from broker.pki import PkiPaths, create_ca, create_server_cert
 from camstack.servers import nats_server_binary
 from config.settings import BrokerSettings, NatsClusterSettings, NatsGuardSettings
 from natsguard.__main__ import budget_of, node_urls
+from natsguard.service import parse_conn, parse_time
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,24 @@ def test_entry_point_answers_help_and_refuses_mosquitto(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "natsguard", "--data-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60, check=False, env=env)
     assert res.returncode == 2 and "engine" in res.stderr
+
+
+def test_connz_entries_as_nats_server_2_15_1_sends_them() -> None:
+    # An MQTT connection as a real node listed it (docs/scaling.md, fact 17).
+    raw = {"cid": 26, "kind": "Client", "type": "mqtt", "ip": "127.0.0.1", "port": 55345,
+           "start": "2026-11-30T18:10:25.508538175Z", "in_msgs": 10, "out_msgs": 0,
+           "in_bytes": 1230, "out_bytes": 0, "subscriptions": 0, "authorized_user": "dev1",
+           "account": "CAMSTACK", "name_tag": "CAMSTACK", "mqtt_client": "dev1"}
+    conn = parse_conn("NAGQ", raw)
+    assert conn is not None
+    assert (conn.server, conn.cid, conn.user, conn.client_id, conn.in_msgs,
+            conn.in_bytes) == ("NAGQ", 26, "dev1", "dev1", 10, 1230)
+    assert conn.started == pytest.approx(parse_time("2026-11-30T18:10:25.508538Z"))
+    # A NATS-protocol connection has no mqtt_client; unreadable entries are refused.
+    plain = parse_conn("S", {"cid": 1, "authorized_user": "x", "in_msgs": 0, "in_bytes": 0})
+    assert plain is not None and plain.client_id is None and plain.started is None
+    bads: list[object] = [None, [], {"cid": "1"}, {"cid": 1, "in_msgs": "9"},
+                          {"cid": 1, "mqtt_client": 5}, {"cid": 1, "authorized_user": 3}]
+    for bad in bads:
+        assert parse_conn("S", bad) is None
+    assert parse_time("yesterday") is None and parse_time(None) is None
