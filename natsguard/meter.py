@@ -175,11 +175,14 @@ class Meter:
             ones are not metered, counted in ``RoundResult.untracked``).
         forget_node_rounds: A node silent for this many rounds is forgotten (a
             restarted node has a new server id; its old entry would stay forever).
+        login_grace_s: A connection first listed that started more than this before the
+            node's previous answer was missed then (a baseline); a younger one may have
+            been logging in (charged everything it sent).
     """
 
     def __init__(self, budget: Budget, *, is_service: Callable[[str], bool],
                  max_accounts: int = 100_000, max_connections: int = 200_000,
-                 forget_node_rounds: int = 10) -> None:
+                 forget_node_rounds: int = 10, login_grace_s: float = 10.0) -> None:
         if max_accounts < 1 or max_connections < 1 or forget_node_rounds < 1:
             raise ValueError("max_accounts, max_connections, forget_node_rounds must be >= 1")
         self.budget = budget
@@ -187,6 +190,7 @@ class Meter:
         self.max_accounts = max_accounts
         self.max_connections = max_connections
         self.forget_node_rounds = forget_node_rounds
+        self.login_grace_s = login_grace_s
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._nodes: dict[str, _Node] = {}
         self._round = 0
@@ -255,11 +259,13 @@ class Meter:
                     if tracked >= self.max_connections:
                         out.untracked += 1
                         continue
-                    # A connection that started before the node's last answer was there
-                    # then but not listed (pages shift while connections come and go):
-                    # its counters are a baseline, not a whole history to charge.
+                    # A connection that started well before the node's last answer was
+                    # there then but not listed (pages shift while connections come and
+                    # go): its counters are a baseline, not a whole history to charge.
+                    # "Well": a connection is listed only once logged in (TLS, bcrypt),
+                    # so one that started just before the answer may simply be new.
                     missed = (c.started is not None and seen_until is not None
-                              and c.started < seen_until)
+                              and c.started < seen_until - self.login_grace_s)
                     dm, db = (0, 0) if baseline or missed else (c.in_msgs, c.in_bytes)
                 elif c.in_msgs < prev[0] or c.in_bytes < prev[1]:
                     out.counter_resets += 1

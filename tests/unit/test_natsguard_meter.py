@@ -134,8 +134,11 @@ def test_a_connection_missed_between_pages_is_a_baseline_not_a_history() -> None
     # pages then. Its day of traffic is not charged; a really new one is.
     old = Conn("S1", 5, "cam01", "cam01", 10**6, 10**8, started=500.0)
     new = Conn("S1", 6, "cam02", "cam02", 150, 1000, started=1001.5)
-    res = m.observe(2.0, [NodeReport("S1", (old, new), now=1002.0)])
-    assert (res.msgs, res.kicks) == (150, [])
+    # Started before the last answer, but still logging in then (not listed yet): new.
+    login = Conn("S1", 7, "cam03", "cam03", 1000, 1000, started=1000.9)
+    res = m.observe(2.0, [NodeReport("S1", (old, new, login), now=1002.0)])
+    assert res.msgs == 1150
+    assert [(k.user, k.reason) for k in res.kicks] == [("cam03", "over_budget")]
     assert m.observe(3.0, [NodeReport("S1", (old, new), now=1003.0)]).msgs == 0
 
 
