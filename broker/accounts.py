@@ -57,6 +57,12 @@ def service_role(name: str) -> str | None:
             return role
     return None
 
+NATS_GUARD_USER = "guard"
+"""The NATS engine's guard (natsguard/) logs in as this user of NATS's system account.
+Its password is ``data/secrets/guard.pass``; its bcrypt hash is kept apart from the
+device and service accounts (``nats-system-users.json``), so it never becomes a
+Mosquitto account. NATS user names are unique across accounts: no device may use it."""
+
 Kind = Literal["device", "service"]
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes for $7$ hashes
 
@@ -163,10 +169,11 @@ class AccountStore:
         self.passwd = broker_dir / "passwd"
         self.acl = broker_dir / "acl"
         self.nats_accounts = broker_dir / "nats-accounts.conf"
+        self.nats_system_users = broker_dir / "nats-system-users.json"
         self.pid_file = broker_dir / "mosquitto.pid"
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Account]]:
+    def _locked(self, *, force: bool = False) -> Iterator[dict[str, Account]]:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / ".accounts.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -174,7 +181,7 @@ class AccountStore:
             before = json.dumps({k: asdict(v) for k, v in accounts.items()}, sort_keys=True)
             yield accounts
             after = json.dumps({k: asdict(v) for k, v in accounts.items()}, sort_keys=True)
-            if (after != before or not self.passwd.exists() or not self.acl.exists()
+            if (force or after != before or not self.passwd.exists() or not self.acl.exists()
                     or not self.nats_accounts.exists()):
                 self._write(accounts)
 
@@ -196,7 +203,8 @@ class AccountStore:
             self.acl: render_acl(list(accounts.values()), self.prefix),
             # The NATS engine's users and rights (broker/natscluster.py), from the same
             # accounts; accounts without a bcrypt hash are left out there.
-            self.nats_accounts: render_accounts(list(accounts.values()), self.prefix)[0],
+            self.nats_accounts: render_accounts(list(accounts.values()), self.prefix,
+                                                system_users=self.system_users())[0],
         }
         for path, text in files.items():
             tmp = path.with_name(path.name + ".tmp")
@@ -237,7 +245,7 @@ class AccountStore:
         """
         if not DEVICE_ID_RE.fullmatch(name):
             raise AccountError(f"invalid id {name!r}: must match {DEVICE_ID_RE.pattern}")
-        if kind == "device" and service_role(name) is not None:
+        if kind == "device" and (service_role(name) is not None or name == NATS_GUARD_USER):
             raise AccountError(f"{name!r} is reserved for service accounts")
         if kind == "service" and service_role(name) is None:
             raise AccountError(
@@ -272,6 +280,29 @@ class AccountStore:
             if acc is None or not acc.active:
                 raise AccountError(f"no active account {name!r}")
             acc.revoked = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def system_users(self) -> dict[str, str]:
+        """Users of the NATS system account: name -> bcrypt hash (empty when none)."""
+        if not self.nats_system_users.exists():
+            return {}
+        raw = json.loads(self.nats_system_users.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in raw.items()}
+
+    def set_system_user(self, name: str, password: str) -> None:
+        """Create or replace a user of the NATS system account, then re-render.
+
+        Args:
+            name: User name (:data:`NATS_GUARD_USER`).
+            password: Clear text; only its bcrypt hash is kept.
+        """
+        hashed = nats_hash(password)
+        with self._locked(force=True):
+            users = {**self.system_users(), name: hashed}
+            tmp = self.nats_system_users.with_name(self.nats_system_users.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(users, indent=2, sort_keys=True) + "\n")
+            tmp.replace(self.nats_system_users)
 
     def ensure_rendered(self) -> None:
         """Write ``passwd`` and ``acl`` if missing (a fresh install has no accounts yet)."""

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from broker.accounts import AccountStore
+from broker.accounts import NATS_GUARD_USER, AccountStore, new_password
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.natscluster import NodePlan, TlsFiles, plan_nodes, render_node_config
@@ -63,6 +63,7 @@ def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
     store = AccountStore(layout.broker_dir, settings.topic_prefix)
     store.ensure_rendered()
     rehash_services(store, layout)
+    ensure_guard_user(store, layout)
     nodes = cluster_nodes(settings, layout)
     tls = TlsFiles(layout.pki.server_cert, layout.pki.server_key, layout.pki.ca_cert)
     for node in nodes:
@@ -96,6 +97,27 @@ def rehash_services(store: AccountStore, layout: Layout) -> list[str]:
         store.add(acc.name, "service", password=password)
         done.append(acc.name)
     return done
+
+
+def ensure_guard_user(store: AccountStore, layout: Layout) -> bool:
+    """Give the guard (natsguard/) its system-account user and password file.
+
+    The password lives with the services' (``data/secrets/guard.pass``, 0600); the
+    accounts file gets its bcrypt hash. Kept when both exist.
+
+    Returns:
+        True when a new password was made (running nodes need a reload).
+    """
+    pw_file = layout.service_password_file(NATS_GUARD_USER)
+    if pw_file.exists() and NATS_GUARD_USER in store.system_users():
+        return False
+    password = new_password()
+    pw_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(password + "\n")
+    store.set_system_user(NATS_GUARD_USER, password)
+    return True
 
 
 def accounts_without_hash(store: AccountStore) -> list[str]:

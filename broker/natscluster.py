@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from contract.topics import device_acl_patterns, role_acl_lines
 
 ACCOUNT = "CAMSTACK"
 """The NATS account every device and service belongs to (JetStream enabled)."""
+SYSTEM_ACCOUNT = "SYS"
+"""NATS's system account: its users may ask every node for its connections
+(``$SYS.REQ.SERVER.PING.CONNZ``) and close one (``KICK``) — the guard (natsguard/)."""
 CLUSTER_NAME = "camstack"
 
 
@@ -217,7 +221,8 @@ def _perm_map(allow: list[str]) -> str:
 
 
 def render_accounts(accounts: list[Account], prefix: str, partitions: int = PARTITIONS,
-                    jobs: JobQueueSettings | None = None) -> tuple[str, list[str]]:
+                    jobs: JobQueueSettings | None = None, *,
+                    system_users: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
     """The accounts file every node includes.
 
     Devices and operators log in over MQTT only. Ingestor and encoder accounts may also
@@ -230,6 +235,8 @@ def render_accounts(accounts: list[Account], prefix: str, partitions: int = PART
         partitions: Number of partitions.
         jobs: The job queue's stream, subject prefix and consumer (default: the
             ``[jobqueue]`` defaults).
+        system_users: Users of the system account ``SYS``, name -> bcrypt hash (the
+            guard). They log in over the NATS protocol only, on the loopback client port.
 
     Returns:
         The file text, and the names of active accounts left out because they have no
@@ -263,6 +270,11 @@ def render_accounts(accounts: list[Account], prefix: str, partitions: int = PART
             f"        publish: {_perm_map(perms.publish)}\n"
             f"        subscribe: {_perm_map(perms.subscribe)}\n"
             "      }}")
+    sys_users = "".join(
+        f"      {{user: {_q(name)}, password: {_q(hashed)},\n"
+        # NATS protocol only: no MQTT or websocket login for a system user.
+        '        allowed_connection_types: ["STANDARD"]}\n'
+        for name, hashed in sorted((system_users or {}).items()))
     text = (
         "# Rendered by camstack (broker/natscluster.py) from accounts.json. Do not edit.\n"
         "accounts {\n"
@@ -273,7 +285,13 @@ def render_accounts(accounts: list[Account], prefix: str, partitions: int = PART
         + "".join(u + "\n" for u in users)
         + "    ]\n"
         "  }\n"
+        f"  {SYSTEM_ACCOUNT} {{\n"
+        "    users = [\n"
+        + sys_users
+        + "    ]\n"
+        "  }\n"
         "}\n"
+        f"system_account: {SYSTEM_ACCOUNT}\n"
     )
     return text, missing
 

@@ -45,6 +45,7 @@ from camstack.ota import run_ota, send_command
 from camstack.sim import Faults, Fleet, SimCamera, SimConfig
 from camstack.stack import config_dir, ensure_device_account, render_compose, render_local
 from camstack.supervise import (
+    GUARD_PROGRAM,
     PROGRAMS,
     cluster_program,
     conf_path,
@@ -387,15 +388,17 @@ def _up(args: argparse.Namespace, settings: BrokerSettings) -> int:
     nodes = settings.nats.nodes if settings.engine == "nats" else None
     ports = ([n.client_port for n in cluster_nodes(settings, layout)]
              if settings.engine == "nats" else [])
+    guard = nodes is not None and settings.nats.guard.enabled
     conf = write_supervisord(layout, broker_config=args.config.resolve() if args.config
-                             else None, cluster_nodes=nodes, cluster_ports=ports)
+                             else None, cluster_nodes=nodes, cluster_ports=ports, guard=guard)
     if args.render_only:
         print(conf)
         return 0
     nats = local_jetstream_port(layout, ports) is not None
     programs = [*PROGRAMS, *(["nats"] if nats else [])]
     if nodes is not None:
-        programs[:1] = [cluster_program(i) for i in range(nodes)]
+        programs[:1] = [*(cluster_program(i) for i in range(nodes)),
+                        *([GUARD_PROGRAM] if guard else [])]
     print(f"running {', '.join(programs)}; logs in "
           f"{logs_dir(layout)}, "
           "`camstack ctl status` lists them; Ctrl-C stops all", flush=True)

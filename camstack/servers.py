@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.accounts import AccountStore
+from broker.accounts import NATS_GUARD_USER, AccountStore, new_password
 from broker.natscluster import NodePlan, TlsFiles, render_node_config
 from broker.pki import PkiPaths, ensure_pki
 from camstack.brokerproc import free_port, wait_port
@@ -683,6 +683,17 @@ class NatsClusterHandle:
         password = self.store.add(name, "service")
         self.reload()
         return password
+
+    def add_guard(self) -> str:
+        """Give the guard its system-account user and reload. Returns its password."""
+        password = new_password()
+        self.store.set_system_user(NATS_GUARD_USER, password)
+        self.reload()
+        return password
+
+    def client_url(self, i: int) -> str:
+        """NATS-protocol URL of node ``i``'s loopback client port."""
+        return f"nats://127.0.0.1:{self.plan[i].client_port}"
 
     def revoke(self, name: str) -> None:
         """Revoke an account and reload every node."""

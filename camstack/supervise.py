@@ -30,6 +30,8 @@ from camstack.servers import nats_server_binary, render_nats_conf
 PROGRAMS = ("broker", "ingestor", "encoder", "monitor", "web")
 CLUSTER_PROGRAM = "nats-node-"
 """``broker.engine = "nats"``: program ``nats-node-<i>`` per node, instead of ``broker``."""
+GUARD_PROGRAM = "nats-guard"
+"""``broker.engine = "nats"`` with ``[nats.guard] enabled``: ``python -m natsguard``."""
 NATS_PROGRAM = "nats"
 """Added when a service config uses ``runner = "jetstream"`` with a loopback server."""
 
@@ -111,7 +113,7 @@ def nats_conf_path(layout: Layout) -> Path:
 def render_supervisord(layout: Layout, *, python: str | None = None,
                        broker_config: Path | None = None,
                        restart: Restart | None = None, nats_port: int | None = None,
-                       cluster_nodes: int | None = None) -> str:
+                       cluster_nodes: int | None = None, guard: bool = False) -> str:
     """The ``supervisord.conf`` text of the local stack.
 
     Args:
@@ -124,6 +126,9 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
         cluster_nodes: ``broker.engine = "nats"``: run this many cluster nodes
             (``nats-node-<i>``, each ``python -m broker run --node <i>``) instead of
             ``broker``, with the broker's priority (stopped after the services).
+        guard: With ``cluster_nodes``, also run the NATS engine's guard
+            (``nats-guard``: ``python -m natsguard``, stopped after the services, before
+            the nodes).
 
     Returns:
         The configuration text.
@@ -153,6 +158,11 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
                                   "run", "--node", str(i))
             priority[node] = priority["broker"]
         programs = (*nodes, *PROGRAMS[1:])
+        if guard:
+            commands[GUARD_PROGRAM] = _cmd(py, "-m", "natsguard", *broker_args, "--data-dir",
+                                           str(data))
+            priority[GUARD_PROGRAM] = 12
+            programs = (*nodes, GUARD_PROGRAM, *PROGRAMS[1:])
     if nats_port is not None:
         commands[NATS_PROGRAM] = _cmd(str(nats_server_binary()), "-c",
                                       str(nats_conf_path(layout)))
@@ -184,7 +194,8 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
     ]
     for name in programs:
         env = {"PYTHONUNBUFFERED": "1"}
-        if name not in ("broker", NATS_PROGRAM) and not name.startswith(CLUSTER_PROGRAM):
+        if (name not in ("broker", NATS_PROGRAM, GUARD_PROGRAM)
+                and not name.startswith(CLUSTER_PROGRAM)):
             env["CAM_CONFIG"] = str(data / "config" / f"{name}.toml")
         lines += [
             f"[program:{name}]",
@@ -210,7 +221,7 @@ def render_supervisord(layout: Layout, *, python: str | None = None,
 
 def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
                       restart: Restart | None = None, cluster_nodes: int | None = None,
-                      cluster_ports: Collection[int] = ()) -> Path:
+                      cluster_ports: Collection[int] = (), guard: bool = False) -> Path:
     """Render and write ``<data>/run/supervisord.conf`` (folders created).
 
     Args:
@@ -219,6 +230,7 @@ def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
         restart: Restart policy.
         cluster_nodes: NATS cluster nodes to run instead of Mosquitto (engine = nats).
         cluster_ports: Their client ports (a job queue there needs no NATS of its own).
+        guard: With ``cluster_nodes``, also run the NATS engine's guard.
 
     Returns:
         The file.
@@ -234,7 +246,8 @@ def write_supervisord(layout: Layout, *, broker_config: Path | None = None,
     path = conf_path(layout)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_supervisord(layout, broker_config=broker_config, restart=restart,
-                                      nats_port=nats_port, cluster_nodes=cluster_nodes),
+                                      nats_port=nats_port, cluster_nodes=cluster_nodes,
+                                      guard=guard),
                    encoding="utf-8")
     tmp.replace(path)
     return path

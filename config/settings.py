@@ -915,6 +915,56 @@ class WebSettings(_ServiceSettings):
 # --- NATS cluster broker engine (issue 17). New sections only, appended. ---
 
 
+class NatsGuardSettings(_Section):
+    """The NATS engine's guard (``python -m natsguard``, docs/security.md).
+
+    Per-device budgets (``broker.device_*``) and client-id checks, enforced by closing
+    connections.
+
+    Every ``interval_s`` it asks every node for its connections over the NATS protocol,
+    as user ``guard`` of the system account, and closes (``$SYS.REQ.SERVER.<id>.KICK``,
+    nats-server 2.10 or later) a device connection over budget or under another client
+    id. It acts after the fact: a flooder gets through what it sends until the next round.
+    """
+
+    enabled: bool = Field(
+        default=True, description="make up runs the guard with the cluster nodes.")
+    interval_s: float = Field(
+        default=1.0, ge=0.1, le=60,
+        description="Seconds between two rounds (ask every node, charge, kick). A flooder "
+        "gets through up to its send rate times this before it is closed.")
+    reply_timeout_s: float = Field(
+        default=0.5, gt=0, le=10,
+        description="How long a round waits for the nodes' answers (one per node).")
+    page_size: int = Field(
+        default=1024, ge=16, le=10_000,
+        description="Connections asked per CONNZ request; a node with more is asked again "
+        "for the next page (offset).")
+    max_connections: int = Field(
+        default=200_000, ge=1, le=10_000_000,
+        description="Connections whose counters are tracked; past it new ones are not "
+        "metered (counted in camstack_natsguard_untracked_total).")
+    max_accounts: int = Field(
+        default=100_000, ge=1, le=10_000_000,
+        description="Device accounts whose buckets are remembered (idle full ones are "
+        "forgotten first).")
+    max_debt_s: float = Field(
+        default=60.0, ge=0, le=86_400,
+        description="An account over budget owes at most this many seconds of its rate; "
+        "while it owes, any publish gets it closed again.")
+    servers: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="NATS URLs of the nodes' client ports; empty: every node's loopback "
+        "port (port_base + 10*i).")
+    password_file: Path | None = Field(
+        default=None,
+        description="Password of the system-account user guard; default "
+        "<broker.data_dir>/secrets/guard.pass (written by camstack init).")
+    metrics_host: str = Field(default="127.0.0.1", description="Prometheus endpoint host.")
+    metrics_port: int = Field(
+        default=9104, ge=0, le=65535, description="Prometheus endpoint port (0: a free one).")
+
+
 class NatsClusterSettings(_Section):
     """The NATS cluster run when ``broker.engine = "nats"`` (docs/scaling.md).
 
@@ -948,6 +998,9 @@ class NatsClusterSettings(_Section):
         default=None,
         description="Node folders (config, JetStream store, log, pid); default "
         "<broker.data_dir>/nats.")
+    guard: NatsGuardSettings = Field(
+        default_factory=NatsGuardSettings,
+        description="The guard service: per-device budgets and client ids on NATS.")
 
     @model_validator(mode="after")
     def _consistent(self) -> NatsClusterSettings:

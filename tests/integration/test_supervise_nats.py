@@ -47,7 +47,8 @@ def up_nats(tmp_path: Path) -> Iterator[dict[str, Any]]:
     toml.write_text(to_toml({"engine": "nats", "tls_bind": "127.0.0.1",
                              "server_names": ["localhost", "127.0.0.1", "camhub.test"],
                              "nats": {"nodes": NODES, "mqtt_port_base": mqtt_base,
-                                      "port_base": port_base}}), encoding="utf-8")
+                                      "port_base": port_base,
+                                      "guard": {"metrics_port": 0}}}), encoding="utf-8")
     data = tmp_path / "data"
     state: dict[str, Any] = {"base": [*CAMSTACK, "--config", str(toml), "--data-dir",
                                       str(data)],
@@ -117,11 +118,14 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
         return len(re.findall(pattern, log()))
 
     programs = [f"nats-node-{i}" for i in range(NODES)] + [
-        "ingestor", "encoder", "monitor", "web"]
+        "nats-guard", "ingestor", "encoder", "monitor", "web"]
     for name in programs:
         wait_until(lambda n=name: count(rf"success: {n} entered RUNNING state") >= 1,  # type: ignore[misc]
                    90, f"{name} RUNNING:\n{log()[-3000:]}")
     assert f"running {', '.join(programs)}" in log()
+    guard_log = data / "logs" / "nats-guard.log"
+    wait_until(lambda: "guard_connected" in guard_log.read_text(errors="replace"), 60,
+               "the guard logged in as the system user")
     ingestor_log = data / "logs" / "ingestor.log"
     wait_until(lambda: "ingestor_ready" in ingestor_log.read_text(errors="replace"), 90,
                "the ingestor's 64 SUBACKs")
@@ -160,10 +164,14 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
     finally:
         fleet.stop(timeout=10)
         cat.close()
+    # The camera (within its budget, its own client id with the 3.1.1 session tag) and
+    # the services were never closed by the guard.
+    assert "device_kicked" not in guard_log.read_text(errors="replace")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(120) == 0, log()
     for i in range(NODES):
         assert re.search(rf"stopped: nats-node-{i} \(exit status 0\)", log()), log()
+    assert re.search(r"stopped: nats-guard \(exit status 0\)", log()), log()
 
 
 def _pids(conf: Path) -> dict[str, int]:

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "encoder": 4,
     "monitor": 4,
     "web": 4,
+    "natsguard": 4,
     "camstack": 5,
     "bench": 6,
     "tests": 6,
@@ -46,7 +47,7 @@ PURE_MODULES = {
     "ingestor/batcher.py", "ingestor/acks.py", "ingestor/handoff.py",
     "monitor/health.py", "encoder/timeline.py", "web/live.py", "web/auth.py",
     "web/commands.py", "jobqueue/job.py", "jobqueue/lambda_handler.py",
-    "jobqueue/backlog.py",
+    "jobqueue/backlog.py", "natsguard/meter.py",
 }
 IMPURE = {"paho", "av", "boto3", "psycopg", "sqlite3", "shutil", "pathlib"}
 

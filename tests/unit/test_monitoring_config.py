@@ -23,6 +23,7 @@ from encoder.metrics import EncoderMetrics
 from ingestor.metrics import NO_DEVICE, IngestMetrics
 from jobqueue.metrics import JobQueueMetrics
 from monitor.metrics import MonitorMetrics
+from natsguard.service import GuardMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"
@@ -48,7 +49,8 @@ def monitor_registry() -> CollectorRegistry:
 
 def metric_names() -> set[str]:
     return (exposed(IngestMetrics().registry) | exposed(EncoderMetrics().registry)
-            | exposed(monitor_registry()) | exposed(JobQueueMetrics().registry))
+            | exposed(monitor_registry()) | exposed(JobQueueMetrics().registry)
+            | exposed(GuardMetrics().registry))
 
 
 def rule_exprs() -> dict[str, str]:
@@ -78,6 +80,7 @@ def test_names_come_from_the_definitions() -> None:
     assert "camstack_broker_clients_connected" in names
     assert {"camstack_encode_backlog_oldest_seconds", "camstack_encode_jobs_quarantined",
             "camstack_jobqueue_malformed_total"} <= names
+    assert {"camstack_natsguard_kicks_total", "camstack_natsguard_connected"} <= names
     # The checker itself catches a name that does not exist.
     assert unknown_names({"x": "rate(ingestor_frames_total[5m])"}, names) == [
         "x: ingestor_frames_total"]

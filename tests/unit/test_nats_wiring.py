@@ -71,6 +71,20 @@ def test_supervisord_runs_one_program_per_node_instead_of_mosquitto(tmp_path: Pa
     assert "[program:broker]" in render_supervisord(layout, python="/py")  # default kept
 
 
+def test_supervisord_runs_the_guard_with_the_nodes(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data")
+    text = render_supervisord(layout, python="/py", cluster_nodes=3, guard=True,
+                              broker_config=tmp_path / "broker.toml")
+    programs = re.findall(r"^\[program:(.+)\]$", text, re.M)
+    assert programs[:4] == ["nats-node-0", "nats-node-1", "nats-node-2", "nats-guard"]
+    block = text.split("[program:nats-guard]")[1].split("[program:")[0]
+    assert (f"command=/py -m natsguard --config {tmp_path / 'broker.toml'} --data-dir "
+            f"{layout.data_dir}\n") in block
+    # Stopped after the services (20..50), before the nodes (10); the broker's settings.
+    assert "priority=12" in block and "CAM_CONFIG" not in block
+    assert "nats-guard" not in render_supervisord(layout, python="/py", guard=True)
+
+
 def test_pid_files_one_per_node(tmp_path: Path) -> None:
     s = _nats_settings(tmp_path)
     layout = Layout(s.data_dir)
