@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from nats.js.kv import KeyValue
 
 from config.settings import JobQueueSettings, LeaseSettings
 from jobqueue.errors import JobQueueError
+from jobqueue.loop import LoopThread
 from jobqueue.queue import connect
 
 log = structlog.get_logger("ingestor.leases")
@@ -128,21 +127,13 @@ class PartitionLeases:
         self.held: dict[int, int] = {}
         """Partition -> revision this process wrote last (touched in the loop only)."""
         self.waiting_logged: set[int] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="leases",
-                                        daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("leases")
         self._nc: NatsClient | None = None
         self._kv: KeyValue | None = None
         self._refresher: concurrent.futures.Future[None] | None = None
 
     def _call(self, coro: Any, timeout: float) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise JobQueueError(f"no answer from NATS within {timeout}s (leases)") from None
+        return self._loop.call(coro, timeout, " (leases)")
 
     def claim(self) -> None:
         """Connect, open the bucket, claim every partition; then keep them refreshed.
@@ -157,8 +148,7 @@ class PartitionLeases:
         except BaseException:
             self.close()
             raise
-        self._refresher = asyncio.run_coroutine_threadsafe(self._refresh_forever(),
-                                                           self._loop)
+        self._refresher = self._loop.submit(self._refresh_forever())
 
     async def _claim(self) -> None:
         self._nc = await connect(self.connection, name=f"camstack-leases-{self.me.owner}")
@@ -272,12 +262,12 @@ class PartitionLeases:
                 await self._delete(p)
             log.info("partition_leases_released", partitions=parts)
 
-        asyncio.run_coroutine_threadsafe(go(), self._loop)
+        self._loop.submit(go())
 
     def close(self) -> None:
         """Delete every lease held (a clean stop), disconnect, stop the loop."""
         if self._refresher is not None:
-            self._loop.call_soon_threadsafe(self._refresher.cancel)
+            self._loop.loop.call_soon_threadsafe(self._refresher.cancel)
         if self._nc is not None and self._kv is not None and self.held:
             held = sorted(self.held)
 
@@ -291,12 +281,5 @@ class PartitionLeases:
             except (JobQueueError, nats.errors.Error, nats.js.errors.Error) as exc:
                 log.warning("partition_leases_not_released", error=str(exc)[:200],
                             expire_in_s=self.settings.ttl_s)
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(JobQueueError):
-                self._call(self._nc.close(), 10)
+        self._loop.stop(self._nc)
         self._nc = None
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_running():
-            self._loop.close()

@@ -16,11 +16,9 @@ stream forever, invisible, with nobody told.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import ssl
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +30,7 @@ from nats.js.errors import NotFoundError as JsNotFoundError
 from config.settings import JobQueueSettings, nats_inbox_prefix
 from jobqueue.errors import JobQueueError
 from jobqueue.job import EncodeJob
+from jobqueue.loop import LoopThread
 
 log = logging.getLogger("jobqueue")
 
@@ -181,10 +180,7 @@ class JobPublisher:
     def __init__(self, settings: JobQueueSettings, *, name: str = "camstack-publisher",
                  create_stream: bool = True) -> None:
         self.settings = settings
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="jobqueue-pub",
-                                        daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("jobqueue-pub")
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         try:
@@ -200,12 +196,7 @@ class JobPublisher:
             await ensure_stream(self._js, self.settings)
 
     def _call(self, coro: Any, timeout: float) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise JobQueueError(f"no answer from NATS within {timeout}s") from None
+        return self._loop.call(coro, timeout)
 
     def publish(self, job: EncodeJob) -> PublishResult:
         """Publish one job and wait for the server's ack.
@@ -227,15 +218,8 @@ class JobPublisher:
 
     def close(self) -> None:
         """Drain the connection and stop the loop thread."""
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(JobQueueError):
-                self._call(self._nc.close(), 10)
+        self._loop.stop(self._nc)
         self._nc = None
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_running():
-            self._loop.close()
 
     def __enter__(self) -> JobPublisher:
         return self
