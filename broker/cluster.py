@@ -22,7 +22,14 @@ from pathlib import Path
 from broker.accounts import NATS_GUARD_USER, AccountStore, new_password
 from broker.errors import BrokerToolError
 from broker.layout import Layout
-from broker.natscluster import NodePlan, TlsFiles, plan_nodes, render_node_config
+from broker.natscluster import (
+    NodePlan,
+    RouteSecurity,
+    TlsFiles,
+    plan_nodes,
+    render_node_config,
+)
+from broker.pki import ensure_route_cert
 from config.settings import BrokerSettings
 
 NATS_BINARY_ENV = "CAM_NATS_SERVER"
@@ -41,7 +48,34 @@ def cluster_nodes(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
     """The nodes of the configured cluster (fixed ports, docs/configuration.md)."""
     n = settings.nats
     return plan_nodes(nats_dir(settings, layout), n.nodes, mqtt_port_base=n.mqtt_port_base,
-                      port_base=n.port_base)
+                      port_base=n.port_base, hosts=list(n.hosts) or None)
+
+
+ROUTE_SECRET = "nats-route"  # noqa: S105 (a file name, not a password)
+"""``data/secrets/nats-route.pass``: the route password every node presents and expects."""
+
+
+def ensure_route_security(settings: BrokerSettings, layout: Layout) -> RouteSecurity | None:
+    """The route password (made once, kept) and certificate (re-issued when hosts change).
+
+    Returns:
+        None when routes are not secured (``secure_routes``, default: no ``hosts``).
+    """
+    n = settings.nats
+    if not n.routes_secured:
+        return None
+    pw_file = layout.service_password_file(ROUTE_SECRET)
+    if not pw_file.exists():
+        pw_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new_password() + "\n")
+    password = pw_file.read_text(encoding="utf-8").strip()
+    # The nodes dial each other by these names, and verify them in the certificate.
+    ensure_route_cert(layout.pki, sorted(set(n.route_hosts)))
+    pki = layout.pki
+    return RouteSecurity(password=password,
+                         tls=TlsFiles(pki.route_cert, pki.route_key, pki.ca_cert))
 
 
 def mqtt_ports(settings: BrokerSettings) -> list[int]:
@@ -66,12 +100,20 @@ def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
     ensure_guard_user(store, layout)
     nodes = cluster_nodes(settings, layout)
     tls = TlsFiles(layout.pki.server_cert, layout.pki.server_key, layout.pki.ca_cert)
+    security = ensure_route_security(settings, layout)
     for node in nodes:
         node.dir.mkdir(parents=True, exist_ok=True)
-        node.conf_file.write_text(render_node_config(
+        text = render_node_config(
             node, nodes, tls=tls, accounts_file=store.nats_accounts,
             mqtt_bind=settings.tls_bind, stream_replicas=settings.nats.replicas,
-            max_ack_pending=settings.nats.max_ack_pending), encoding="utf-8")
+            max_ack_pending=settings.nats.max_ack_pending,
+            client_bind=settings.nats.client_bind,
+            route_bind=settings.nats.route_listen_host, route_security=security)
+        # 0600: with secured routes the file holds the route password in clear.
+        fd = os.open(node.conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        node.conf_file.chmod(0o600)
     return nodes
 
 
