@@ -1,11 +1,13 @@
 """The NATS cluster engine (``broker.engine = "nats"``): config rendering, pure.
 
-Each node of the cluster gets one config file: its name, loopback client port, HTTP
-monitoring port, cluster route (loopback), JetStream store, the MQTT listener with TLS
-from the project PKI (broker/pki.py) and an ``include`` of the accounts file. The
-accounts file is rendered from the same accounts as Mosquitto's password and ACL files
-(broker/accounts.py) and is shared by every node: after a device is added or revoked it
-is rewritten and every node is told to reload (SIGHUP), no restart.
+Each node of the cluster gets one config file: its name, client port (loopback unless
+``client_bind``), HTTP monitoring port (loopback), cluster routes (loopback, or by host
+name with TLS and a route password: ``[broker.nats] hosts``), JetStream store, the
+MQTT listener with TLS from the project PKI (broker/pki.py) and an ``include`` of the
+accounts file. The accounts file is rendered from the same accounts as Mosquitto's
+password and ACL files (broker/accounts.py) and is shared by every node: after a device
+is added or revoked it is rewritten and every node is told to reload (SIGHUP), no
+restart.
 
 What NATS (2.15.1, checked on this machine) needs, and why the rendering looks so:
 

@@ -972,8 +972,9 @@ class NatsClusterSettings(_Section):
     """The NATS cluster run when ``broker.engine = "nats"`` (docs/scaling.md).
 
     Node ``i`` (0-based) listens for MQTT over TLS on ``mqtt_port_base + i`` (on
-    ``broker.tls_bind``) and on loopback for NATS clients on ``port_base + 10*i``, cluster
-    routes on ``port_base + 10*i + 1`` and HTTP monitoring on ``port_base + 10*i + 2``.
+    ``broker.tls_bind``), for NATS clients on ``port_base + 10*i`` (``client_bind``), for
+    cluster routes on ``port_base + 10*i + 1`` (``route_bind``; the others dial
+    ``hosts[i]``) and HTTP monitoring on ``port_base + 10*i + 2`` (loopback).
     """
 
     nodes: int = Field(default=3, ge=1, le=7, description="NATS servers in the cluster.")
