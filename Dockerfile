@@ -37,6 +37,8 @@ COPY catalog ./catalog
 COPY jobqueue ./jobqueue
 COPY monitor ./monitor
 COPY web ./web
+# The NATS engine's guard (compose.yaml, profile "cluster").
+COPY natsguard ./natsguard
 RUN pip install -c constraints.txt .
 
 # compose.yaml overrides the user with CAM_UID:CAM_GID, the owner of ./data.

@@ -11,6 +11,7 @@ gets a SIGHUP (:func:`broker_pid_files`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,14 @@ from pathlib import Path
 from broker.accounts import NATS_GUARD_USER, AccountStore, new_password
 from broker.errors import BrokerToolError
 from broker.layout import Layout
-from broker.natscluster import NodePlan, TlsFiles, plan_nodes, render_node_config
+from broker.natscluster import (
+    NodePlan,
+    RouteSecurity,
+    TlsFiles,
+    plan_nodes,
+    render_node_config,
+)
+from broker.pki import ensure_route_cert
 from config.settings import BrokerSettings
 
 NATS_BINARY_ENV = "CAM_NATS_SERVER"
@@ -41,7 +49,34 @@ def cluster_nodes(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
     """The nodes of the configured cluster (fixed ports, docs/configuration.md)."""
     n = settings.nats
     return plan_nodes(nats_dir(settings, layout), n.nodes, mqtt_port_base=n.mqtt_port_base,
-                      port_base=n.port_base)
+                      port_base=n.port_base, hosts=list(n.hosts) or None)
+
+
+ROUTE_SECRET = "nats-route"  # noqa: S105 (a file name, not a password)
+"""``data/secrets/nats-route.pass``: the route password every node presents and expects."""
+
+
+def ensure_route_security(settings: BrokerSettings, layout: Layout) -> RouteSecurity | None:
+    """The route password (made once, kept) and certificate (re-issued when hosts change).
+
+    Returns:
+        None when routes are not secured (``secure_routes``, default: no ``hosts``).
+    """
+    n = settings.nats
+    if not n.routes_secured:
+        return None
+    pw_file = layout.service_password_file(ROUTE_SECRET)
+    if not pw_file.exists():
+        pw_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new_password() + "\n")
+    password = pw_file.read_text(encoding="utf-8").strip()
+    # The nodes dial each other by these names, and verify them in the certificate.
+    ensure_route_cert(layout.pki, sorted(set(n.route_hosts)))
+    pki = layout.pki
+    return RouteSecurity(password=password,
+                         tls=TlsFiles(pki.route_cert, pki.route_key, pki.ca_cert))
 
 
 def mqtt_ports(settings: BrokerSettings) -> list[int]:
@@ -66,13 +101,90 @@ def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
     ensure_guard_user(store, layout)
     nodes = cluster_nodes(settings, layout)
     tls = TlsFiles(layout.pki.server_cert, layout.pki.server_key, layout.pki.ca_cert)
+    security = ensure_route_security(settings, layout)
     for node in nodes:
         node.dir.mkdir(parents=True, exist_ok=True)
-        node.conf_file.write_text(render_node_config(
+        text = render_node_config(
             node, nodes, tls=tls, accounts_file=store.nats_accounts,
             mqtt_bind=settings.tls_bind, stream_replicas=settings.nats.replicas,
-            max_ack_pending=settings.nats.max_ack_pending), encoding="utf-8")
+            max_ack_pending=settings.nats.max_ack_pending,
+            client_bind=settings.nats.client_bind,
+            route_bind=settings.nats.route_listen_host, route_security=security)
+        # 0600: with secured routes the file holds the route password in clear.
+        fd = os.open(node.conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        node.conf_file.chmod(0o600)
     return nodes
+
+
+def compose_hosts(nodes: int) -> list[str]:
+    """The node containers' names in compose.yaml (profile ``cluster``)."""
+    return [f"nats-{i}" for i in range(nodes)]
+
+
+def compose_cluster_settings(settings: BrokerSettings) -> BrokerSettings:
+    """``settings`` as the containers of compose.yaml's ``cluster`` profile run them.
+
+    Routes by container name (``nats-<i>``) with TLS and the route password; the client
+    port on every interface (the guard and the job queue are other containers); the MQTT
+    listener on every interface (its port is published).
+    """
+    nats = settings.nats.model_copy(update={
+        "hosts": compose_hosts(settings.nats.nodes), "client_bind": "0.0.0.0",
+        "route_bind": None, "secure_routes": True})
+    return settings.model_copy(update={"nats": nats, "tls_bind": "0.0.0.0"})
+
+
+def write_compose_cluster(settings: BrokerSettings, layout: Layout, inside: Layout) -> list[Path]:
+    """Node configs for compose.yaml's ``cluster`` profile, with the containers' paths.
+
+    Written to ``<nats dir>/compose/node-<i>/nats.conf`` (0600, mounted read-only at
+    ``<inside>/nats/node-<i>/nats.conf``) beside an empty ``jetstream/`` folder (mounted
+    read-write as the store). The route certificate is issued for the container names.
+    The pid file stays inside the container (``/tmp``): a host process with that number
+    must never get a SIGHUP meant for a node.
+
+    Args:
+        settings: Broker settings (``[broker.nats]``: nodes and ports).
+        layout: The host's data folder (prepared: PKI and accounts exist).
+        inside: The data folder as the containers see it (``/data``).
+
+    Returns:
+        The config files written.
+    """
+    cs = compose_cluster_settings(settings)
+    store = AccountStore(layout.broker_dir, settings.topic_prefix)
+    store.ensure_rendered()
+    rehash_services(store, layout)
+    ensure_guard_user(store, layout)
+    security = ensure_route_security(cs, layout)
+    assert security is not None  # secure_routes is on
+    n = cs.nats
+    nodes = plan_nodes(inside.data_dir / "nats", n.nodes, mqtt_port_base=n.mqtt_port_base,
+                       port_base=n.port_base, hosts=list(n.hosts))
+    pki = inside.pki
+    tls = TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert)
+    route = RouteSecurity(security.password, TlsFiles(pki.route_cert, pki.route_key,
+                                                      pki.ca_cert))
+    written = []
+    for node in nodes:
+        text = render_node_config(
+            node, nodes, tls=tls, accounts_file=inside.broker_dir / store.nats_accounts.name,
+            mqtt_bind=cs.tls_bind, stream_replicas=n.replicas,
+            max_ack_pending=n.max_ack_pending, client_bind=n.client_bind,
+            route_bind=n.route_listen_host, route_security=route)
+        text = text.replace(f"pid_file: {json.dumps(str(node.pid_file))}",
+                            'pid_file: "/tmp/nats.pid"')
+        host_dir = nats_dir(settings, layout) / "compose" / node.dir.name
+        (host_dir / "jetstream").mkdir(mode=0o750, parents=True, exist_ok=True)
+        conf = host_dir / "nats.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        conf.chmod(0o600)
+        written.append(conf)
+    return written
 
 
 def rehash_services(store: AccountStore, layout: Layout) -> list[str]:

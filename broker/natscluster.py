@@ -1,11 +1,13 @@
 """The NATS cluster engine (``broker.engine = "nats"``): config rendering, pure.
 
-Each node of the cluster gets one config file: its name, loopback client port, HTTP
-monitoring port, cluster route (loopback), JetStream store, the MQTT listener with TLS
-from the project PKI (broker/pki.py) and an ``include`` of the accounts file. The
-accounts file is rendered from the same accounts as Mosquitto's password and ACL files
-(broker/accounts.py) and is shared by every node: after a device is added or revoked it
-is rewritten and every node is told to reload (SIGHUP), no restart.
+Each node of the cluster gets one config file: its name, client port (loopback unless
+``client_bind``), HTTP monitoring port (loopback), cluster routes (loopback, or by host
+name with TLS and a route password: ``[broker.nats] hosts``), JetStream store, the
+MQTT listener with TLS from the project PKI (broker/pki.py) and an ``include`` of the
+accounts file. The accounts file is rendered from the same accounts as Mosquitto's
+password and ACL files (broker/accounts.py) and is shared by every node: after a device
+is added or revoked it is rewritten and every node is told to reload (SIGHUP), no
+restart.
 
 What NATS (2.15.1, checked on this machine) needs, and why the rendering looks so:
 
@@ -307,6 +309,8 @@ class NodePlan:
     http_port: int
     mqtt_port: int
     dir: Path
+    host: str = "127.0.0.1"
+    """How the other nodes reach this node's route port (``[broker.nats] hosts``)."""
 
     @property
     def conf_file(self) -> Path:
@@ -329,7 +333,8 @@ class NodePlan:
         return self.dir / "jetstream"
 
 
-def plan_nodes(base: Path, nodes: int, *, mqtt_port_base: int, port_base: int) -> list[NodePlan]:
+def plan_nodes(base: Path, nodes: int, *, mqtt_port_base: int, port_base: int,
+               hosts: list[str] | None = None) -> list[NodePlan]:
     """The fixed port layout of ``NatsClusterSettings`` (docs/configuration.md).
 
     Args:
@@ -337,13 +342,15 @@ def plan_nodes(base: Path, nodes: int, *, mqtt_port_base: int, port_base: int) -
         nodes: How many.
         mqtt_port_base: MQTT port of node 0.
         port_base: Client port of node 0.
+        hosts: Route host of node i (default: loopback for all).
 
     Returns:
         One plan per node.
     """
     return [NodePlan(index=i, name=f"camstack-{i}", client_port=port_base + 10 * i,
                      cluster_port=port_base + 10 * i + 1, http_port=port_base + 10 * i + 2,
-                     mqtt_port=mqtt_port_base + i, dir=base / f"node-{i}")
+                     mqtt_port=mqtt_port_base + i, dir=base / f"node-{i}",
+                     host=hosts[i] if hosts else "127.0.0.1")
             for i in range(nodes)]
 
 
@@ -356,36 +363,88 @@ class TlsFiles:
     ca_file: Path
 
 
+ROUTE_USER = "route"
+"""The user every node presents on its routes (``cluster { authorization }``)."""
+
+
+@dataclass(frozen=True)
+class RouteSecurity:
+    """TLS and the password of the routes between nodes (``secure_routes``)."""
+
+    password: str
+    tls: TlsFiles
+    """The route certificate (server and client auth, SANs = the nodes' hosts)."""
+
+
+def _cluster_block(node: NodePlan, cluster: list[NodePlan], route_bind: str,
+                   security: RouteSecurity | None) -> str:
+    """``cluster {}``: listen, advertise, routes by host name, authorization, TLS.
+
+    Facts (nats-server 2.15.1, tests/integration/test_nats_routes.py):
+
+    * ``authorization`` holds what a connecting route must present; the routes listed
+      here carry it in their URL (``nats-route://user:password@host:port``): the
+      authorization block is not used for listed routes.
+    * ``tls`` on routes always verifies both ends, so the route certificate needs the
+      client-auth usage and each node's host name (the URL's host is checked).
+    * ``advertise`` is what the node gossips to the others; without it it would gossip
+      its interface address, which the certificate does not name.
+    """
+    userinfo = f"{ROUTE_USER}:{security.password}@" if security else ""
+    routes = [f"nats-route://{userinfo}{n.host}:{n.cluster_port}" for n in cluster]
+    lines = ["cluster {", f"  name: {_q(CLUSTER_NAME)}",
+             f"  listen: {_q(f'{route_bind}:{node.cluster_port}')}"]
+    if node.host != "127.0.0.1":
+        lines.append(f"  advertise: {_q(f'{node.host}:{node.cluster_port}')}")
+    lines.append(f"  routes: {_list(routes)}")
+    if security is not None:
+        t = security.tls
+        lines += [
+            "  authorization {",
+            f"    user: {_q(ROUTE_USER)}",
+            f"    password: {_q(security.password)}",
+            "    timeout: 2",
+            "  }",
+            "  tls {",
+            f"    cert_file: {_q(str(t.cert_file))}",
+            f"    key_file: {_q(str(t.key_file))}",
+            f"    ca_file: {_q(str(t.ca_file))}",
+            "    verify: true",
+            "    timeout: 2",
+            "  }"]
+    return "\n".join([*lines, "}"]) + "\n"
+
+
 def render_node_config(node: NodePlan, cluster: list[NodePlan], *, tls: TlsFiles,
                        accounts_file: Path, mqtt_bind: str, stream_replicas: int,
-                       max_ack_pending: int) -> str:
+                       max_ack_pending: int, client_bind: str = "127.0.0.1",
+                       route_bind: str = "127.0.0.1",
+                       route_security: RouteSecurity | None = None) -> str:
     """One node's ``nats.conf``.
 
     Args:
         node: This node.
-        cluster: Every node (routes to all of them; a route to itself is ignored).
+        cluster: Every node (routes to all of them by ``host``; a route to itself is
+            ignored).
         tls: Certificate, key and CA of the MQTT listener.
         accounts_file: The shared accounts file.
         mqtt_bind: Interface of the MQTT listener.
         stream_replicas: Replicas of the MQTT streams.
         max_ack_pending: Unacknowledged messages per MQTT subscription.
+        client_bind: Interface of the NATS client port.
+        route_bind: Interface of the route listener.
+        route_security: TLS and password on routes; None: neither (loopback only).
 
     Returns:
-        The file text.
+        The file text (it holds the route password in clear: write it 0600).
     """
-    routes = [f"nats-route://127.0.0.1:{n.cluster_port}" for n in cluster]
     cluster_block = ""
     if len(cluster) > 1:
-        cluster_block = (
-            "cluster {\n"
-            f"  name: {_q(CLUSTER_NAME)}\n"
-            f"  listen: {_q(f'127.0.0.1:{node.cluster_port}')}\n"
-            f"  routes: {_list(routes)}\n"
-            "}\n")
+        cluster_block = _cluster_block(node, cluster, route_bind, route_security)
     return (
         "# Rendered by camstack (broker/natscluster.py). Do not edit.\n"
         f"server_name: {_q(node.name)}\n"
-        f"listen: {_q(f'127.0.0.1:{node.client_port}')}\n"
+        f"listen: {_q(f'{client_bind}:{node.client_port}')}\n"
         f"http: {_q(f'127.0.0.1:{node.http_port}')}\n"
         f"pid_file: {_q(str(node.pid_file))}\n"
         "jetstream {\n"

@@ -47,6 +47,16 @@ class PkiPaths:
         """Broker private key."""
         return self.root / "server.key"
 
+    @property
+    def route_cert(self) -> Path:
+        """NATS route certificate (server and client auth: routes verify both ways)."""
+        return self.root / "route.crt"
+
+    @property
+    def route_key(self) -> Path:
+        """NATS route private key."""
+        return self.root / "route.key"
+
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, broker_reads: bool) -> None:
     pem = key.private_bytes(
@@ -140,6 +150,45 @@ def create_server_cert(paths: PkiPaths, names: list[str], *, days: int = 825) ->
     Raises:
         PkiError: When the CA is missing or ``names`` is empty.
     """
+    _issue(paths, names, paths.server_cert, paths.server_key, days=days, client_auth=False)
+
+
+def create_route_cert(paths: PkiPaths, names: list[str], *, days: int = 825) -> None:
+    """Issue the NATS route certificate: SANs ``names``, server *and* client auth.
+
+    Every node presents it both when it accepts a route and when it dials one, and
+    nats-server verifies it both ways; Go checks the client-auth usage of a client's
+    certificate, which the broker certificate (server auth only) lacks.
+
+    Args:
+        paths: PKI folder holding the CA.
+        names: The nodes' host names (each node dials the others by name).
+        days: Validity.
+
+    Raises:
+        PkiError: When the CA is missing or ``names`` is empty.
+    """
+    _issue(paths, names, paths.route_cert, paths.route_key, days=days, client_auth=True)
+
+
+def ensure_route_cert(paths: PkiPaths, names: list[str]) -> bool:
+    """Issue the route certificate unless one naming exactly ``names`` exists.
+
+    Returns:
+        True when a new one was issued (running nodes need a restart to load it).
+    """
+    if paths.route_cert.exists() and paths.route_key.exists():
+        try:
+            if sorted(certificate_names(paths.route_cert)) == sorted(names):
+                return False
+        except PkiError:
+            pass
+    create_route_cert(paths, names)
+    return True
+
+
+def _issue(paths: PkiPaths, names: list[str], cert_file: Path, key_file: Path, *,
+           days: int, client_auth: bool) -> None:
     if not names:
         raise PkiError("at least one server name is needed")
     try:
@@ -149,6 +198,9 @@ def create_server_cert(paths: PkiPaths, names: list[str], *, days: int = 825) ->
         raise PkiError(f"CA missing: {exc.filename}; run `camstack init` first") from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("CA key is not an EC key")
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -161,12 +213,12 @@ def create_server_cert(paths: PkiPaths, names: list[str], *, days: int = 825) ->
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(_san(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(paths.server_key, key, broker_reads=True)
-    paths.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.server_cert.chmod(0o644)
+    _write_key(key_file, key, broker_reads=True)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.chmod(0o644)
 
 
 def ensure_pki(paths: PkiPaths, names: list[str]) -> bool:

@@ -22,7 +22,8 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from broker.accounts import AccountStore
+from broker.accounts import NATS_GUARD_USER, AccountStore
+from broker.cluster import compose_cluster_settings, compose_hosts, write_compose_cluster
 from broker.errors import BrokerToolError
 from broker.layout import Layout
 from broker.natscluster import plan_nodes
@@ -339,6 +340,7 @@ NATS_NODE_OF = {"ingestor": 0, "encoder": 1, "monitor": 2, "web": 0}
 
 def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
                            ingestors: list[tuple[str, list[int]]] | None = None,
+                           hosts: list[str] | None = None,
                            **kwargs: Any) -> dict[str, dict[str, Any]]:
     """Service documents for ``broker.engine = "nats"`` (docs/scaling.md).
 
@@ -352,6 +354,8 @@ def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
         settings: Broker settings (``[broker.nats]``).
         layout: Paths as the services see them.
         ingestors: ``[(account, partitions), ...]``; default one ``ingestor`` owning all.
+        hosts: Node i's host name as the services reach it (default: loopback for all;
+            compose.yaml: ``nats-<i>``).
         **kwargs: Passed to :func:`service_documents`.
 
     Returns:
@@ -359,34 +363,39 @@ def nats_service_documents(settings: BrokerSettings, layout: Layout, *,
         document per extra ingestor account.
     """
     n = settings.nats
+    node_host = hosts or ["127.0.0.1"] * n.nodes
     docs = service_documents(settings, layout, host="127.0.0.1", port=n.mqtt_port_base,
                              **kwargs)
     for name, doc in docs.items():
+        node = NATS_NODE_OF.get(name, 0) % n.nodes
         doc["mqtt"]["protocol"] = "3.1.1"
-        doc["mqtt"]["port"] = n.mqtt_port_base + NATS_NODE_OF.get(name, 0) % n.nodes
+        doc["mqtt"]["host"] = node_host[node]
+        doc["mqtt"]["port"] = n.mqtt_port_base + node
     docs["encoder"]["runner"] = "jetstream"
     docs["ingestor"]["runner"] = "jetstream"
     docs["encoder"]["jobqueue"] = {**docs["encoder"].get("jobqueue", {}),
-                                   **cluster_jobqueue(settings, layout, "encoder")}
+                                   **cluster_jobqueue(settings, layout, "encoder", hosts)}
     base = docs["ingestor"]
     base["jobqueue"] = {**base.get("jobqueue", {}),
-                        **cluster_jobqueue(settings, layout, "ingestor")}
+                        **cluster_jobqueue(settings, layout, "ingestor", hosts)}
     # One owner per partition: each ingestor claims its partitions on the cluster.
     base["leases"] = {"enabled": True}
     plan = ingestors or [("ingestor", list(range(n.partitions)))]
     for k, (account, parts) in enumerate(plan):
         doc = {**base, "mqtt": {**base["mqtt"], "username": account, "client_id": account,
+                                "host": node_host[k % n.nodes],
                                 "port": n.mqtt_port_base + k % n.nodes},
                "ingest": {**base.get("ingest", {}), "partitions": parts}}
         if account != "ingestor":
             doc["mqtt"]["password_file"] = str(layout.service_password_file(account))
         doc["jobqueue"] = {**base.get("jobqueue", {}),
-                           **cluster_jobqueue(settings, layout, account)}
+                           **cluster_jobqueue(settings, layout, account, hosts)}
         docs[account] = doc
     return docs
 
 
-def cluster_jobqueue(settings: BrokerSettings, layout: Layout, account: str) -> dict[str, Any]:
+def cluster_jobqueue(settings: BrokerSettings, layout: Layout, account: str,
+                     hosts: list[str] | None = None) -> dict[str, Any]:
     """The ``[jobqueue]`` of a service on the NATS engine: the cluster itself.
 
     Every node's client port (loopback), the service's own account and password file
@@ -398,6 +407,7 @@ def cluster_jobqueue(settings: BrokerSettings, layout: Layout, account: str) -> 
         settings: Broker settings (``[broker.nats]``).
         layout: Paths as the services see them.
         account: The service account.
+        hosts: Node i's host name (default: loopback).
 
     Returns:
         The table.
@@ -406,7 +416,8 @@ def cluster_jobqueue(settings: BrokerSettings, layout: Layout, account: str) -> 
     ports = [p.client_port for p in plan_nodes(layout.data_dir, n.nodes,
                                                mqtt_port_base=n.mqtt_port_base,
                                                port_base=n.port_base)]
-    return {"servers": [f"nats://127.0.0.1:{port}" for port in ports],
+    node_host = hosts or ["127.0.0.1"] * n.nodes
+    return {"servers": [f"nats://{h}:{port}" for h, port in zip(node_host, ports, strict=True)],
             "user": account, "password_file": str(layout.service_password_file(account)),
             "replicas": n.replicas}
 
@@ -475,4 +486,57 @@ def render_compose(settings: BrokerSettings, *, force: bool = False) -> list[Pat
         log_format="json", metrics_host="0.0.0.0",
     )
     written += write_documents(docs, config_dir(layout) / "compose", force=force)
+    if settings.engine == "nats":
+        written += render_compose_cluster(settings, layout, secrets, force=force)
+    return written
+
+
+COMPOSE_CLUSTER_CONFIG = "compose-cluster"
+"""``data/config/compose-cluster/``: the services' configs of the ``cluster`` profile."""
+
+
+def render_compose_cluster(settings: BrokerSettings, layout: Layout, secrets: dict[str, Path],
+                           *, force: bool = False) -> list[Path]:
+    """What compose.yaml's ``cluster`` profile mounts (``broker.engine = "nats"``).
+
+    The node configs (broker/cluster.py ``write_compose_cluster``: routes by container
+    name with TLS and the route password), the server certificate re-issued with the
+    node names when it lacks one (the services verify ``nats-<i>``), and under
+    ``data/config/compose-cluster/``: the services' configs on the cluster (MQTT 3.1.1
+    to ``nats-<i>``, the job queue on every node's client port) and ``broker.toml``, the
+    guard's settings.
+
+    Args:
+        settings: Broker settings with ``engine = "nats"``.
+        layout: The host's data folder (prepared).
+        secrets: Password file per account as the containers see them (Docker secrets).
+        force: Re-render existing service configs.
+
+    Returns:
+        The files written.
+    """
+    n = settings.nats
+    hosts = compose_hosts(n.nodes)
+    written: list[Path] = []
+    names = server_cert_names(layout)
+    if missing := [h for h in hosts if h not in names]:
+        create_server_cert(layout.pki, [*names, *missing])
+        written.append(layout.pki.server_cert)
+    inside = Layout(CONTAINER_DATA)
+    written += write_compose_cluster(settings, layout, inside)
+    docs = nats_service_documents(settings, inside, hosts=hosts, secrets=secrets,
+                                  log_format="json", metrics_host="0.0.0.0")
+    for doc in docs.values():
+        if "jobqueue" in doc:  # the same account and secret as its MQTT login
+            doc["jobqueue"]["password_file"] = doc["mqtt"]["password_file"]
+    # The guard's settings: the operator's broker settings (budgets and all) as the
+    # containers see the cluster.
+    broker = compose_cluster_settings(settings).model_dump(mode="json", exclude_none=True)
+    broker["data_dir"] = str(CONTAINER_DATA)
+    broker["nats"].pop("data_dir", None)
+    broker["nats"]["guard"].update(
+        servers=[f"nats://{h}:{n.port_base + 10 * i}" for i, h in enumerate(hosts)],
+        password_file=f"/run/secrets/{NATS_GUARD_USER}_password")
+    docs["broker"] = broker
+    written += write_documents(docs, config_dir(layout) / COMPOSE_CLUSTER_CONFIG, force=force)
     return written

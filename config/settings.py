@@ -25,6 +25,9 @@ def _one_topic_level(v: str) -> str:
 
 
 TopicPrefix = Annotated[str, AfterValidator(_one_topic_level)]
+HostName = Annotated[str, Field(min_length=1, max_length=253,
+                                pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")]
+"""A DNS name or IP address: rendered into NATS route URLs, so no user, port or quote."""
 """The first level of every device topic (``cam`` by default)."""
 
 
@@ -969,8 +972,9 @@ class NatsClusterSettings(_Section):
     """The NATS cluster run when ``broker.engine = "nats"`` (docs/scaling.md).
 
     Node ``i`` (0-based) listens for MQTT over TLS on ``mqtt_port_base + i`` (on
-    ``broker.tls_bind``) and on loopback for NATS clients on ``port_base + 10*i``, cluster
-    routes on ``port_base + 10*i + 1`` and HTTP monitoring on ``port_base + 10*i + 2``.
+    ``broker.tls_bind``), for NATS clients on ``port_base + 10*i`` (``client_bind``), for
+    cluster routes on ``port_base + 10*i + 1`` (``route_bind``; the others dial
+    ``hosts[i]``) and HTTP monitoring on ``port_base + 10*i + 2`` (loopback).
     """
 
     nodes: int = Field(default=3, ge=1, le=7, description="NATS servers in the cluster.")
@@ -1001,6 +1005,26 @@ class NatsClusterSettings(_Section):
     guard: NatsGuardSettings = Field(
         default_factory=NatsGuardSettings,
         description="The guard service: per-device budgets and client ids on NATS.")
+    hosts: list[HostName] = Field(
+        default_factory=list, max_length=7,
+        description="Host name (or address) of node i, as the other nodes reach its "
+        "route port and as it advertises itself: one per node, e.g. [\"nats-0\", "
+        "\"nats-1\", \"nats-2\"] in Compose. Empty: every node on this machine's "
+        "loopback (127.0.0.1).")
+    route_bind: str | None = Field(
+        default=None,
+        description="Interface of the route listener; none: 127.0.0.1 without hosts, "
+        "0.0.0.0 with them.")
+    client_bind: str = Field(
+        default="127.0.0.1",
+        description="Interface of the NATS client port (the guard and the job queue log "
+        "in there); 0.0.0.0 when they run on other hosts or containers.")
+    secure_routes: bool | None = Field(
+        default=None,
+        description="Routes with TLS (the project CA; a route certificate naming the "
+        "hosts, verified both ways) and a route user and password "
+        "(<broker.data_dir>/secrets/nats-route.pass). None: on when hosts is set, off on "
+        "loopback.")
 
     @model_validator(mode="after")
     def _consistent(self) -> NatsClusterSettings:
@@ -1010,10 +1034,31 @@ class NatsClusterSettings(_Section):
         if lo <= self.mqtt_port_base + self.nodes - 1 and self.mqtt_port_base < hi:
             raise ValueError("the MQTT ports (mqtt_port_base + i) overlap the loopback "
                              "ports (port_base + 10*i + 0..2)")
+        if self.hosts and len(self.hosts) != self.nodes:
+            raise ValueError("hosts must name every node (one per node) or be empty")
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError("hosts must differ")
         if self.max_ack_pending * self.partitions > 65535:
             raise ValueError("max_ack_pending * partitions must be at most 65535 (an "
                              "ingestor owning every partition could not subscribe them all)")
         return self
+
+    @property
+    def route_hosts(self) -> list[str]:
+        """Node i's route host: ``hosts[i]``, else loopback."""
+        return list(self.hosts) if self.hosts else ["127.0.0.1"] * self.nodes
+
+    @property
+    def route_listen_host(self) -> str:
+        """Interface of the route listener (``route_bind``, else by ``hosts``)."""
+        if self.route_bind is not None:
+            return self.route_bind
+        return "0.0.0.0" if self.hosts else "127.0.0.1"
+
+    @property
+    def routes_secured(self) -> bool:
+        """TLS and a password on routes (``secure_routes``, else when hosts is set)."""
+        return self.secure_routes if self.secure_routes is not None else bool(self.hosts)
 
     @property
     def replicas(self) -> int:

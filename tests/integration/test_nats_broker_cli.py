@@ -139,7 +139,7 @@ def test_init_run_add_and_revoke_reload_every_node(
                                                       strict=True)), "every node reloaded")
         # The new account logs in on every node (each one re-read the accounts file).
         for i in range(NODES):
-            c = Client(cluster, i, "natsdev7", info["password"],  # type: ignore[arg-type]
+            c = Client(cluster, i, "natsdev7", info["password"],
                        client_id=f"natsdev7-{i}")
             clients.append(c.connected())
         before = cluster.load_times()
@@ -149,7 +149,7 @@ def test_init_run_add_and_revoke_reload_every_node(
             assert c.disconnected.wait(TIMEOUT)
         wait_for(lambda: all(a != b for a, b in zip(cluster.load_times(), before,
                                                       strict=True)), "every node reloaded")
-        again = Client(cluster, 2, "natsdev7", info["password"],  # type: ignore[arg-type]
+        again = Client(cluster, 2, "natsdev7", info["password"],
                        client_id="natsdev7-again")
         clients.append(again)
         again.wait(lambda: again.connack is not None, "CONNACK")

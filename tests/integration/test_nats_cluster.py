@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -26,12 +27,21 @@ from contract.partition import device_partition, partition_frame_filter, partiti
 TIMEOUT = 30.0
 
 
+class MqttNodes(Protocol):
+    """What a client needs of a cluster: the CA and each node's MQTT port."""
+
+    @property
+    def ca_file(self) -> Path: ...
+
+    def mqtt_port(self, i: int) -> int: ...
+
+
 class Client:
     """A paho MQTT 3.1.1 client over TLS recording everything it is told."""
 
-    def __init__(self, cluster: NatsClusterHandle, node: int, user: str, password: str, *,
+    def __init__(self, cluster: MqttNodes, node: int, user: str, password: str, *,
                  client_id: str | None = None, clean_session: bool = True,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
         self.cond = threading.Condition()
         self.messages: list[tuple[str, bytes]] = []
         self.subacks: dict[int, list[int]] = {}
@@ -50,7 +60,7 @@ class Client:
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
         self.c.on_disconnect = self._on_disconnect
-        self.c.connect("127.0.0.1", cluster.mqtt_port(node), keepalive=30)
+        self.c.connect(host, cluster.mqtt_port(node), keepalive=30)
         self.c.loop_start()
 
     def _on_connect(self, c: mqtt.Client, u: object, flags: object, rc: ReasonCode,

@@ -106,6 +106,8 @@ def test_dockerfile_copies_files_that_exist() -> None:
 def test_every_mounted_and_opened_file_exists(compose: dict[str, Any], prepared: Path) -> None:
     services = compose["services"]
     for name, svc in services.items():
+        if "cluster" in svc.get("profiles", []):
+            continue  # the NATS engine's, rendered only with engine = "nats" (below)
         for _, src in _mounts(svc, prepared):
             assert src.exists(), f"{name}: {src} missing"
         for secret in svc.get("secrets", []):
@@ -240,3 +242,147 @@ def test_make_up_runs_nats_only_for_a_local_jetstream_runner(tmp_path: Path) -> 
     res = subprocess.run([str(nats_server_binary()), "-t", "-c", str(nats_conf_path(layout))],
                          capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --- profile "cluster": the NATS engine in Compose (never run: no Docker here) --------
+
+CLUSTER_SERVICES = {"nats-0", "nats-1", "nats-2", "nats-guard", "ingestor-cluster",
+                    "encoder-cluster", "monitor-cluster", "web-cluster"}
+
+
+@pytest.fixture(scope="module")
+def prepared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """./data through init + service-config --compose with ``engine = "nats"``."""
+    root = tmp_path_factory.mktemp("composecluster")
+    (root / "broker.toml").write_text('engine = "nats"\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "CAM_CONFIG"}
+    for args in (["init"], ["service-config", "--compose"]):
+        res = subprocess.run([sys.executable, "-m", "camstack", "--config", "broker.toml",
+                              "--data-dir", "data", *args],
+                             cwd=root, env={**env, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, check=False, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+    return root
+
+
+def _mirror(svc: dict[str, Any], root: Path, dest: Path) -> Path:
+    """A folder laid out as the container sees it: each mount a link to its host source."""
+    for dst, src in _mounts(svc, root):
+        link = dest / str(dst).lstrip("/")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(src)
+    return dest
+
+
+def test_cluster_profile_services_and_every_mount_exist(compose: dict[str, Any],
+                                                        prepared_cluster: Path) -> None:
+    services = compose["services"]
+    assert {n for n, s in services.items() if "cluster" in s.get("profiles", [])} \
+        == CLUSTER_SERVICES
+    for name in CLUSTER_SERVICES:
+        svc = services[name]
+        assert svc["restart"] == "unless-stopped" and svc["user"].startswith("${CAM_UID")
+        for dep in svc.get("depends_on", {}):
+            assert dep in CLUSTER_SERVICES, f"{name} depends on {dep} outside the profile"
+        for _, src in _mounts(svc, prepared_cluster):
+            assert src.exists(), f"{name}: {src} missing"
+        for secret in svc.get("secrets", []):
+            assert (prepared_cluster / compose["secrets"][secret]["file"]).is_file(), secret
+    # The default services' mounts exist too: one data folder serves both.
+    for name, svc in services.items():
+        for _, src in _mounts(svc, prepared_cluster):
+            assert src.exists(), f"{name}: {src} missing"
+    for i in range(3):
+        assert services[f"nats-{i}"]["image"] == "nats:2.15.1-alpine"
+    # The node containers never get the CA key.
+    with pytest.raises(AssertionError, match="not mounted"):
+        _host_path("/data/pki/ca.key", services["nats-0"], prepared_cluster, compose)
+
+
+def test_cluster_node_configs_pass_nats_server_check_as_mounted(
+        compose: dict[str, Any], prepared_cluster: Path, tmp_path: Path) -> None:
+    from broker.layout import Layout  # noqa: PLC0415
+    from broker.pki import certificate_names  # noqa: PLC0415
+    from camstack.servers import nats_server_binary  # noqa: PLC0415
+
+    services = compose["services"]
+    pki = Layout(prepared_cluster / "data").pki
+    names = ["nats-0", "nats-1", "nats-2"]
+    assert sorted(certificate_names(pki.route_cert)) == names
+    assert set(names) <= set(certificate_names(pki.server_cert))
+    for i in range(3):
+        svc = services[f"nats-{i}"]
+        conf_inside = svc["command"][svc["command"].index("-c") + 1]
+        text = _host_path(conf_inside, svc, prepared_cluster, compose).read_text()
+        # Routes by container name, TLS verified, the route password.
+        for j, name in enumerate(names):
+            assert re.search(rf"nats-route://route:[\w-]+@{name}:{14221 + 10 * j}", text)
+        assert f'advertise: "nats-{i}:{14221 + 10 * i}"' in text and "verify: true" in text
+        assert f'listen: "0.0.0.0:{14220 + 10 * i}"' in text  # the guard is another container
+        # Every file the config names is mounted.
+        for path in re.findall(r'(?:cert_file|key_file|ca_file): "([^"]+)"', text):
+            assert _host_path(path, svc, prepared_cluster, compose).is_file(), path
+        store = re.search(r'store_dir: "([^"]+)"', text)
+        assert store and _host_path(store[1], svc, prepared_cluster, compose).is_dir()
+        published = {p.split(":")[0] for p in svc["ports"]}
+        mqtt = re.search(r'mqtt \{\n  listen: "0.0.0.0:(\d+)"', text)
+        assert mqtt and published == {mqtt[1]}
+        health = " ".join(svc["healthcheck"]["test"])
+        assert f'http: "127.0.0.1:{14222 + 10 * i}"' in text and f":{14222 + 10 * i}/" in health
+        # nats-server -t on the config where the container would see it: a mirror of the
+        # mounts, container paths prefixed with the mirror's root.
+        root = _mirror(svc, prepared_cluster, tmp_path / f"ctr{i}")
+        conf = root / conf_inside.lstrip("/")
+        conf.unlink()
+        conf.write_text(text.replace('"/data/', f'"{root}/data/'), encoding="utf-8")
+        res = subprocess.run([str(nats_server_binary()), "-t", "-c", str(conf)],
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert res.returncode == 0 and "is valid" in res.stdout + res.stderr, res.stderr
+
+
+def test_cluster_services_reach_the_nodes_by_name(compose: dict[str, Any],
+                                                  prepared_cluster: Path) -> None:
+    from config.settings import BrokerSettings  # noqa: PLC0415
+
+    services = compose["services"]
+    s3 = '\n[store]\nbackend = "s3"\n[store.s3]\nbucket = "camstack"\n'
+
+    def cfg(name: str) -> Path:
+        svc = services[name]
+        inside = (svc.get("environment") or {}).get("CAM_CONFIG") or \
+            svc["command"][svc["command"].index("--config") + 1]
+        return _host_path(inside, svc, prepared_cluster, compose)
+
+    models: dict[str, Any] = {"ingestor-cluster": IngestorSettings,
+                              "encoder-cluster": EncoderSettings,
+                              "monitor-cluster": MonitorSettings, "web-cluster": WebSettings}
+    for name, model in models.items():
+        path = cfg(name)
+        if name in ("ingestor-cluster", "encoder-cluster"):
+            # The JetStream runner needs an S3 store: the operator adds it (compose.yaml).
+            path = path.with_name(path.stem + ".s3.toml")
+            path.write_text(cfg(name).read_text() + s3, encoding="utf-8")
+        settings = load_settings(model, path)
+        svc = services[name]
+        assert settings.mqtt.host in CLUSTER_SERVICES and settings.mqtt.protocol == "3.1.1"
+        assert settings.mqtt.port == 8883 + int(settings.mqtt.host[-1])
+        assert _host_path(str(settings.mqtt.password_file), svc, prepared_cluster,
+                          compose).is_file()
+        assert _host_path(str(settings.mqtt.tls.ca_file), svc, prepared_cluster,
+                          compose).is_file()
+        if name in ("ingestor-cluster", "encoder-cluster"):
+            assert settings.jobqueue.servers == [
+                "nats://nats-0:14220", "nats://nats-1:14230", "nats://nats-2:14240"]
+            assert settings.jobqueue.password_file == settings.mqtt.password_file
+    guard = services["nats-guard"]
+    assert guard["command"][0] == "natsguard"
+    assert (REPO / "natsguard" / "__main__.py").is_file()
+    assert re.search(r"^COPY natsguard ", (REPO / "Dockerfile").read_text(), re.M)
+    b = load_settings(BrokerSettings, cfg("nats-guard"))
+    assert b.engine == "nats" and b.nats.hosts == ["nats-0", "nats-1", "nats-2"]
+    assert b.nats.guard.servers == [
+        "nats://nats-0:14220", "nats://nats-1:14230", "nats://nats-2:14240"]
+    assert b.nats.guard.password_file is not None
+    assert _host_path(str(b.nats.guard.password_file), guard, prepared_cluster,
+                      compose).is_file()
