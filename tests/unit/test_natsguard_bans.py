@@ -145,3 +145,25 @@ def test_an_unreadable_bans_file_bans_nobody(tmp_path: Path) -> None:
     assert store.bans() == {}
     store.nats_bans.write_text(json.dumps({"cam01": "soon", "cam02": True}), encoding="utf-8")
     assert store.bans() == {}
+
+
+def test_a_restarted_guard_takes_back_its_bans_and_rewrites_them(tmp_path: Path) -> None:
+    from config.settings import NatsGuardSettings  # noqa: PLC0415
+    from natsguard.service import Guard  # noqa: PLC0415
+
+    store = AccountStore(tmp_path / "broker")
+    store.add("cam01", "device", password="pw-cam01")
+    store.set_bans({"cam01": time.time() + 60, "ingestor": time.time() + 60})
+
+    def guard(**kw: float) -> Guard:
+        return Guard(NatsGuardSettings(**kw), BUDGET, servers=[], nodes=1, user="guard",
+                     password="x", is_service=is_service, store=store)
+
+    g = guard()
+    # Kept (not lost), services dropped, and the file and every node's reload are due at
+    # the first round (the last guard may have stopped between the write and the reload).
+    assert set(g.bans.snapshot()) == {"cam01"} and g.write_pending and g.reload_all
+    assert g.metrics.banned._value.get() == 1
+    # ban_max_devices = 0: no bans at all, and nothing is read or written.
+    off = guard(ban_max_devices=0)
+    assert off.store is None and len(off.bans) == 0
