@@ -925,6 +925,8 @@ class NatsGuardSettings(_Section):
     as user ``guard`` of the system account, and closes (``$SYS.REQ.SERVER.<id>.KICK``,
     nats-server 2.10 or later) a device connection over budget or under another client
     id. It acts after the fact: a flooder gets through what it sends until the next round.
+    A device closed over budget is then banned (its logins refused on every node) until
+    it has paid that back, so a reconnect loop averages about its budget.
     """
 
     enabled: bool = Field(
