@@ -20,7 +20,8 @@ import json
 import os
 import secrets
 import signal
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -170,6 +171,7 @@ class AccountStore:
         self.acl = broker_dir / "acl"
         self.nats_accounts = broker_dir / "nats-accounts.conf"
         self.nats_system_users = broker_dir / "nats-system-users.json"
+        self.nats_bans = broker_dir / "nats-bans.json"
         self.pid_file = broker_dir / "mosquitto.pid"
 
     @contextlib.contextmanager
@@ -203,8 +205,11 @@ class AccountStore:
             self.acl: render_acl(list(accounts.values()), self.prefix),
             # The NATS engine's users and rights (broker/natscluster.py), from the same
             # accounts; accounts without a bcrypt hash are left out there.
-            self.nats_accounts: render_accounts(list(accounts.values()), self.prefix,
-                                                system_users=self.system_users())[0],
+            # A ban whose end passed is dropped by whoever renders next, so bans left by
+            # a guard that is gone do not outlive their end (natsguard/bans.py).
+            self.nats_accounts: render_accounts(
+                list(accounts.values()), self.prefix, system_users=self.system_users(),
+                banned={u for u, until in self.bans().items() if until > time.time()})[0],
         }
         for path, text in files.items():
             tmp = path.with_name(path.name + ".tmp")
@@ -303,6 +308,33 @@ class AccountStore:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(users, indent=2, sort_keys=True) + "\n")
             tmp.replace(self.nats_system_users)
+
+    def bans(self) -> dict[str, float]:
+        """Devices the NATS guard bans: name -> end, seconds since the epoch (empty: none).
+
+        An unreadable file counts as no bans: a ban must never lock a device out for good.
+        """
+        try:
+            raw = json.loads(self.nats_bans.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): float(v) for k, v in raw.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    def set_bans(self, bans: Mapping[str, float]) -> None:
+        """Replace the NATS guard's bans (name -> end), then re-render the accounts file.
+
+        The running nodes still need a reload (the guard sends ``$SYS.REQ.SERVER.<id>.
+        RELOAD``). Mosquitto's files are rendered again unchanged (bans are NATS only).
+        """
+        with self._locked(force=True):
+            tmp = self.nats_bans.with_name(self.nats_bans.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(dict(bans), indent=2, sort_keys=True) + "\n")
+            tmp.replace(self.nats_bans)
 
     def ensure_rendered(self) -> None:
         """Write ``passwd`` and ``acl`` if missing (a fresh install has no accounts yet)."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,7 +224,8 @@ def _perm_map(allow: list[str]) -> str:
 
 def render_accounts(accounts: list[Account], prefix: str, partitions: int = PARTITIONS,
                     jobs: JobQueueSettings | None = None, *,
-                    system_users: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+                    system_users: Mapping[str, str] | None = None,
+                    banned: Collection[str] = ()) -> tuple[str, list[str]]:
     """The accounts file every node includes.
 
     Devices and operators log in over MQTT only. Ingestor and encoder accounts may also
@@ -239,6 +240,8 @@ def render_accounts(accounts: list[Account], prefix: str, partitions: int = PART
             ``[jobqueue]`` defaults).
         system_users: Users of the system account ``SYS``, name -> bcrypt hash (the
             guard). They log in over the NATS protocol only, on the loopback client port.
+        banned: Devices the guard bans for now (natsguard/bans.py): left out, so their
+            logins are refused and a reload closes their connections. Services never.
 
     Returns:
         The file text, and the names of active accounts left out because they have no
@@ -248,7 +251,7 @@ def render_accounts(accounts: list[Account], prefix: str, partitions: int = PART
     users: list[str] = []
     missing: list[str] = []
     for acc in sorted(accounts, key=lambda a: a.name):
-        if not acc.active:
+        if not acc.active or (acc.kind == "device" and acc.name in banned):
             continue
         perms = account_permissions(acc, prefix, partitions)
         if perms is None:

@@ -928,6 +928,8 @@ class NatsGuardSettings(_Section):
     as user ``guard`` of the system account, and closes (``$SYS.REQ.SERVER.<id>.KICK``,
     nats-server 2.10 or later) a device connection over budget or under another client
     id. It acts after the fact: a flooder gets through what it sends until the next round.
+    A device closed over budget is then banned (its logins refused on every node) until
+    it has paid that back, so a reconnect loop averages about its budget.
     """
 
     enabled: bool = Field(
@@ -955,6 +957,17 @@ class NatsGuardSettings(_Section):
         default=60.0, ge=0, le=86_400,
         description="An account over budget owes at most this many seconds of its rate; "
         "while it owes, any publish gets it closed again.")
+    ban_max_devices: int = Field(
+        default=1000, ge=0, le=100_000,
+        description="Devices banned at once at most: a device kicked over budget is taken "
+        "out of the accounts file every node includes (and every node reloaded) until its "
+        "bucket is back at zero, so a reconnect loop averages about its budget. Past it a "
+        "ban is refused (counted in camstack_natsguard_bans_refused_total); 0: never ban, "
+        "kick only. The guard needs write access to <broker.data_dir>/broker.")
+    ban_max_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="The longest one ban lasts (a ban lasts what the device owes: the "
+        "messages or bytes it sent over its budget divided by its rate).")
     servers: list[str] = Field(
         default_factory=list, max_length=64,
         description="NATS URLs of the nodes' client ports; empty: every node's loopback "

@@ -18,7 +18,7 @@ import sys
 import structlog
 from prometheus_client import disable_created_metrics
 
-from broker.accounts import NATS_GUARD_USER, service_role
+from broker.accounts import NATS_GUARD_USER, AccountStore, service_role
 from broker.cli import add_global_options, load_broker_settings
 from broker.layout import Layout
 from config.logging import configure_logging
@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(service="natsguard")
     # One series per counter: no `_created` twin of every `_total`.
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    layout = Layout(settings.data_dir.resolve())
+    # Bans are written where every node's accounts file is (camstack init made it).
+    store = AccountStore(layout.broker_dir, settings.topic_prefix) if g.ban_max_devices else None
     guard = Guard(g, budget_of(settings), servers=node_urls(settings),
                   nodes=settings.nats.nodes, user=NATS_GUARD_USER, password=password,
-                  is_service=lambda name: service_role(name) is not None)
+                  is_service=lambda name: service_role(name) is not None, store=store)
     port = guard.start_metrics()
 
     async def run() -> None:
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         structlog.get_logger("natsguard").info(
             "guard_started", servers=guard.servers, metrics_port=port,
             interval_s=g.interval_s, device_msgs_per_s=settings.device_msgs_per_s,
-            device_bytes_per_s=settings.device_bytes_per_s)
+            device_bytes_per_s=settings.device_bytes_per_s,
+            bans_file=str(store.nats_bans) if store else None, banned=len(guard.bans))
         await guard.run(stop)
 
     asyncio.run(run())

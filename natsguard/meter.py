@@ -121,6 +121,10 @@ class Kick:
     debt_msgs: float = 0.0
     """Messages below zero in the account's bucket after this round (over_budget)."""
     debt_bytes: float = 0.0
+    owed_s: float = 0.0
+    """Seconds of its rate the account needs to be back at zero, counted before the debt
+    is floored at ``max_debt_s`` (over_budget): how long a ban must last for the account
+    to have averaged its budget (natsguard/bans.py)."""
 
 
 @dataclass
@@ -162,6 +166,13 @@ class _Node:
     """When it last answered: its connections' deltas were sent after that."""
     last_node_now: float | None = None
     """The node's own clock in its last answer."""
+
+
+def _owed(tokens: float, rate: float) -> float:
+    """Seconds of ``rate`` until ``tokens`` (below zero: a debt) are back at zero."""
+    if tokens >= 0:
+        return 0.0
+    return float("inf") if rate <= 0 else -tokens / rate
 
 
 class Meter:
@@ -294,16 +305,17 @@ class Meter:
             kick = self._charge(user, windows[user], now, dm, db)
             if kick is not None:
                 out.kicks += [Kick(c.server, c.cid, user, c.client_id, "over_budget",
-                                   kick[0], kick[1]) for c in active[user]]
+                                   kick[0], kick[1], kick[2]) for c in active[user]]
         out.accounts_forgotten = self._evict(now)
         return out
 
     def _charge(self, user: str, since: float, now: float, msgs: int,
-                nbytes: int) -> tuple[float, float] | None:
+                nbytes: int) -> tuple[float, float, float] | None:
         """Charge an account what it sent between ``since`` and ``now``.
 
         Returns:
-            Its debt when the bucket is below zero, else None.
+            Its debt (messages, bytes, and the seconds of rate it owes before the floor)
+            when the bucket is below zero, else None.
         """
         b = self.budget
         bucket = self._buckets.get(user)
@@ -320,10 +332,13 @@ class Meter:
         bucket.at = max(bucket.at, now)
         bucket.msgs = min(b.burst_msgs, bucket.msgs + b.msgs_per_s * dt - msgs)
         bucket.bytes = min(b.burst_bytes, bucket.bytes + b.bytes_per_s * dt - nbytes)
+        # What it owes before the floor: a flood far past max_debt_s is banned that long
+        # (the floor only bounds how long publishing anything gets it kicked again).
+        owed_s = max(_owed(bucket.msgs, b.msgs_per_s), _owed(bucket.bytes, b.bytes_per_s))
         bucket.msgs = max(bucket.msgs, -b.msgs_per_s * b.max_debt_s)
         bucket.bytes = max(bucket.bytes, -b.bytes_per_s * b.max_debt_s)
         if bucket.msgs < 0 or bucket.bytes < 0:
-            return max(0.0, -bucket.msgs), max(0.0, -bucket.bytes)
+            return max(0.0, -bucket.msgs), max(0.0, -bucket.bytes), owed_s
         return None
 
     def _evict(self, now: float) -> int:

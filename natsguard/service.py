@@ -15,6 +15,13 @@ test_nats_guard.py): an MQTT connection is listed with ``type: "mqtt"``, ``cid``
 per PUBLISH) and ``in_bytes`` (payload plus the subject and the headers NATS's MQTT layer
 adds); a KICK of an MQTT connection closes its socket (the client sees the connection
 lost, not a DISCONNECT packet), and its reply has no ``error``.
+
+Bans (natsguard/bans.py): a device kicked over budget is also taken out of the accounts
+file for what it owes (``AccountStore.set_bans``), and every node is sent
+``$SYS.REQ.SERVER.<id>.RELOAD`` (2.15.1: answers every node's own id, there is no
+``PING.RELOAD``). Checked on 2.15.1: the reload closes the live MQTT connections of a
+user no longer in the file, and its next CONNECT is refused (not authorized). The ban is
+lifted (file rewritten, nodes reloaded) at the first round after its end.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -34,8 +41,10 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from broker.accounts import AccountStore
 from broker.natscluster import ACCOUNT
 from config.settings import NatsGuardSettings
+from natsguard.bans import Bans
 from natsguard.meter import REASONS, Budget, Conn, Kick, Meter, NodeReport, RoundResult
 
 log = structlog.get_logger("natsguard")
@@ -94,9 +103,29 @@ class GuardMetrics:
                               "Device accounts whose buckets are remembered.", registry=r)
         self.connected = Gauge("camstack_natsguard_connected",
                                "1 while logged in to the cluster.", registry=r)
+        self.bans = Counter("camstack_natsguard_bans",
+                            "Devices banned (left out of the accounts file), by reason.",
+                            ["reason"], registry=r)
+        self.unbans = Counter("camstack_natsguard_unbans",
+                              "Bans lifted, by reason (recovered, over_limit).", ["reason"],
+                              registry=r)
+        self.bans_refused = Counter(
+            "camstack_natsguard_bans_refused",
+            "Bans not made because ban_max_devices devices were banned already (the device "
+            "is only kicked).", registry=r)
+        self.ban_failures = Counter(
+            "camstack_natsguard_ban_failures",
+            "Bans or lifts not applied, by stage: write (the accounts file) or reload (a "
+            "node did not confirm; retried next round).", ["stage"], registry=r)
+        self.banned = Gauge("camstack_natsguard_banned", "Devices banned now.", registry=r)
         for reason in REASONS:
             self.kicks.labels(reason)
             self.kick_failures.labels(reason)
+        self.bans.labels("over_budget")
+        for lifted in ("recovered", "over_limit"):
+            self.unbans.labels(lifted)
+        for stage in ("write", "reload"):
+            self.ban_failures.labels(stage)
 
 
 @dataclass
@@ -106,6 +135,8 @@ class Collected:
     reports: list[NodeReport]
     listed: int
     """Connections listed (every account of CAMSTACK)."""
+    servers: list[str] = field(default_factory=list)
+    """Server ids of the nodes that answered."""
 
 
 def parse_time(value: Any) -> float | None:
@@ -142,13 +173,16 @@ class Guard:
         nodes: How many nodes answer a PING (a round stops waiting once all have).
         user: System-account user.
         password: Its password.
-        is_service: Whether an account name is a service's (never metered).
+        is_service: Whether an account name is a service's (never metered nor banned).
         metrics: Where to count (new when None).
+        store: The accounts whose NATS file every node includes (bans are written there);
+            None: no bans, kicks only.
     """
 
     def __init__(self, settings: NatsGuardSettings, budget: Budget, *, servers: list[str],
                  nodes: int, user: str, password: str, is_service: Callable[[str], bool],
-                 metrics: GuardMetrics | None = None) -> None:
+                 metrics: GuardMetrics | None = None,
+                 store: AccountStore | None = None) -> None:
         self.settings = settings
         self.servers = servers
         self.nodes = nodes
@@ -158,6 +192,24 @@ class Guard:
         self.meter = Meter(budget, is_service=is_service,
                            max_accounts=settings.max_accounts,
                            max_connections=settings.max_connections)
+        self.store = store if settings.ban_max_devices > 0 else None
+        self.bans = Bans(max_banned=settings.ban_max_devices if self.store else 0,
+                         max_ban_s=settings.ban_max_s, is_service=is_service)
+        self.servers_seen: dict[str, int] = {}
+        """Server id -> the round it last answered (reloads go to every recent one)."""
+        self.reload_pending: set[str] = set()
+        """Nodes whose reload failed: asked again next round."""
+        self.write_pending = False
+        """The bans changed but the file was not written: tried again next round."""
+        self.reload_all = False
+        """Who is banned changed: every node reloads once the file is written."""
+        self._rounds = 0
+        if self.store is not None:
+            # Bans of an earlier guard: taken back, and the file rewritten and every node
+            # reloaded at the first round (it may have stopped between write and reload).
+            self.bans.load(self.store.bans(), time.time())
+            self.write_pending = self.reload_all = True
+            self.metrics.banned.set(len(self.bans))
 
     def start_metrics(self) -> int:
         """Serve ``/metrics``; returns the port (``metrics_port`` 0 picks one)."""
@@ -250,7 +302,7 @@ class Guard:
             listed += len(conns)
             reports.append(NodeReport(server, tuple(conns), complete,
                                       now=parse_time(first.get("now"))))
-        return Collected(reports, listed)
+        return Collected(reports, listed, list(pages))
 
     def _reply(self, payload: bytes) -> tuple[str | None, dict[str, Any] | None]:
         try:
@@ -301,9 +353,82 @@ class Guard:
                     debt_bytes=round(k.debt_bytes))
         return True
 
+    async def reload(self, nc: NatsClient, server: str) -> bool:
+        """Ask one node to reload its config (the accounts file). True when it confirmed."""
+        error: str | None = None
+        try:
+            msg = await nc.request(server_subject(server, "RELOAD"), b"",
+                                   timeout=max(self.settings.reply_timeout_s, 2.0))
+            doc = json.loads(msg.data)
+            err = doc.get("error") if isinstance(doc, dict) else "unreadable reply"
+            if err:
+                error = str(err.get("description", err)) if isinstance(err, dict) else str(err)
+        except (TimeoutError, NatsError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            self.metrics.ban_failures.labels("reload").inc()
+            log.warning("guard_reload_failed", node=server, error=error)
+            return False
+        return True
+
+    async def apply_bans(self, nc: NatsClient, result: RoundResult) -> None:
+        """Ban the devices kicked over budget and lift the bans whose end came.
+
+        Every node must see it: the file is written, then every node reloaded. A failed
+        write, or a node that did not confirm, is tried again next round.
+        """
+        if self.store is None:
+            return
+        now = time.time()
+        decision = self.bans.decide(now, result.kicks)
+        lifts = self.bans.lift(now)
+        m = self.metrics
+        if decision.refused:
+            m.bans_refused.inc(decision.refused)
+            log.warning("device_ban_refused", devices=decision.refused,
+                        banned=len(self.bans), max_banned=self.settings.ban_max_devices)
+        for b in decision.banned:
+            m.bans.labels(b.reason).inc()
+            log.warning("device_banned", device=b.user, reason=b.reason,
+                        seconds=round(b.seconds, 1), debt_msgs=round(b.debt_msgs),
+                        debt_bytes=round(b.debt_bytes))
+        for b in decision.extended:
+            log.warning("device_ban_extended", device=b.user, reason=b.reason,
+                        seconds=round(b.seconds, 1))
+        for lift in lifts:
+            m.unbans.labels(lift.reason).inc()
+            log.info("device_unbanned", device=lift.user, reason=lift.reason,
+                     seconds=round(lift.seconds, 1))
+        m.banned.set(len(self.bans))
+        # Who is banned changed: every node must reload (an end moved later: the file only).
+        self.reload_all |= bool(decision.banned or lifts)
+        self.write_pending |= decision.changed or bool(lifts)
+        if self.write_pending:
+            try:
+                await asyncio.to_thread(self.store.set_bans, self.bans.snapshot())
+            except OSError as exc:
+                m.ban_failures.labels("write").inc()
+                log.error("guard_bans_write_failed", file=str(self.store.nats_bans),
+                          error=str(exc))
+                return
+            self.write_pending = False
+        if self.reload_all and self.servers_seen:
+            self.reload_pending = set(self.servers_seen)
+            self.reload_all = False
+        pending = sorted(self.reload_pending)
+        oks = await asyncio.gather(*(self.reload(nc, s) for s in pending))
+        self.reload_pending = {s for s, ok in zip(pending, oks, strict=True) if not ok}
+
     async def round(self, nc: NatsClient) -> RoundResult:
-        """One round: collect, meter, kick."""
+        """One round: collect, meter, kick, ban."""
         got = await self.collect(nc)
+        self._rounds += 1
+        for server in got.servers:
+            self.servers_seen[server] = self._rounds
+        # A node silent for 10 rounds is forgotten (a restarted node has a new id).
+        for server in [s for s, r in self.servers_seen.items() if self._rounds - r >= 10]:
+            del self.servers_seen[server]
+            self.reload_pending.discard(server)
         result = self.meter.observe(time.monotonic(), got.reports)
         m = self.metrics
         m.rounds.inc()
@@ -317,6 +442,9 @@ class Guard:
         # thousand request timeouts in a row when a node is slow.
         for i in range(0, len(result.kicks), KICK_BATCH):
             await asyncio.gather(*(self.kick(nc, k) for k in result.kicks[i:i + KICK_BATCH]))
+        # After the kicks: the kick closes the connection at once, the ban (a file write
+        # and a reload of every node, tens of ms) keeps it from logging in again.
+        await self.apply_bans(nc, result)
         return result
 
     async def run(self, stop: asyncio.Event) -> None:

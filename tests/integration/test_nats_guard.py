@@ -2,9 +2,11 @@
 
 The guard runs as its own process with the broker settings a deployment would give it
 (tight budgets so a test flood is short), logs in as ``guard`` of the system account and
-closes device connections over budget or under another device's client id. Every wait
-is for a positive signal: the guard's ``device_kicked`` log line and kick counter, a
-client's lost connection, a message at the subscriber.
+closes device connections over budget or under another device's client id, and bans a
+device over budget (left out of the accounts file, every node reloaded) until its bucket
+has recovered. Every wait is for a positive signal: the guard's ``device_kicked`` /
+``device_banned`` / ``device_unbanned`` log lines and counters, a client's lost
+connection or refused login, a message at the subscriber.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MSGS_PER_S = 50.0
 BURST_MSGS = 100
 BYTES_PER_S = 64 * 1024
 BURST_BYTES = 128 * 1024
+BAN_MAX_S = 30.0
 
 
 def _frames(device: str) -> str:
@@ -51,20 +54,24 @@ def _frames(device: str) -> str:
 class GuardProcess:
     """``python -m natsguard`` on the test cluster; its JSON log lines and metrics."""
 
-    def __init__(self, cluster: NatsClusterHandle, base: Path, password: str) -> None:
+    def __init__(self, cluster: NatsClusterHandle, base: Path, password: str,
+                 **guard: Any) -> None:
         self.password = password
         pw_file = base / "guard.pass"
         pw_file.write_text(password + "\n", encoding="utf-8")
         pw_file.chmod(0o600)
         conf = base / "broker.toml"
         conf.write_text(to_toml({
-            "engine": "nats", "data_dir": str(base / "data"),
+            # The cluster's data folder: its broker/ holds the accounts file the nodes
+            # include, where the guard writes its bans.
+            "engine": "nats", "data_dir": str(cluster.base),
             "max_packet_bytes": 64 * 1024,
             "device_msgs_per_s": MSGS_PER_S, "device_burst_msgs": BURST_MSGS,
             "device_bytes_per_s": BYTES_PER_S, "device_burst_bytes": BURST_BYTES,
             "nats": {"nodes": cluster.nodes, "guard": {
                 "interval_s": INTERVAL_S, "metrics_port": 0, "password_file": str(pw_file),
-                "servers": [cluster.client_url(i) for i in range(cluster.nodes)]}},
+                "ban_max_s": BAN_MAX_S,
+                "servers": [cluster.client_url(i) for i in range(cluster.nodes)], **guard}},
         }), encoding="utf-8")
         self.log_path = base / "natsguard.log"
         self._log = self.log_path.open("wb")
@@ -202,15 +209,18 @@ def test_flooder_is_kicked_while_an_honest_devices_frames_all_arrive(
           f"{sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms")
     assert through > BURST_MSGS  # it was over budget: the kick was deserved
 
-    # The bucket outlives the connection: back at once, one message, kicked again.
-    again = Client(cluster, 0, "flood01", pw["flood01"]).connected()
-    cleanup.append(again)
-    kicks_before = len(guard.kicked("flood01", "over_budget"))
-    again.c.publish(flood_topic, b"x", qos=1)
-    guard.wait_event(lambda e: e["event"] == "device_kicked" and e["device"] == "flood01"
-                     and len(guard.kicked("flood01", "over_budget")) > kicks_before,
-                     "flood01 kicked again after reconnecting")
-    assert again.disconnected.wait(10)
+    # The bucket outlives the connection, and the device is banned for what it owes
+    # (at most BAN_MAX_S): back at once, its login is refused on every node.
+    ban = guard.wait_event(lambda e: e["event"] == "device_banned"
+                           and e["device"] == "flood01", "flood01 banned")
+    assert ban["reason"] == "over_budget" and 0 < ban["seconds"] <= BAN_MAX_S
+    for node in range(cluster.nodes):
+        again = Client(cluster, node, "flood01", pw["flood01"])
+        cleanup.append(again)
+        again.wait(lambda: again.connack is not None,  # noqa: B023 (waited for at once)
+                   f"CONNACK from node {node}")
+        assert again.connack != 0, f"node {node} let the banned flooder in"
+    assert "flood01" in json.loads(cluster.store.nats_bans.read_text(encoding="utf-8"))
 
 
 def test_a_device_taking_another_devices_client_id_is_kicked_and_the_victim_returns(
@@ -289,3 +299,139 @@ def test_a_node_with_more_connections_than_a_page_is_read_page_by_page(
                "a round after that")
     assert guard.kicked("pagedev", "client_id_taken") == []
     assert not any(c.disconnected.is_set() for c in conns)
+
+
+FLOOD_MSGS_PER_S = 800
+"""The reconnecting flooder's send rate: 16 times the budget, and slow enough that what
+one round lets through is paid back by a ban shorter than the test."""
+FLOOD_S = 10.0
+
+
+class ReconnectingFlooder:
+    """A device publishing 1 KiB QoS 0 at ``FLOOD_MSGS_PER_S`` whenever it is connected
+    and reconnecting 1 s after each loss or refusal (paho's own reconnect loop)."""
+
+    def __init__(self, cluster: NatsClusterHandle, node: int, device: str,
+                 password: str) -> None:
+        self.client = Client(cluster, node, device, password)
+        self.client.c.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.topic = f"cam/{device}/frame"
+        self.sent = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        record = self.client._on_connect
+
+        def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+            if rc.is_failure:
+                self.refused += 1  # CONNACK "not authorized": the ban
+            record(c, u, flags, rc, props)
+
+        self.client.c.on_connect = on_connect
+
+    def _run(self) -> None:
+        period = 1.0 / FLOOD_MSGS_PER_S
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            if not self.client.c.is_connected():
+                time.sleep(0.01)
+                nxt = time.monotonic()
+                continue
+            payload = str(self.sent).encode().ljust(1024, b"R")
+            self.client.c.publish(self.topic, payload, qos=0)
+            self.sent += 1
+            nxt += period
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def run_for(self, seconds: float) -> float:
+        self._thread.start()
+        t0 = time.monotonic()
+        self._stop.wait(seconds)
+        self._stop.set()
+        self._thread.join(10)
+        took = time.monotonic() - t0
+        self.client.close()
+        return took
+
+
+def test_a_reconnecting_flooder_is_held_to_about_its_budget_then_let_back_in(
+        guarded: tuple[NatsClusterHandle, GuardProcess], cleanup: list[Any]) -> None:
+    cluster, guard = guarded
+    pw = {d: cluster.store.add(d, "device") for d in ("reflood01", "honest02")}
+    sub_pw = cluster.add_service("ingestor-bantest")
+    sub = Client(cluster, 0, "ingestor-bantest", sub_pw).connected()
+    cleanup.append(sub)
+    assert sub.subscribe(["p/+/cam/+/frame"]) == [1]
+    honest = Client(cluster, 1, "honest02", pw["honest02"]).connected()
+    cleanup.append(honest)
+    bans_before = guard.metric("camstack_natsguard_bans_total", reason="over_budget")
+    flooder = ReconnectingFlooder(cluster, 2, "reflood01", pw["reflood01"])
+    flooder.client.wait(lambda: flooder.client.connack == 0, "the flooder's first login")
+    # The honest camera sends 5 frames/s for the whole flood, each waited for its PUBACK:
+    # the bans and the reloads of every node they cause must not cost it anything.
+    honest_sent = 0
+    stop = threading.Event()
+
+    def honest_loop() -> None:
+        nonlocal honest_sent
+        while not stop.is_set():
+            honest.publish("cam/honest02/frame",
+                           f"honest02:{honest_sent}".encode().ljust(1024, b"."))
+            honest_sent += 1
+            time.sleep(0.2)
+
+    t = threading.Thread(target=honest_loop, daemon=True)
+    t.start()
+    took = flooder.run_for(FLOOD_S)
+    stop.set()
+    t.join(10)
+    # What the flood got through, read at the subscriber once the last of it arrived
+    # (a QoS 1 marker from the honest camera, sent after the flood, comes behind it).
+    honest.publish("cam/honest02/frame", b"honest02:end".ljust(1024, b"."))
+    sub.wait(lambda: any(p.startswith(b"honest02:end")
+                         for p in sub.payloads(_frames("honest02"))), "the end marker")
+    through = len({p.split(b"R", 1)[0] for p in sub.payloads(_frames("reflood01"))})
+    budget = BURST_MSGS + MSGS_PER_S * took
+    # Held to its budget, give or take what one round lets through per admission: the
+    # last admission's flood (up to about two rounds at its rate) is not paid back
+    # within the test (measured: 557-663 through, the bound is 1,400).
+    bound = budget + FLOOD_MSGS_PER_S * 2 * INTERVAL_S
+    bans = [e for e in guard.events() if e["event"] == "device_banned"
+            and e["device"] == "reflood01"]
+    print(f"\nreconnecting flood: {flooder.sent} published in {took:.1f} s "
+          f"({flooder.sent / took:.0f}/s while connected or not), {flooder.refused} logins "
+          f"refused, {len(bans)} bans ({[b['seconds'] for b in bans]} s), {through} reached "
+          f"the subscriber = {through / took:.0f}/s; budget {budget:.0f}, bound {bound:.0f}")
+    # Unbanned (ban_max_devices = 0) the same flooder got 2,559 through in 10 s here
+    # (docs/security.md), connected about a third of the time (back 1 s after each
+    # kick): a quarter of the time at its rate is past the bound, so without the bans
+    # this test fails.
+    assert FLOOD_MSGS_PER_S * took / 4 > bound
+    assert through <= bound
+    assert bans and flooder.refused >= 1
+    assert guard.metric("camstack_natsguard_bans_total", reason="over_budget") > bans_before
+    # The honest camera lost nothing and was never kicked nor banned.
+    got = {p.split(b".")[0] for p in sub.payloads(_frames("honest02"))}
+    assert got >= {f"honest02:{s}".encode() for s in range(honest_sent)}
+    assert guard.kicked("honest02", "over_budget") == []
+    assert not any(e["event"] == "device_banned" and e["device"] == "honest02"
+                   for e in guard.events())
+    # Once its bucket has recovered its last ban is lifted and the device is back in.
+    def lifts() -> list[dict[str, Any]]:
+        return [e for e in guard.events()
+                if e["event"] == "device_unbanned" and e["device"] == "reflood01"]
+
+    bans = [e for e in guard.events() if e["event"] == "device_banned"
+            and e["device"] == "reflood01"]
+    wait_until(lambda: len(lifts()) >= len(bans), "reflood01's last ban lifted",
+               timeout=BAN_MAX_S + 10)
+    assert all(e["reason"] == "recovered" and e["seconds"] <= BAN_MAX_S + 2 * INTERVAL_S
+               for e in lifts())
+    assert "reflood01" not in json.loads(cluster.store.nats_bans.read_text(encoding="utf-8"))
+    back = Client(cluster, 0, "reflood01", pw["reflood01"]).connected()
+    cleanup.append(back)
+    back.publish("cam/reflood01/frame", b"back-in-budget")
+    sub.wait(lambda: b"back-in-budget" in sub.payloads(_frames("reflood01")),
+             "the re-admitted device's message")
+    assert guard.metric("camstack_natsguard_unbans_total", reason="recovered") >= 1
+    assert guard.metric("camstack_natsguard_ban_failures_total") == 0

@@ -81,10 +81,12 @@ def test_guard_settings_bounds_and_defaults() -> None:
     assert node_urls(s) == [f"nats://127.0.0.1:{14220 + 10 * i}" for i in range(3)]
     b = budget_of(s)
     assert (b.msgs_per_s, b.burst_msgs, b.max_debt_s) == (10, 20, 60)
+    assert (s.nats.guard.ban_max_devices, s.nats.guard.ban_max_s) == (1000, 3600)
     custom = BrokerSettings(engine="nats", nats={"guard": {"servers": ["nats://h:1"]}})
     assert node_urls(custom) == ["nats://h:1"]
     for bad in ({"interval_s": 0}, {"page_size": 1}, {"reply_timeout_s": 0},
-                {"max_accounts": 0}, {"unknown": 1}):
+                {"max_accounts": 0}, {"ban_max_devices": -1}, {"ban_max_s": 0},
+                {"unknown": 1}):
         with pytest.raises(ValidationError):
             NatsGuardSettings(**bad)
 
