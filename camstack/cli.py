@@ -369,7 +369,7 @@ def _systemd(args: argparse.Namespace, settings: BrokerSettings) -> int:
                          broker_config=args.config.resolve() if args.config else None,
                          restart_steps=version is None or version >= 254,
                          cluster_nodes=settings.nats.nodes if settings.engine == "nats"
-                         else None)
+                         else None, guard=settings.nats.guard.enabled)
     dest = args.out or layout.data_dir / "systemd"
     for path in write_units(units, dest):
         print(f"wrote {path}")

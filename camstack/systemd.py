@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     "monitor": "camstack monitor (alert rules, retained alerts)",
     "web": "camstack web page (cameras, health, videos)",
 }
+GUARD = "nats-guard"
+GUARD_DESCRIPTION = "camstack NATS guard (per-device budgets, client ids, bans)"
 HOMES = ("/home", "/root", "/run/user")
 
 
@@ -44,7 +46,7 @@ def systemd_version() -> int | None:
 
 def render_units(data_dir: Path, *, user: str = "camstack", python: str | None = None,
                  broker_config: Path | None = None, restart_steps: bool = True,
-                 cluster_nodes: int | None = None) -> dict[str, str]:
+                 cluster_nodes: int | None = None, guard: bool = False) -> dict[str, str]:
     """Unit files by name.
 
     Args:
@@ -55,6 +57,8 @@ def render_units(data_dir: Path, *, user: str = "camstack", python: str | None =
         restart_steps: Grow the restart pause (systemd 254+; older ones warn on the keys).
         cluster_nodes: ``broker.engine = "nats"``: one ``camstack-nats-node-<i>`` unit per
             node (``python -m broker run --node <i>``) instead of ``camstack-broker``.
+        guard: With ``cluster_nodes``, also ``camstack-nats-guard`` (``python -m
+            natsguard``: per-device budgets on the NATS engine, as ``make up`` runs it).
 
     Returns:
         ``{"camstack-broker.service": "...", ..., "camstack.target": "..."}``.
@@ -75,9 +79,10 @@ def render_units(data_dir: Path, *, user: str = "camstack", python: str | None =
                else [f"nats-node-{i}" for i in range(cluster_nodes)])
     descriptions = {**DESCRIPTIONS, **{
         b: f"camstack NATS cluster node {b.rsplit('-', 1)[1]} (MQTT over TLS, JetStream)"
-        for b in brokers if b != "broker"}}
+        for b in brokers if b != "broker"}, GUARD: GUARD_DESCRIPTION}
     broker_units = " ".join(f"camstack-{b}.service" for b in brokers)
-    for name in (*brokers, *UNITS[1:]):
+    guards = (GUARD,) if guard and cluster_nodes is not None else ()
+    for name in (*brokers, *guards, *UNITS[1:]):
         after = "network-online.target" + ("" if name in brokers else f" {broker_units}")
         if name == "broker":
             exec_start = f"{py} -m broker{broker_args} --data-dir {data_dir} run"
@@ -85,6 +90,9 @@ def render_units(data_dir: Path, *, user: str = "camstack", python: str | None =
         elif name in brokers:
             exec_start = (f"{py} -m broker{broker_args} --data-dir {data_dir} run --node "
                           f"{name.rsplit('-', 1)[1]}")
+            env = ""
+        elif name == GUARD:
+            exec_start = f"{py} -m natsguard{broker_args} --data-dir {data_dir}"
             env = ""
         else:
             exec_start = f"{py} -m {name}"
@@ -142,8 +150,8 @@ WantedBy=camstack.target
 # Rendered by `camstack systemd`: `systemctl enable --now camstack.target` starts all.
 [Unit]
 Description=camstack (broker, ingestor, encoder, monitor)
-Wants={broker_units} camstack-ingestor.service camstack-encoder.service \
-camstack-monitor.service
+Wants={broker_units}{"".join(f" camstack-{g}.service" for g in guards)} \
+camstack-ingestor.service camstack-encoder.service camstack-monitor.service
 
 [Install]
 WantedBy=multi-user.target

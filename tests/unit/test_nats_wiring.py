@@ -164,18 +164,26 @@ def test_old_service_accounts_are_rehashed_from_their_password_file(tmp_path: Pa
 
 
 def test_systemd_one_unit_per_node(tmp_path: Path) -> None:
-    units = render_units(Path("/srv/camstack"), python="/opt/cs/bin/python", cluster_nodes=3)
+    units = render_units(Path("/srv/camstack"), python="/opt/cs/bin/python", cluster_nodes=3,
+                         guard=True)
     assert "camstack-broker.service" not in units
+    guard = units["camstack-nats-guard.service"]
+    assert "ExecStart=/opt/cs/bin/python -m natsguard --data-dir /srv/camstack\n" in guard
+    assert "After=network-online.target camstack-nats-node-0.service" in guard
+    assert "camstack-nats-guard.service" not in render_units(
+        Path("/srv/camstack"), cluster_nodes=3)
+    assert "camstack-nats-guard.service" not in render_units(Path("/srv/camstack"), guard=True)
     node = units["camstack-nats-node-2.service"]
     assert "ExecStart=/opt/cs/bin/python -m broker --data-dir /srv/camstack run --node 2" in node
     assert "ReadWritePaths=/srv/camstack" in node and "After=network-online.target\n" in node
     nodes = " ".join(f"camstack-nats-node-{i}.service" for i in range(3))
     assert f"After=network-online.target {nodes}" in units["camstack-ingestor.service"]
-    assert f"Wants={nodes} camstack-ingestor.service" in units["camstack.target"]
+    assert (f"Wants={nodes} camstack-nats-guard.service camstack-ingestor.service"
+            in units["camstack.target"])
     if shutil.which("systemd-analyze") is not None:
         version = systemd_version()
         files = write_units(render_units(
-            tmp_path / "data", cluster_nodes=3,
+            tmp_path / "data", cluster_nodes=3, guard=True,
             restart_steps=version is None or version >= 254), tmp_path / "units")
         res = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
                              capture_output=True, text=True, timeout=120, check=False)
