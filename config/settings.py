@@ -521,6 +521,11 @@ class LeaseSettings(_Section):
         "the bucket's max age, fixed when the bucket is created.")
     refresh_s: float = Field(default=10.0, gt=0, le=1200,
                              description="Refresh every lease this often (below ttl_s / 2).")
+    claim_wait_s: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="At start, keep trying this long while the cluster does not answer "
+        "(a cluster just started may still be electing the bucket's leader); a partition "
+        "another owner holds ends the start at once.")
 
     @model_validator(mode="after")
     def _refresh_below_ttl(self) -> LeaseSettings:

@@ -8,10 +8,12 @@ bucket's state on the node's ``/jsz``.
 from __future__ import annotations
 
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from camstack.procs import ServiceProcess
 from camstack.servers import NatsClusterHandle, SeaweedHandle, start_nats_cluster
@@ -131,3 +133,39 @@ def test_a_handoff_moves_the_leases_and_a_restart_takes_its_own_over(tmp_path: P
         for lp in reversed(made):
             lp.close()
         cluster.close()
+
+
+def test_a_claim_waits_for_a_cluster_that_is_not_answering_yet(tmp_path: Path) -> None:
+    """NATS away at start (or a cluster still electing the bucket's leader, as the
+    cluster demo met under load) is waited for up to ``leases.claim_wait_s``; a
+    refusal still ends the claim at once (the test above)."""
+    cluster = start_nats_cluster(tmp_path / "cluster", 1)
+    pw = password_file(tmp_path, "ingestor-w")
+    pw.write_text(cluster.add_service("ingestor-w") + "\n")
+    cluster.stop_node(0)
+    lp = PartitionLeases(LeaseSettings(ttl_s=TTL_S, refresh_s=0.3, claim_wait_s=60),
+                         JobQueueSettings(**jobqueue_section(cluster, "ingestor-w", pw)),
+                         owner="ingestor-w", partitions=[5, 6])
+    outcome: list[BaseException | None] = []
+    claimer = threading.Thread(target=lambda: outcome.append(_claimed(lp)), daemon=True)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            claimer.start()
+            wait_until(lambda: any(e["event"] == "partition_lease_claim_retry"
+                                   for e in list(logs)), 30,
+                       "a first attempt failing while the node is down")
+        cluster.start_node(0)
+        claimer.join(60)
+        assert outcome == [None] and sorted(lp.held) == [5, 6]
+        wait_until(lambda: lease_stream(cluster).get("messages") == 2, 10, "two leases")
+    finally:
+        lp.close()
+        cluster.close()
+
+
+def _claimed(lp: PartitionLeases) -> BaseException | None:
+    try:
+        lp.claim()
+    except BaseException as exc:  # the test reports it
+        return exc
+    return None
