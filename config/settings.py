@@ -458,6 +458,10 @@ class JobQueueSettings(_Section):
     fetch_timeout_s: float = Field(
         default=5.0, gt=0, le=300, description="Longest wait of one pull for a job.")
     publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    start_wait_s: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="At start, keep trying this long while NATS does not answer (a "
+        "cluster just started may still be electing the job stream's leader).")
     max_job_bytes: int = Field(default=4096, ge=256, le=1024 * 1024,
                                description="Larger job messages are rejected unread.")
     credentials_file: Path | None = Field(

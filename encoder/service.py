@@ -116,8 +116,9 @@ class EncoderService:
                 self.objects = open_store(settings.store)
             self.jobq: JobPublisher | None = None
             if settings.runner == "jetstream":
-                # Connects, creates the stream and the consumer: NATS away at start ends
-                # the process naming jobqueue.servers. Kept for the queue depth.
+                # Connects, creates the stream and the consumer: NATS still away after
+                # jobqueue.start_wait_s ends the process naming jobqueue.servers. Kept
+                # for the queue depth.
                 self.jobq = JobPublisher(settings.jobqueue, name=f"{self.account}-depth")
         except BaseException:
             self.catalog.close()

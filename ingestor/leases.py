@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import secrets
 import socket
@@ -144,25 +143,17 @@ class PartitionLeases:
             JobQueueError: NATS did not answer.
         """
         timeout = self.connection.publish_timeout_s
-        deadline = time.monotonic() + self.settings.claim_wait_s
-        delay = 0.5
+
+        def retry(exc: BaseException, pause: float) -> None:
+            # No answer (yet): a fresh cluster elects the bucket's leader first.
+            log.warning("partition_lease_claim_retry", error=str(exc)[:200] or
+                        type(exc).__name__, retry_s=pause)
+            self._disconnect()
+
         try:
-            while True:
-                try:
-                    self._call(self._claim(), 2 * timeout + 10)
-                    break
-                except (JobQueueError, nats.errors.Error, nats.js.errors.Error) as exc:
-                    # No answer (yet): a fresh cluster elects the bucket's leader first.
-                    # A refusal is LeaseRefused, never retried.
-                    if time.monotonic() + delay >= deadline:
-                        raise JobQueueError(f"partition leases: {exc or type(exc).__name__} "
-                                            f"(tried for {self.settings.claim_wait_s:g}s, "
-                                            "leases.claim_wait_s)") from None
-                    log.warning("partition_lease_claim_retry", error=str(exc)[:200] or
-                                type(exc).__name__, retry_s=delay)
-                    self._disconnect()
-                    time.sleep(delay)
-                    delay = min(2 * delay, 5.0)
+            self._loop.call_until(self._claim, 2 * timeout + 10, self.settings.claim_wait_s,
+                                  what="partition leases (leases.claim_wait_s)",
+                                  on_retry=retry)
         except BaseException:
             self.close()
             raise
@@ -170,9 +161,7 @@ class PartitionLeases:
 
     def _disconnect(self) -> None:
         """Drop a failed attempt's connection (leases it took stay ours: retaken)."""
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(JobQueueError, nats.errors.Error):
-                self._call(self._nc.close(), 10)
+        self._loop.stop_connection(self._nc)
         self._nc, self._kv = None, None
 
     async def _claim(self) -> None:

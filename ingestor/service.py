@@ -69,7 +69,8 @@ class IngestorService:
         self.jobs: JobPublisher | None = None
         if settings.runner == "jetstream":
             try:
-                # Connects now: NATS away at start ends the process naming the setting.
+                # Connects now: NATS still away after jobqueue.start_wait_s ends the
+                # process naming the setting.
                 self.jobs = JobPublisher(settings.jobqueue, name="camstack-ingestor")
             except BaseException:
                 self.catalog.close()

@@ -183,8 +183,16 @@ class JobPublisher:
         self._loop = LoopThread("jobqueue-pub")
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        def retry(exc: BaseException, pause: float) -> None:
+            log.warning("job queue not answering (%s); trying again in %.1fs",
+                        str(exc)[:200] or type(exc).__name__, pause)
+            self._loop.stop_connection(self._nc)
+            self._nc, self._js = None, None
+
         try:
-            self._call(self._open(name, create_stream), settings.publish_timeout_s + 10)
+            self._loop.call_until(lambda: self._open(name, create_stream),
+                                  settings.publish_timeout_s + 10, settings.start_wait_s,
+                                  what="job queue (jobqueue.start_wait_s)", on_retry=retry)
         except BaseException:
             self.close()
             raise

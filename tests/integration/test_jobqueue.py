@@ -343,6 +343,11 @@ def test_malformed_job_messages_are_termed_counted_and_the_worker_goes_on(
 def test_unreachable_server_is_one_clear_error(tmp_path: Path) -> None:
     from camstack.brokerproc import free_port  # noqa: PLC0415
 
-    s = JobQueueSettings(servers=[f"nats://127.0.0.1:{free_port()}"], publish_timeout_s=2)
+    s = JobQueueSettings(servers=[f"nats://127.0.0.1:{free_port()}"], publish_timeout_s=2,
+                         start_wait_s=0)
     with pytest.raises(JobQueueError, match=r"jobqueue\.servers"):
+        JobPublisher(s)
+    # Tried again (backoff 0.5, 1 s) for start_wait_s, then the same clear error.
+    s = s.model_copy(update={"start_wait_s": 1.8})
+    with pytest.raises(JobQueueError, match=r"jobqueue\.servers.*tried for 1\.8s"):
         JobPublisher(s)
