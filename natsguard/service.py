@@ -418,6 +418,8 @@ class Guard:
         pending = sorted(self.reload_pending)
         oks = await asyncio.gather(*(self.reload(nc, s) for s in pending))
         self.reload_pending = {s for s, ok in zip(pending, oks, strict=True) if not ok}
+        if pending and not self.reload_pending:  # the bans now hold on every node
+            log.info("guard_nodes_reloaded", nodes=len(pending), banned=len(self.bans))
 
     async def round(self, nc: NatsClient) -> RoundResult:
         """One round: collect, meter, kick, ban."""

@@ -427,6 +427,14 @@ def test_a_reconnecting_flooder_is_held_to_about_its_budget_then_let_back_in(
                timeout=BAN_MAX_S + 10)
     assert all(e["reason"] == "recovered" and e["seconds"] <= BAN_MAX_S + 2 * INTERVAL_S
                for e in lifts())
+    # The lift is logged, then the bans file written and every node reloaded.
+    def reloaded_since_last_lift() -> bool:
+        events = guard.events()
+        last = max(i for i, e in enumerate(events)
+                   if e["event"] == "device_unbanned" and e["device"] == "reflood01")
+        return any(e["event"] == "guard_nodes_reloaded" for e in events[last:])
+
+    wait_until(reloaded_since_last_lift, "every node reloaded after the lift", timeout=10)
     assert "reflood01" not in json.loads(cluster.store.nats_bans.read_text(encoding="utf-8"))
     back = Client(cluster, 0, "reflood01", pw["reflood01"]).connected()
     cleanup.append(back)
