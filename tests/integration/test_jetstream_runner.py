@@ -138,9 +138,10 @@ def test_ingestor_jobs_reach_a_worker_pool_one_video_per_batch(
             publish_frames(broker, d, 12)
         wait_until(lambda: sum(len(cat.list_videos(device=d)) for d in devices) == 4, 120,
                    "four videos")
+        wait_until(lambda: all(b.state is BatchState.PURGED for d in devices
+                               for b in cat.list_batches(device=d)), 30, "every batch purged")
         for d in devices:
             for b in cat.list_batches(device=d):
-                assert b.state is BatchState.PURGED, b
                 v = cat.get_video(d, b.batch)
                 assert v is not None and v.frames == 6
                 assert probe_video(io.BytesIO(store.get_bytes(v.location))).frames == 6
@@ -257,8 +258,10 @@ def test_nats_killed_mid_run_every_batch_still_becomes_one_video(
                           and e.get("step") == "jobqueue", 60)
         nats_server.restart()
         wait_until(lambda: len(cat.list_videos(device=d)) == 3, 120, "three videos")
+        # The pack is purged just after the video's row is written.
+        wait_until(lambda: all(b.state is BatchState.PURGED
+                               for b in cat.list_batches(device=d)), 30, "every batch purged")
         for b in cat.list_batches(device=d):
-            assert b.state is BatchState.PURGED
             v = cat.get_video(d, b.batch)
             assert v is not None and v.frames == 6
         assert enc.stop() == 0
