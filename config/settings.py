@@ -1008,9 +1008,17 @@ class NatsClusterSettings(_Section):
         "at most nodes; none: min(3, nodes).")
     max_ack_pending: int = Field(
         default=1000, ge=1, le=65535,
-        description="Unacknowledged messages NATS sends per MQTT subscription. A session "
-        "holds at most 65,535 in all: an ingestor owning k partitions needs "
-        "k * max_ack_pending <= 65535, else a SUBACK is refused (0x80).")
+        description="Unacknowledged messages NATS sends per MQTT subscription; summed over "
+        "a session's subscriptions at most 65,535: an ingestor owning k partitions needs "
+        "k * max_ack_pending <= 65535, else a SUBACK is refused (0x80). It is also the "
+        "session's window over all its subscriptions: NATS counts deliveries past it as "
+        "sent and drops them until ack_wait_s (docs/scaling.md, the delivery stall).")
+    ack_wait_s: float = Field(
+        default=5.0, ge=1.0, le=3600.0,
+        description="NATS's MQTT ack_wait: an unacknowledged QoS 1 delivery is sent again "
+        "after this long. It bounds the delivery stall of a session on many partitions "
+        "(docs/scaling.md; NATS's own default is 30 s); lower means more redeliveries of "
+        "chunks the ingestor holds longer (a slow disk).")
     data_dir: Path | None = Field(
         default=None,
         description="Node folders (config, JetStream store, log, pid); default "

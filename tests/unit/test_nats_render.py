@@ -239,7 +239,7 @@ def _render_cluster(tmp_path: Path, nodes: int) -> list[Path]:
         node.conf_file.write_text(render_node_config(
             node, plan, tls=TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert),
             accounts_file=store.nats_accounts, mqtt_bind="127.0.0.1",
-            stream_replicas=min(3, nodes), max_ack_pending=1000))
+            stream_replicas=min(3, nodes), max_ack_pending=1000, ack_wait_s=5.0))
         out.append(node.conf_file)
     return out
 
@@ -255,6 +255,7 @@ def test_rendered_configs_pass_nats_server_check(tmp_path: Path, nodes: int) -> 
     text = confs[0].read_text()
     assert ("cluster {" in text) == (nodes > 1)
     assert "127.0.0.1:18883" in text and "stream_replicas" in text
+    assert 'ack_wait: "5000ms"' in text  # parsed by nats-server -t above
 
 
 def test_broken_config_fails_the_check(tmp_path: Path) -> None:
