@@ -67,6 +67,7 @@ from broker.accounts import Account, hash_password, nats_hash, new_password
 from camstack.procs import ServiceProcess, service_config
 from camstack.servers import NatsClusterHandle, start_nats_cluster
 from config.loader import to_toml
+from config.settings import NatsClusterSettings
 
 
 @dataclass
@@ -201,7 +202,7 @@ def run_mosquitto(args: Any, jpegs: list[bytes]) -> Result:
 
 def run_nats(args: Any, jpegs: list[bytes], ingestors: int) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="camstack-bench-nats-"))
-    cluster = start_nats_cluster(tmp / "cluster", args.nodes)
+    cluster = start_nats_cluster(tmp / "cluster", args.nodes, ack_wait_s=args.ack_wait)
     svcs: list[ServiceProcess] = []
     try:
         devices = nats_devices(cluster, args.cameras)
@@ -249,6 +250,10 @@ def main() -> int:
     ap.add_argument("--patience", type=float, default=45.0,
                     help="seconds without a new stored frame before giving up waiting")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folders (logs)")
+    ap.add_argument("--ack-wait", type=float,
+                    default=NatsClusterSettings.model_fields["ack_wait_s"].default,
+                    help="the nodes' MQTT ack_wait in seconds (default: the production "
+                    "default, broker.nats.ack_wait_s; 30 is NATS's own)")
     args = ap.parse_args()
     if args.quick:
         args.cameras, args.frames, args.kb = 10, 20, 20
@@ -257,7 +262,8 @@ def main() -> int:
     avg = statistics.mean(map(len, jpegs))
     print(f"{args.cameras} cameras x {args.frames} frames of {avg / 1000:.1f} KB "
           f"(800x600 JPEG, 8 KiB chunks), TLS, QoS 1, at most 8 frames unacknowledged per "
-          f"camera; storage in {tempfile.gettempdir()} on {fs_note(Path(tempfile.gettempdir()))}")
+          f"camera; storage in {tempfile.gettempdir()} on {fs_note(Path(tempfile.gettempdir()))}"
+          f"; NATS MQTT ack_wait {args.ack_wait:g} s")
     runs = args.only or ["mosquitto", "nats1", "nats2"]
     results: list[Result] = []
     for what in runs:
