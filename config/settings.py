@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contract.ids import TOPIC_PREFIX_RE
+from contract.partition import PARTITIONS
 
 
 def _one_topic_level(v: str) -> str:
@@ -228,6 +229,13 @@ class IngestSettings(_Section):
     handoff: HandoffSettings | None = Field(
         default=None, description="NATS engine: partitions moving to or from another "
         "ingestor at a capture-time fence (docs/scaling.md).")
+    one_filter: bool = Field(
+        default=False,
+        description="NATS engine, owning all 64 partitions: subscribe p/+/<prefix>/+/frame "
+        "once instead of one filter per partition. One consumer, whose window is the "
+        "session's: no delivery stall (docs/scaling.md). Switching a session's filters "
+        "(either way) deletes what the old ones had queued: switch on a new or drained "
+        "session.")
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
@@ -236,6 +244,10 @@ class IngestSettings(_Section):
         if self.handoff is not None and not set(self.handoff.partitions) <= set(
                 self.partitions or []):
             raise ValueError("handoff.partitions must be a subset of partitions")
+        if self.one_filter and (self.handoff is not None
+                                or sorted(self.partitions or []) != list(range(PARTITIONS))):
+            # One wildcard cannot leave some partitions out, nor release some (a handoff).
+            raise ValueError("one_filter needs partitions = all 64 and no handoff")
         if self.max_device_inflight_bytes > self.max_inflight_bytes:
             raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
         if self.max_device_inflight_bytes < self.max_frame_bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from camstack.jpegs import make_jpeg
 from camstack.procs import ServiceProcess
 from camstack.servers import NatsClusterHandle, start_nats_cluster
+from config.loader import to_toml
 from config.settings import NatsClusterSettings
 from contract.codec import split_frame
 from contract.partition import device_partition, partition_frame_filter
 from tests.integration.test_nats_cluster import Client, wait_until
+from tests.integration.test_nats_faults import again
 from tests.integration.test_nats_ingestor import start_ingestor, stored
 
 pytestmark = pytest.mark.integration
@@ -204,6 +207,53 @@ def test_one_subscription_keeps_the_rest_queued(cluster: NatsClusterHandle) -> N
             c.close()
 
 
+def _devices(n: int) -> list[str]:
+    """``n`` device ids on ``n`` different partitions."""
+    devices: list[str] = []
+    parts: set[int] = set()
+    i = 0
+    while len(devices) < n:
+        d = f"back{i:03d}"
+        if device_partition(d) not in parts:
+            parts.add(device_partition(d))
+            devices.append(d)
+        i += 1
+    return devices
+
+
+def _queue_backlog(cluster: NatsClusterHandle, devices: list[str], frames: int,
+                   closing: list[Client]) -> int:
+    """Publish ``frames`` frames of every device (4 chunks each); chunks left queued."""
+    for d in devices:
+        cam = Client(cluster, 0, d, cluster.add_device(d)).connected()
+        closing.append(cam)
+        for seq in range(frames):
+            for chunk in split_frame(make_jpeg(160, 120, seq), boot_id=1, frame_seq=seq,
+                                     chunk_data=700):
+                cam.publish(f"cam/{d}/frame", chunk)  # waits for its PUBACK
+    return sum(p for _, p in _consumers(cluster))
+
+
+def _set_ingest(svc: ServiceProcess, **ingest: Any) -> None:
+    cfg = tomllib.loads(svc.config.read_text())
+    cfg["ingest"].update(ingest)
+    svc.config.write_text(to_toml(cfg), encoding="utf-8")
+
+
+def _store_all(svc: ServiceProcess, want: set[tuple[str, int]], timeout: float) -> float:
+    """Seconds from ``ingestor_ready`` until every frame of ``want`` is stored."""
+    svc.wait_event("ingestor_ready", 30)
+    ready_at = time.monotonic()
+
+    def all_stored() -> bool:
+        return want <= {(e["device"], e["seq"]) for e in stored(svc)}
+
+    wait_until(all_stored, "every queued frame stored", timeout=timeout)
+    took = time.monotonic() - ready_at
+    assert not [e for e in svc.events() if e.get("event") == "frame_dropped"]
+    return took
+
+
 def test_the_ingestor_restarted_with_a_backlog_on_many_partitions_stores_it_in_rounds(
         tmp_path: Path, cluster: NatsClusterHandle) -> None:
     # The real ingestor owning all 64 partitions (as `make up` runs it) comes back to
@@ -214,44 +264,52 @@ def test_the_ingestor_restarted_with_a_backlog_on_many_partitions_stores_it_in_r
     # about one window each (measured: 6 devices x 4 frames of 4 chunks took 5 rounds).
     # A backlog of about two windows needs one or two rounds: well before NATS's own
     # ack_wait (30 s) with the default.
-    devices: list[str] = []
-    parts: set[int] = set()
-    i = 0
-    while len(devices) < 5:
-        d = f"back{i:03d}"
-        if device_partition(d) not in parts:
-            parts.add(device_partition(d))
-            devices.append(d)
-        i += 1
+    devices = _devices(5)
     svc = start_ingestor(cluster, 0, "ingestor", tmp_path, list(range(64)))
     closing: list[Client] = []
     try:
         svc.wait_event("ingestor_ready", 30)
         assert svc.stop() == 0  # its session and its 64 subscriptions stay
         frames = 2
-        for d in devices:
-            cam = Client(cluster, 0, d, cluster.add_device(d)).connected()
-            closing.append(cam)
-            for seq in range(frames):
-                for chunk in split_frame(make_jpeg(160, 120, seq), boot_id=1, frame_seq=seq,
-                                         chunk_data=700):
-                    cam.publish(f"cam/{d}/frame", chunk)  # queued for the session
-        queued = sum(p for _, p in _consumers(cluster))
+        queued = _queue_backlog(cluster, devices, frames, closing)
         assert WINDOW < queued <= 2 * WINDOW, f"{queued} chunks queued: not about 2 windows"
-        again = ServiceProcess("ingestor", svc.config, tmp_path / "again.log").start()
-        svc = again
+        svc = again(svc, "again")
+        took = _store_all(svc, {(d, q) for d in devices for q in range(frames)},
+                          2 * LONGEST_PAUSE_S)
+        assert svc.stop() == 0
+        print(f"backlog of {queued} chunks stored {took:.1f} s after ingestor_ready")
+    finally:
+        svc.close()
+        for c in closing:
+            c.close()
+
+
+def test_one_filter_drains_a_backlog_of_many_windows_without_waiting_for_ack_wait(
+        tmp_path: Path, cluster: NatsClusterHandle) -> None:
+    # ingest.one_filter: the ingestor owning all 64 partitions subscribes p/+/cam/+/frame
+    # once. Switched from per-partition filters, it drops them (only after the
+    # wildcard's SUBACK); then a backlog of 5 windows, which per partition drains in
+    # rounds of ack_wait, comes through the one consumer as fast as it is acknowledged.
+    devices = _devices(5)
+    svc = start_ingestor(cluster, 0, "ingestor", tmp_path, list(range(64)))
+    closing: list[Client] = []
+    try:
         svc.wait_event("ingestor_ready", 30)
-        ready_at = time.monotonic()
-        want = {(d, seq) for d in devices for seq in range(frames)}
-
-        def all_stored() -> bool:
-            got = {(e["device"], e["seq"]) for e in stored(svc)}
-            return want <= got
-
-        wait_until(all_stored, "every queued frame stored", timeout=2 * LONGEST_PAUSE_S)
-        took = time.monotonic() - ready_at
-        drops = [e for e in svc.events() if e.get("event") == "frame_dropped"]
-        assert not drops
+        wait_until(lambda: len(_consumers(cluster)) == 64, "64 consumers", timeout=10)
+        assert svc.stop() == 0
+        _set_ingest(svc, one_filter=True)
+        svc = again(svc, "one")
+        svc.wait_event("ingestor_ready", 30)
+        wait_until(lambda: len(_consumers(cluster)) == 1, "the session on one consumer",
+                   timeout=10)
+        assert svc.stop() == 0
+        frames = 5
+        queued = _queue_backlog(cluster, devices, frames, closing)
+        assert queued >= 4 * WINDOW, f"{queued} chunks queued: not a backlog of windows"
+        svc = again(svc, "backlog")
+        took = _store_all(svc, {(d, q) for d in devices for q in range(frames)},
+                          cluster.ack_wait_s)  # no redelivery round needed
+        assert len(_consumers(cluster)) == 1
         assert svc.stop() == 0
         print(f"backlog of {queued} chunks stored {took:.1f} s after ingestor_ready")
     finally:

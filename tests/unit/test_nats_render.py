@@ -37,6 +37,7 @@ from config.settings import (
 )
 from contract.ids import DEVICE_ID_RE
 from contract.partition import (
+    all_partitions_frame_filter,
     device_partition,
     fnv1a_32,
     parse_partition_frame_topic,
@@ -88,9 +89,19 @@ def test_partition_topic_round_trip(device: str) -> None:
 
 def test_partition_filter_and_bad_numbers() -> None:
     assert partition_frame_filter("cam", 7) == "p/7/cam/+/frame"
+    assert all_partitions_frame_filter("cam") == "p/+/cam/+/frame"
     for bad in ("p/²/cam/cam01/frame", "p/-1/cam/cam01/frame", "p//cam/cam01/frame",
                 "p/63/cam/ca.m/frame", "q/63/cam/cam01/frame", "p/63/cam/cam01/status"):
         assert parse_partition_frame_topic(bad, "cam") is None
+
+
+def test_one_filter_needs_every_partition_and_no_handoff() -> None:
+    every = list(range(64))
+    assert IngestorSettings(ingest={"partitions": every, "one_filter": True}).ingest.one_filter
+    handoff = {"role": "release", "partitions": [3], "at_ms": 1}
+    for bad in ({"partitions": every[:-1]}, {}, {"partitions": every, "handoff": handoff}):
+        with pytest.raises(ValidationError, match="one_filter needs"):
+            IngestorSettings(ingest={**bad, "one_filter": True})
 
 
 def test_filter_subjects() -> None:
