@@ -235,7 +235,7 @@ class IngestSettings(_Section):
         "once instead of one filter per partition. One consumer, whose window is the "
         "session's: no delivery stall (docs/scaling.md). Switching a session's filters "
         "(either way) deletes what the old ones had queued: switch on a new or drained "
-        "session.")
+        "session. camstack renders it true into a new ingestor config only.")
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
