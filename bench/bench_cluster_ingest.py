@@ -67,6 +67,7 @@ from broker.accounts import Account, hash_password, nats_hash, new_password
 from camstack.procs import ServiceProcess, service_config
 from camstack.servers import NatsClusterHandle, start_nats_cluster
 from config.loader import to_toml
+from config.settings import NatsClusterSettings
 
 
 @dataclass
@@ -110,7 +111,7 @@ def nats_devices(cluster: NatsClusterHandle, count: int) -> list[tuple[str, str]
 
 
 def nats_ingestor(cluster: NatsClusterHandle, node: int, account: str, tmp: Path,
-                  partitions: list[int]) -> ServiceProcess:
+                  partitions: list[int], *, one_filter: bool = False) -> ServiceProcess:
     """``python -m ingestor`` on node ``node`` of the cluster, owning ``partitions``."""
     password = cluster.store.add(account, "service")
     cluster.reload()
@@ -124,7 +125,8 @@ def nats_ingestor(cluster: NatsClusterHandle, node: int, account: str, tmp: Path
         "storage": {"root": str(tmp / account / "store")},
         "log": {"level": "info", "format": "json"},
         "metrics": {"enabled": False},
-        "ingest": {"partitions": partitions, "frames_per_video": 300},
+        "ingest": {"partitions": partitions, "frames_per_video": 300,
+                   **({"one_filter": True} if one_filter else {})},
     }
     path = tmp / f"{account}.toml"
     path.write_text(to_toml(cfg), encoding="utf-8")
@@ -201,12 +203,13 @@ def run_mosquitto(args: Any, jpegs: list[bytes]) -> Result:
 
 def run_nats(args: Any, jpegs: list[bytes], ingestors: int) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="camstack-bench-nats-"))
-    cluster = start_nats_cluster(tmp / "cluster", args.nodes)
+    cluster = start_nats_cluster(tmp / "cluster", args.nodes, ack_wait_s=args.ack_wait)
     svcs: list[ServiceProcess] = []
     try:
         devices = nats_devices(cluster, args.cameras)
         if ingestors == 1:
-            svcs.append(nats_ingestor(cluster, 0, "ingestor-all", tmp, list(range(64))))
+            svcs.append(nats_ingestor(cluster, 0, "ingestor-all", tmp, list(range(64)),
+                                      one_filter=args.one_filter))
         else:
             svcs.append(nats_ingestor(cluster, 1 % args.nodes, "ingestor-a", tmp,
                                       list(range(32))))
@@ -249,6 +252,13 @@ def main() -> int:
     ap.add_argument("--patience", type=float, default=45.0,
                     help="seconds without a new stored frame before giving up waiting")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folders (logs)")
+    ap.add_argument("--one-filter", action="store_true",
+                    help="nats x1: the ingestor subscribes p/+/cam/+/frame once "
+                    "(ingest.one_filter) instead of 64 filters")
+    ap.add_argument("--ack-wait", type=float,
+                    default=NatsClusterSettings.model_fields["ack_wait_s"].default,
+                    help="the nodes' MQTT ack_wait in seconds (default: the production "
+                    "default, broker.nats.ack_wait_s; 30 is NATS's own)")
     args = ap.parse_args()
     if args.quick:
         args.cameras, args.frames, args.kb = 10, 20, 20
@@ -257,7 +267,9 @@ def main() -> int:
     avg = statistics.mean(map(len, jpegs))
     print(f"{args.cameras} cameras x {args.frames} frames of {avg / 1000:.1f} KB "
           f"(800x600 JPEG, 8 KiB chunks), TLS, QoS 1, at most 8 frames unacknowledged per "
-          f"camera; storage in {tempfile.gettempdir()} on {fs_note(Path(tempfile.gettempdir()))}")
+          f"camera; storage in {tempfile.gettempdir()} on {fs_note(Path(tempfile.gettempdir()))}"
+          f"; NATS MQTT ack_wait {args.ack_wait:g} s"
+          + ("; nats x1 with ingest.one_filter" if args.one_filter else ""))
     runs = args.only or ["mosquitto", "nats1", "nats2"]
     results: list[Result] = []
     for what in runs:

@@ -108,6 +108,7 @@ def write_cluster(settings: BrokerSettings, layout: Layout) -> list[NodePlan]:
             node, nodes, tls=tls, accounts_file=store.nats_accounts,
             mqtt_bind=settings.tls_bind, stream_replicas=settings.nats.replicas,
             max_ack_pending=settings.nats.max_ack_pending,
+            ack_wait_s=settings.nats.ack_wait_s,
             client_bind=settings.nats.client_bind,
             route_bind=settings.nats.route_listen_host, route_security=security)
         # 0600: with secured routes the file holds the route password in clear.
@@ -172,7 +173,8 @@ def write_compose_cluster(settings: BrokerSettings, layout: Layout, inside: Layo
         text = render_node_config(
             node, nodes, tls=tls, accounts_file=inside.broker_dir / store.nats_accounts.name,
             mqtt_bind=cs.tls_bind, stream_replicas=n.replicas,
-            max_ack_pending=n.max_ack_pending, client_bind=n.client_bind,
+            max_ack_pending=n.max_ack_pending, ack_wait_s=n.ack_wait_s,
+            client_bind=n.client_bind,
             route_bind=n.route_listen_host, route_security=route)
         text = text.replace(f"pid_file: {json.dumps(str(node.pid_file))}",
                             'pid_file: "/tmp/nats.pid"')

@@ -420,7 +420,8 @@ def _cluster_block(node: NodePlan, cluster: list[NodePlan], route_bind: str,
 
 def render_node_config(node: NodePlan, cluster: list[NodePlan], *, tls: TlsFiles,
                        accounts_file: Path, mqtt_bind: str, stream_replicas: int,
-                       max_ack_pending: int, client_bind: str = "127.0.0.1",
+                       max_ack_pending: int, ack_wait_s: float,
+                       client_bind: str = "127.0.0.1",
                        route_bind: str = "127.0.0.1",
                        route_security: RouteSecurity | None = None) -> str:
     """One node's ``nats.conf``.
@@ -433,7 +434,8 @@ def render_node_config(node: NodePlan, cluster: list[NodePlan], *, tls: TlsFiles
         accounts_file: The shared accounts file.
         mqtt_bind: Interface of the MQTT listener.
         stream_replicas: Replicas of the MQTT streams.
-        max_ack_pending: Unacknowledged messages per MQTT subscription.
+        max_ack_pending: Unacknowledged messages per MQTT subscription (and per session).
+        ack_wait_s: Redelivery delay of an unacknowledged MQTT QoS 1 delivery.
         client_bind: Interface of the NATS client port.
         route_bind: Interface of the route listener.
         route_security: TLS and password on routes; None: neither (loopback only).
@@ -464,6 +466,9 @@ def render_node_config(node: NodePlan, cluster: list[NodePlan], *, tls: TlsFiles
         "  }\n"
         f"  stream_replicas: {int(stream_replicas)}\n"
         f"  max_ack_pending: {int(max_ack_pending)}\n"
+        # NATS drops deliveries past max_ack_pending per session (all its subscriptions)
+        # and sends them again only after ack_wait: this bounds that pause.
+        f"  ack_wait: {_q(f'{round(ack_wait_s * 1000)}ms')}\n"
         "}\n"
         # nats-server joins an include path to the including file's folder, even an
         # absolute one ("node-0/tmp/…": checked), so the path is made relative.

@@ -27,7 +27,7 @@ from broker.accounts import NATS_GUARD_USER, AccountStore, new_password
 from broker.natscluster import NodePlan, TlsFiles, render_node_config
 from broker.pki import PkiPaths, ensure_pki
 from camstack.brokerproc import free_port, wait_port
-from config.settings import CatalogSettings, S3Settings
+from config.settings import CatalogSettings, NatsClusterSettings, S3Settings
 
 PG_BIN = Path(os.environ.get("CAM_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -504,6 +504,8 @@ class NatsClusterHandle:
     prefix: str = "cam"
     stream_replicas: int | None = None
     max_ack_pending: int = 1000
+    ack_wait_s: float = NatsClusterSettings.model_fields["ack_wait_s"].default
+    """MQTT redelivery delay: the production default unless a test chooses another."""
     plan: list[NodePlan] = field(default_factory=list)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: dict[int, Any] = field(default_factory=dict)
@@ -538,7 +540,8 @@ class NatsClusterHandle:
             node.conf_file.write_text(render_node_config(
                 node, self.plan, tls=tls, accounts_file=self.store.nats_accounts,
                 mqtt_bind="127.0.0.1", stream_replicas=replicas,
-                max_ack_pending=self.max_ack_pending), encoding="utf-8")
+                max_ack_pending=self.max_ack_pending, ack_wait_s=self.ack_wait_s),
+                encoding="utf-8")
 
     @property
     def ca_file(self) -> Path:

@@ -327,6 +327,11 @@ def render_local(settings: BrokerSettings, *, force: bool = False) -> list[Path]
     # be used up by devices (docs/security.md), this one cannot.
     if settings.engine == "nats":
         docs = nats_service_documents(settings, layout)
+        if not (config_dir(layout) / "ingestor.toml").exists():
+            # A new install: one filter for the one ingestor owning every partition, no
+            # delivery stall (docs/scaling.md). Never added to an existing config, even
+            # with force: switching an existing session deletes what it had queued.
+            docs["ingestor"]["ingest"]["one_filter"] = True
     else:
         docs = (service_documents(settings, layout, host="127.0.0.1",
                                   port=settings.local_port, tls=False)

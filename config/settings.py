@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contract.ids import TOPIC_PREFIX_RE
+from contract.partition import PARTITIONS
 
 
 def _one_topic_level(v: str) -> str:
@@ -228,6 +229,13 @@ class IngestSettings(_Section):
     handoff: HandoffSettings | None = Field(
         default=None, description="NATS engine: partitions moving to or from another "
         "ingestor at a capture-time fence (docs/scaling.md).")
+    one_filter: bool = Field(
+        default=False,
+        description="NATS engine, owning all 64 partitions: subscribe p/+/<prefix>/+/frame "
+        "once instead of one filter per partition. One consumer, whose window is the "
+        "session's: no delivery stall (docs/scaling.md). Switching a session's filters "
+        "(either way) deletes what the old ones had queued: switch on a new or drained "
+        "session. camstack renders it true into a new ingestor config only.")
 
     @model_validator(mode="after")
     def _device_within_global(self) -> IngestSettings:
@@ -236,6 +244,10 @@ class IngestSettings(_Section):
         if self.handoff is not None and not set(self.handoff.partitions) <= set(
                 self.partitions or []):
             raise ValueError("handoff.partitions must be a subset of partitions")
+        if self.one_filter and (self.handoff is not None
+                                or sorted(self.partitions or []) != list(range(PARTITIONS))):
+            # One wildcard cannot leave some partitions out, nor release some (a handoff).
+            raise ValueError("one_filter needs partitions = all 64 and no handoff")
         if self.max_device_inflight_bytes > self.max_inflight_bytes:
             raise ValueError("max_device_inflight_bytes must not exceed max_inflight_bytes")
         if self.max_device_inflight_bytes < self.max_frame_bytes:
@@ -1017,9 +1029,17 @@ class NatsClusterSettings(_Section):
         "at most nodes; none: min(3, nodes).")
     max_ack_pending: int = Field(
         default=1000, ge=1, le=65535,
-        description="Unacknowledged messages NATS sends per MQTT subscription. A session "
-        "holds at most 65,535 in all: an ingestor owning k partitions needs "
-        "k * max_ack_pending <= 65535, else a SUBACK is refused (0x80).")
+        description="Unacknowledged messages NATS sends per MQTT subscription; summed over "
+        "a session's subscriptions at most 65,535: an ingestor owning k partitions needs "
+        "k * max_ack_pending <= 65535, else a SUBACK is refused (0x80). It is also the "
+        "session's window over all its subscriptions: NATS counts deliveries past it as "
+        "sent and drops them until ack_wait_s (docs/scaling.md, the delivery stall).")
+    ack_wait_s: float = Field(
+        default=5.0, ge=1.0, le=3600.0,
+        description="NATS's MQTT ack_wait: an unacknowledged QoS 1 delivery is sent again "
+        "after this long. It bounds the delivery stall of a session on many partitions "
+        "(docs/scaling.md; NATS's own default is 30 s); lower means more redeliveries of "
+        "chunks the ingestor holds longer (a slow disk).")
     data_dir: Path | None = Field(
         default=None,
         description="Node folders (config, JetStream store, log, pid); default "

@@ -64,6 +64,11 @@ def partition_frame_filter(prefix: str, partition: int) -> str:
     return partition_frame_topic(prefix, partition, "+")
 
 
+def all_partitions_frame_filter(prefix: str) -> str:
+    """The MQTT filter of every partition's frames: ``p/+/<prefix>/+/frame``."""
+    return partition_frame_topic(prefix, "+", "+")
+
+
 def parse_partition_frame_topic(
     topic: str, prefix: str, partitions: int = PARTITIONS
 ) -> tuple[int, str] | None:

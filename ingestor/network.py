@@ -30,6 +30,7 @@ from contract.ids import is_device_id
 from contract.layout import FrameKey, FrameMeta, frame_time
 from contract.partition import (
     PARTITIONS,
+    all_partitions_frame_filter,
     device_partition,
     parse_partition_frame_topic,
     partition_frame_filter,
@@ -95,8 +96,14 @@ class NetworkLoop:
         self.status_topic = service_status_topic(self.name)
         # Mosquitto: every device's frames. NATS engine: the partitions this one owns.
         self.partitions = self.ing.partitions
+        # one_filter: one wildcard, one consumer whose window is the session's. Per
+        # partition, NATS lets every consumer send max_ack_pending while the session
+        # takes max_ack_pending in all and drops the rest until ack_wait (the stall,
+        # docs/scaling.md).
+        self.one_filter = self.ing.one_filter and self.partitions is not None
         self.frame_filters = (
             [all_devices(self.prefix, "frame")] if self.partitions is None
+            else [all_partitions_frame_filter(self.prefix)] if self.one_filter
             else [partition_frame_filter(self.prefix, n) for n in self.partitions])
         self.frame_filter = ",".join(self.frame_filters)
         """Logged (``ingestor_ready``, ``subscribed``)."""
@@ -301,10 +308,18 @@ class NetworkLoop:
 
     def owned_filters(self) -> list[str]:
         """The frame filters to subscribe: every device's, or the partitions owned."""
-        if self.owned is None:
+        if self.owned is None or self.one_filter:
             return list(self.frame_filters)
         return [partition_frame_filter(self.prefix, n) for n in self.partitions or []
                 if n in self.owned]
+
+    def _other_shape(self) -> list[str]:
+        """Frame filters of the other shape (per partition / one wildcard) to drop."""
+        if self.owned is None:
+            return []
+        if self.one_filter:
+            return [partition_frame_filter(self.prefix, n) for n in range(PARTITIONS)]
+        return [all_partitions_frame_filter(self.prefix)]
 
     def _unsubscribe_unowned(self) -> None:
         # A persistent session's subscriptions come back at every reconnect (measured,
@@ -345,6 +360,11 @@ class NetworkLoop:
             self._publish_status()
             return
         self._refused = []
+        if filters and filters == self.owned_filters() and self._other_shape():
+            # Only now, with the new shape's consumers in place: before the SUBACK a
+            # message matching no subscription of the session would not be kept. The
+            # old shape's queued messages go with it (docs/scaling.md, one_filter).
+            self._client.unsubscribe(self._other_shape())
         if (self.handoff is not None and self.handoff.role == "acquire"
                 and time.time() * 1000 >= self.handoff.at_ms
                 and not self._ready_logged):

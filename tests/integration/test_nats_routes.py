@@ -206,7 +206,7 @@ def _intruder(c: NetnsCluster, base: Path, security: RouteSecurity | None) -> No
     plan.conf_file.write_text(render_node_config(
         plan, [plan, n0], tls=TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert),
         accounts_file=c.store.nats_accounts, mqtt_bind="0.0.0.0", stream_replicas=1,
-        max_ack_pending=1000, route_bind="0.0.0.0", route_security=security),
+        max_ack_pending=1000, ack_wait_s=5.0, route_bind="0.0.0.0", route_security=security),
         encoding="utf-8")
     return plan
 

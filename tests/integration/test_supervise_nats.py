@@ -101,6 +101,7 @@ def test_make_up_runs_every_nats_node_supervised(up_nats: dict[str, Any],
             doc |= {"store": {"backend": "s3", "s3": s3d}}
         if name == "ingestor":
             assert doc["ingest"]["partitions"] == list(range(64))
+            assert doc["ingest"]["one_filter"] is True  # a new install (docs/scaling.md)
             doc["ingest"] |= {"frames_per_video": 20, "idle_seal_s": 1.0}
         if name == "encoder":
             doc["encode"] = {"preset": "ultrafast", "decode_threads": 1}

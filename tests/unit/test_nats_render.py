@@ -37,6 +37,7 @@ from config.settings import (
 )
 from contract.ids import DEVICE_ID_RE
 from contract.partition import (
+    all_partitions_frame_filter,
     device_partition,
     fnv1a_32,
     parse_partition_frame_topic,
@@ -88,9 +89,19 @@ def test_partition_topic_round_trip(device: str) -> None:
 
 def test_partition_filter_and_bad_numbers() -> None:
     assert partition_frame_filter("cam", 7) == "p/7/cam/+/frame"
+    assert all_partitions_frame_filter("cam") == "p/+/cam/+/frame"
     for bad in ("p/²/cam/cam01/frame", "p/-1/cam/cam01/frame", "p//cam/cam01/frame",
                 "p/63/cam/ca.m/frame", "q/63/cam/cam01/frame", "p/63/cam/cam01/status"):
         assert parse_partition_frame_topic(bad, "cam") is None
+
+
+def test_one_filter_needs_every_partition_and_no_handoff() -> None:
+    every = list(range(64))
+    assert IngestorSettings(ingest={"partitions": every, "one_filter": True}).ingest.one_filter
+    handoff = {"role": "release", "partitions": [3], "at_ms": 1}
+    for bad in ({"partitions": every[:-1]}, {}, {"partitions": every, "handoff": handoff}):
+        with pytest.raises(ValidationError, match="one_filter needs"):
+            IngestorSettings(ingest={**bad, "one_filter": True})
 
 
 def test_filter_subjects() -> None:
@@ -239,7 +250,7 @@ def _render_cluster(tmp_path: Path, nodes: int) -> list[Path]:
         node.conf_file.write_text(render_node_config(
             node, plan, tls=TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert),
             accounts_file=store.nats_accounts, mqtt_bind="127.0.0.1",
-            stream_replicas=min(3, nodes), max_ack_pending=1000))
+            stream_replicas=min(3, nodes), max_ack_pending=1000, ack_wait_s=5.0))
         out.append(node.conf_file)
     return out
 
@@ -255,6 +266,7 @@ def test_rendered_configs_pass_nats_server_check(tmp_path: Path, nodes: int) -> 
     text = confs[0].read_text()
     assert ("cluster {" in text) == (nodes > 1)
     assert "127.0.0.1:18883" in text and "stream_replicas" in text
+    assert 'ack_wait: "5000ms"' in text  # parsed by nats-server -t above
 
 
 def test_broken_config_fails_the_check(tmp_path: Path) -> None:

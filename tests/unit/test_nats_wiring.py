@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import bcrypt
@@ -21,9 +22,10 @@ from broker.cluster import (
     write_cluster,
 )
 from broker.layout import Layout
-from camstack.stack import nats_service_documents, write_documents
+from camstack.stack import nats_service_documents, render_local, write_documents
 from camstack.supervise import local_jetstream_port, render_supervisord
 from camstack.systemd import render_units, systemd_version, write_units
+from config.loader import to_toml
 from config.settings import (
     BrokerSettings,
     EncoderSettings,
@@ -198,3 +200,19 @@ def test_a_lease_refusal_names_each_holder_and_its_partitions() -> None:
                     "UTC); partition 9 is held by ingestor-b (host hostB, since 01:00:00 UTC)")
     assert Holder.parse(a.to_json()) == a
     assert Holder.parse(b"not json").owner == "<unreadable lease>"  # never taken for ours
+
+
+def test_a_new_install_gets_one_filter_an_existing_config_keeps_its_shape(
+        tmp_path: Path) -> None:
+    s = _nats_settings(tmp_path)
+    layout = Layout(s.data_dir)
+    render_local(s)
+    ing = layout.data_dir / "config" / "ingestor.toml"
+    doc = tomllib.loads(ing.read_text())
+    assert doc["ingest"]["one_filter"] is True
+    IngestorSettings(**{**doc, "store": _s3()})
+    # An install made before: its session has 64 filters; a re-render must not switch it.
+    doc["ingest"].pop("one_filter")
+    ing.write_text(to_toml(doc))
+    render_local(s, force=True)
+    assert "one_filter" not in tomllib.loads(ing.read_text())["ingest"]
