@@ -61,6 +61,25 @@ def server_subject(server_id: str, what: str) -> str:
     return f"$SYS.REQ.SERVER.{server_id}.{what}"
 
 
+async def system_request(nc: NatsClient, subject: str, payload: bytes,
+                         timeout: float) -> str | None:
+    """One ``$SYS.REQ.SERVER.<id>.<verb>`` request.
+
+    Returns:
+        None when the node confirmed, else what went wrong (its ``error``, no answer,
+        an unreadable reply).
+    """
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout)
+        doc = json.loads(msg.data)
+    except (TimeoutError, NatsError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    err = doc.get("error") if isinstance(doc, dict) else "unreadable reply"
+    if not err:
+        return None
+    return str(err.get("description", err)) if isinstance(err, dict) else str(err)
+
+
 class GuardMetrics:
     """``camstack_natsguard_*``: rounds, kicks, what the meter charged and dropped."""
 
@@ -329,19 +348,11 @@ class Guard:
 
     async def kick(self, nc: NatsClient, k: Kick) -> bool:
         """Close one connection; count and log it. True when the node confirmed."""
-        error: str | None = None
-        try:
-            msg = await nc.request(server_subject(k.server, "KICK"),
-                                   json.dumps({"cid": k.cid}).encode(),
-                                   timeout=self.settings.reply_timeout_s)
-            doc = json.loads(msg.data)
-            err = doc.get("error") if isinstance(doc, dict) else "unreadable reply"
-            if err:
-                # nats-server 2.15.1: {"code": 500, "description": "no such client or
-                # leafnode id"} when the connection is already gone.
-                error = str(err.get("description", err)) if isinstance(err, dict) else str(err)
-        except (TimeoutError, NatsError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        # nats-server 2.15.1 answers {"code": 500, "description": "no such client or
+        # leafnode id"} when the connection is already gone.
+        error = await system_request(nc, server_subject(k.server, "KICK"),
+                                     json.dumps({"cid": k.cid}).encode(),
+                                     self.settings.reply_timeout_s)
         if error is not None:
             self.metrics.kick_failures.labels(k.reason).inc()
             log.warning("device_kick_failed", device=k.user, client_id=k.client_id,
@@ -355,16 +366,8 @@ class Guard:
 
     async def reload(self, nc: NatsClient, server: str) -> bool:
         """Ask one node to reload its config (the accounts file). True when it confirmed."""
-        error: str | None = None
-        try:
-            msg = await nc.request(server_subject(server, "RELOAD"), b"",
-                                   timeout=max(self.settings.reply_timeout_s, 2.0))
-            doc = json.loads(msg.data)
-            err = doc.get("error") if isinstance(doc, dict) else "unreadable reply"
-            if err:
-                error = str(err.get("description", err)) if isinstance(err, dict) else str(err)
-        except (TimeoutError, NatsError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        error = await system_request(nc, server_subject(server, "RELOAD"), b"",
+                                     max(self.settings.reply_timeout_s, 2.0))
         if error is not None:
             self.metrics.ban_failures.labels("reload").inc()
             log.warning("guard_reload_failed", node=server, error=error)
