@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -616,9 +616,7 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
         if cloud is not None:
             ok = cloud.report(say, len(devices)) and ok
         if opts.workers:
-            done = {name: sum(1 for e in _events(paths.logs / f"{name}.log")
-                              if e.get("event") == "job_handled") for name in encoders}
-            say("jobs handled per worker: " + ", ".join(f"{n} {c}" for n, c in done.items()))
+            say(_jobs_per_worker(paths.logs, encoders))
     except KeyboardInterrupt:
         say("interrupted")
         ok = False
@@ -630,18 +628,43 @@ def run_demo(settings: BrokerSettings, opts: DemoOptions, out: TextIO | None = N
             fleet.stop(timeout=20)
         if watch is not None:
             watch.close()
-        codes = {}
-        for name in ("web", *reversed(encoders), "ingestor", "broker"):
-            if name in children:
-                codes[name] = children[name].stop()
-        paths.pids.unlink(missing_ok=True)
-        if cloud is not None:
-            cloud.close()
-        say("stopped " + ", ".join(codes))
+        codes = _stop_all(children, ("web", *reversed(encoders), "ingestor", "broker"),
+                          paths, cloud, say)
+    return _verdict(codes, ok, paths, say, "demo finished: every camera produced a video")
+
+
+def _jobs_per_worker(logs: Path, encoders: list[str]) -> str:
+    """``jobs handled per worker: encoder 3, encoder-2 2`` from their logs."""
+    done = {name: sum(1 for e in _events(logs / f"{name}.log")
+                      if e.get("event") == "job_handled") for name in encoders}
+    return "jobs handled per worker: " + ", ".join(f"{n} {c}" for n, c in done.items())
+
+
+def _stop_all(children: dict[str, Child], order: Iterable[str], paths: DemoPaths,
+              cloud: _Cloud | None, say: Callable[[str], None]) -> dict[str, int | None]:
+    """Stop the demo's processes in ``order`` (those started), then its servers.
+
+    Returns:
+        Each stopped process's exit code.
+    """
+    codes: dict[str, int | None] = {}
+    for name in order:
+        if name in children:
+            codes[name] = children[name].stop()
+    paths.pids.unlink(missing_ok=True)
+    if cloud is not None:
+        cloud.close()
+    say("stopped " + ", ".join(codes))
+    return codes
+
+
+def _verdict(codes: dict[str, int | None], ok: bool, paths: DemoPaths,
+             say: Callable[[str], None], success: str) -> int:
+    """Say how the demo ended; its exit code (0 only if it worked and stopped cleanly)."""
     bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
     if bad:
         say(f"unclean exit: {bad}; see {paths.logs}")
-    say("demo finished: every camera produced a video" if ok else "demo FAILED")
+    say(success if ok else "demo FAILED")
     return 0 if ok and not bad else 1
 
 

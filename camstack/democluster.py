@@ -20,7 +20,6 @@ with their bcrypt hashes, node configs and stores, configs, logs), reused by the
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import sys
 import time
@@ -42,11 +41,14 @@ from camstack.demo import (
     VideoWatch,
     _Cloud,
     _events,
+    _jobs_per_worker,
     _progress,
     _save_pids,
+    _stop_all,
     _summary,
     _table,
     _tail,
+    _verdict,
     demo_console,
     reap_leftovers,
 )
@@ -296,9 +298,7 @@ def run_cluster_demo(settings: BrokerSettings, opts: DemoOptions,
         if missing:
             ok = False
             say(f"  no ingestor stored frames of {', '.join(sorted(missing))}")
-        done = {name: sum(1 for e in _events(paths.logs / f"{name}.log")
-                          if e.get("event") == "job_handled") for name in encoders}
-        say("jobs handled per worker: " + ", ".join(f"{n} {c}" for n, c in done.items()))
+        say(_jobs_per_worker(paths.logs, encoders))
     except KeyboardInterrupt:
         say("interrupted")
         ok = False
@@ -312,17 +312,8 @@ def run_cluster_demo(settings: BrokerSettings, opts: DemoOptions,
             watch.close()
         order = [*reversed(encoders), *(n for n, _ in reversed(INGESTORS)),
                  *(f"nats-{n.index}" for n in reversed(nodes))]
-        for name in order:
-            if name in children:
-                codes[name] = children[name].stop()
-        paths.pids.unlink(missing_ok=True)
-        if cloud is not None:
-            cloud.close()
-        say("stopped " + ", ".join(codes))
-    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
-    if bad:
-        say(f"unclean exit: {bad}; see {paths.logs}")
-    say("cluster demo finished: every camera produced a video" if ok else "demo FAILED")
-    return 0 if ok and not bad else 1
+        codes = _stop_all(children, order, paths, cloud, say)
+    return _verdict(codes, ok, paths, say,
+                    "cluster demo finished: every camera produced a video")
 
 
