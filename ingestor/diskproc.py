@@ -22,15 +22,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import multiprocessing.connection as mpc
-import os
 import signal
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
+from ingestor.childproc import spawn
 from ingestor.durable import FileJob, write_group
 
 
@@ -70,20 +68,7 @@ class DiskProcess:
         self._outstanding = 0
 
     def _start(self) -> mpc.Connection:
-        mine, theirs = socket.socketpair()
-        # The package's parent folder first, so the child imports this very code.
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get(
-                   "PYTHONPATH")])])}
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ingestor.diskproc", str(theirs.fileno()),
-                 str(self._sync_threads)],
-                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
-        finally:
-            theirs.close()
-        conn = mpc.Connection(mine.detach())
+        conn, proc = spawn("ingestor.diskproc", str(self._sync_threads))
         self._conn, self._proc, self._outstanding = conn, proc, 0
         return conn
 

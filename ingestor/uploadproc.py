@@ -32,7 +32,6 @@ import errno
 import multiprocessing.connection as mpc
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import structlog
 
 from config.logging import configure_logging
 from config.settings import ObjectStoreSettings
+from ingestor.childproc import spawn
 from objstore import (
     FilesystemStore,
     IntegrityError,
@@ -185,18 +185,7 @@ class UploadProcess:
         return self._proc.pid if self._proc is not None else None
 
     def _start(self) -> mpc.Connection:
-        mine, theirs = socket.socketpair()
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get(
-                   "PYTHONPATH")])])}
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ingestor.uploadproc", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
-        finally:
-            theirs.close()
-        conn = mpc.Connection(mine.detach())
+        conn, proc = spawn("ingestor.uploadproc")
         try:
             conn.send((self._spec, str(self._spool_dir), self._nice))
             if not conn.poll(READY_TIMEOUT_S) or conn.recv() != ("ready",):
