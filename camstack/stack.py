@@ -543,5 +543,9 @@ def render_compose_cluster(settings: BrokerSettings, layout: Layout, secrets: di
         servers=[f"nats://{h}:{n.port_base + 10 * i}" for i, h in enumerate(hosts)],
         password_file=f"/run/secrets/{NATS_GUARD_USER}_password")
     docs["broker"] = broker
+    if not (config_dir(layout) / COMPOSE_CLUSTER_CONFIG / "ingestor.toml").exists():
+        # A new install, as for make up: one filter, no delivery stall; never switched
+        # on an existing config (that deletes what its session had queued).
+        docs["ingestor"]["ingest"]["one_filter"] = True
     written += write_documents(docs, config_dir(layout) / COMPOSE_CLUSTER_CONFIG, force=force)
     return written

@@ -375,6 +375,8 @@ def test_cluster_services_reach_the_nodes_by_name(compose: dict[str, Any],
             assert settings.jobqueue.servers == [
                 "nats://nats-0:14220", "nats://nats-1:14230", "nats://nats-2:14240"]
             assert settings.jobqueue.password_file == settings.mqtt.password_file
+        if name == "ingestor-cluster":  # a new install: one filter, no delivery stall
+            assert settings.ingest.one_filter and settings.ingest.partitions == list(range(64))
     guard = services["nats-guard"]
     assert guard["command"][0] == "natsguard"
     assert (REPO / "natsguard" / "__main__.py").is_file()
