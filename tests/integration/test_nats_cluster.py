@@ -137,14 +137,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClusterHan
     h.close()
 
 
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in reversed(made):
-        c.close()
-
-
 def test_cluster_is_three_nodes_with_jetstream_and_tls(cluster: NatsClusterHandle) -> None:
     for i in range(3):
         _, jsz = cluster.http(i, "/jsz")
@@ -162,7 +154,7 @@ def test_cluster_is_three_nodes_with_jetstream_and_tls(cluster: NatsClusterHandl
 
 
 def test_each_device_lands_on_one_partition_the_same_each_time(
-        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+        cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     devices = [f"part{k:02d}" for k in range(8)]
     passwords = {d: cluster.store.add(d, "device") for d in devices}
     ing_a = cluster.store.add("ingestor-a", "service")
@@ -171,12 +163,12 @@ def test_each_device_lands_on_one_partition_the_same_each_time(
     # Two ingestors own half of the partitions each, persistent sessions, on two nodes.
     a = Client(cluster, 1, "ingestor-a", ing_a, clean_session=False).connected()
     b = Client(cluster, 2, "ingestor-b", ing_b, clean_session=False).connected()
-    clients += [a, b]
+    cleanup += [a, b]
     assert a.subscribe([partition_frame_filter("cam", n) for n in range(32)]) == [1] * 32
     assert b.subscribe([partition_frame_filter("cam", n) for n in range(32, 64)]) == [1] * 32
     for k, d in enumerate(devices):
         cam = Client(cluster, k % 3, d, passwords[d]).connected()
-        clients.append(cam)
+        cleanup.append(cam)
         for seq in range(5):
             cam.publish(f"cam/{d}/frame", f"{d}:{seq}".encode())
     total = 5 * len(devices)
@@ -194,7 +186,7 @@ def test_each_device_lands_on_one_partition_the_same_each_time(
 
 
 def test_a_device_cannot_write_or_read_another_devices_topics(
-        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+        cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     pw1 = cluster.store.add("evil01", "device")
     pw2 = cluster.store.add("victim02", "device")
     pw_ing = cluster.store.add("ingestor-x", "service")
@@ -203,11 +195,11 @@ def test_a_device_cannot_write_or_read_another_devices_topics(
     victim_part = device_partition("victim02")
     ing = Client(cluster, 2, "ingestor-x", pw_ing).connected()
     op = Client(cluster, 1, "operator-x", pw_op).connected()
-    clients += [ing, op]
+    cleanup += [ing, op]
     assert ing.subscribe(["p/+/cam/+/frame"]) == [1]
     assert op.subscribe(["#"]) == [1]  # the operator reads everything, mapped frames too
     evil = Client(cluster, 0, "evil01", pw1).connected()
-    clients.append(evil)
+    cleanup.append(evil)
     # Reading: another device's commands, wildcards, or everything are refused (0x80).
     assert evil.subscribe(["cam/victim02/cmd", "cam/+/cmd", "#", "p/+/cam/+/frame",
                            "cam/evil01/cmd"]) == [0x80, 0x80, 0x80, 0x80, 1]
@@ -227,7 +219,7 @@ def test_a_device_cannot_write_or_read_another_devices_topics(
         assert payload not in ing.payloads() and payload not in op.payloads()
     # The victim itself gets through, on the same subjects (positive control).
     victim = Client(cluster, 1, "victim02", pw2).connected()
-    clients.append(victim)
+    cleanup.append(victim)
     victim.publish("cam/victim02/frame", b"real-frame")
     victim.publish("cam/victim02/status", b"real-status")
     op.wait(lambda: b"real-status" in op.payloads(), "the victim's status")
@@ -239,18 +231,18 @@ def test_a_device_cannot_write_or_read_another_devices_topics(
 
 
 def test_revoke_and_reload_cuts_a_device_off_without_restart(
-        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+        cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     pw_gone = cluster.store.add("gone01", "device")
     pw_stay = cluster.store.add("stay01", "device")
     pw_ing = cluster.store.add("ingestor-r", "service")
     cluster.reload()
     pids = {i: cluster.procs[i].pid for i in range(3)}
     ing = Client(cluster, 0, "ingestor-r", pw_ing).connected()
-    clients.append(ing)
+    cleanup.append(ing)
     assert ing.subscribe(["p/+/cam/+/frame"]) == [1]
     gone = Client(cluster, 1, "gone01", pw_gone).connected()
     stay = Client(cluster, 2, "stay01", pw_stay).connected()
-    clients += [gone, stay]
+    cleanup += [gone, stay]
     gone.publish("cam/gone01/frame", b"before")
     ing.wait(lambda: b"before" in ing.payloads(), "a frame before the revocation")
     gone.c.reconnect_delay_set(60, 120)  # no automatic retry inside the test
@@ -260,7 +252,7 @@ def test_revoke_and_reload_cuts_a_device_off_without_restart(
     # Refused from now on, on every node; the other device is untouched.
     for node in range(3):
         again = Client(cluster, node, "gone01", pw_gone)
-        clients.append(again)
+        cleanup.append(again)
         again.wait(lambda a=again: a.connack is not None, "CONNACK")  # type: ignore[misc]
         # CONNACK 5 "not authorized", which paho reports as reason code 0x87.
         assert again.connack == 0x87
@@ -270,7 +262,7 @@ def test_revoke_and_reload_cuts_a_device_off_without_restart(
     # Adding it again (a new password) is a reload too: back without restart.
     pw_new = cluster.add_device("gone01")
     back = Client(cluster, 0, "gone01", pw_new).connected()
-    clients.append(back)
+    cleanup.append(back)
     back.publish("cam/gone01/frame", b"back")
     ing.wait(lambda: b"back" in ing.payloads(), "the re-added device's frame")
     assert {i: cluster.procs[i].pid for i in range(3)} == pids
@@ -287,7 +279,7 @@ def _stream_leader(cluster: NatsClusterHandle, node: int, stream: str) -> str | 
 
 
 def test_sigkill_of_a_node_loses_no_acknowledged_frame(tmp_path: Path,
-                                                       clients: list[Client]) -> None:
+                                                       cleanup: list[Client]) -> None:
     cluster = start_nats_cluster(tmp_path / "cluster", 3)
     try:
         pw_dev = cluster.store.add("kill01", "device")
@@ -296,7 +288,7 @@ def test_sigkill_of_a_node_loses_no_acknowledged_frame(tmp_path: Path,
         cluster.reload()
         # The first MQTT client of the account makes NATS create its streams (R3).
         probe = Client(cluster, 0, "operator", pw_op).connected()
-        clients.append(probe)
+        cleanup.append(probe)
         leader: list[str] = []
 
         def found() -> bool:
@@ -309,10 +301,10 @@ def test_sigkill_of_a_node_loses_no_acknowledged_frame(tmp_path: Path,
         dev_node, sub_node = [i for i in range(3) if i != victim]
         part = device_partition("kill01")
         sub = Client(cluster, sub_node, "ingestor", pw_ing, clean_session=False).connected()
-        clients.append(sub)
+        cleanup.append(sub)
         assert sub.subscribe([partition_frame_filter("cam", part)]) == [1]
         dev = Client(cluster, dev_node, "kill01", pw_dev).connected()
-        clients.append(dev)
+        cleanup.append(dev)
         acked: list[int] = []
         failed: list[BaseException] = []
         killed = threading.Event()
@@ -342,14 +334,14 @@ def test_sigkill_of_a_node_loses_no_acknowledged_frame(tmp_path: Path,
             cluster.plan[dev_node].name, cluster.plan[sub_node].name}
         cluster.start_node(victim)
     finally:
-        for c in clients:
+        for c in cleanup:
             c.close()
-        clients.clear()
+        cleanup.clear()
         cluster.close()
 
 
 def test_suback_refuses_past_65535_unacknowledged_per_session(
-        tmp_path: Path, clients: list[Client]) -> None:
+        tmp_path: Path, cleanup: list[Client]) -> None:
     # max_ack_pending above what NatsClusterSettings allows (its validator refuses
     # 1025 * 64), to show the limit the validator protects.
     cluster = start_nats_cluster(tmp_path / "cluster", 1, max_ack_pending=40000)
@@ -357,31 +349,31 @@ def test_suback_refuses_past_65535_unacknowledged_per_session(
         pw = cluster.store.add("ingestor", "service")
         cluster.reload()
         ing = Client(cluster, 0, "ingestor", pw, clean_session=False).connected()
-        clients.append(ing)
+        cleanup.append(ing)
         assert ing.subscribe([partition_frame_filter("cam", 0)]) == [1]
         # 2 x 40000 > 65535: the second partition is refused; the first stays.
         assert ing.subscribe([partition_frame_filter("cam", 1)]) == [0x80]
         assert ing.subscribe([partition_frame_filter("cam", 2),
                               partition_frame_filter("cam", 3)]) == [0x80, 0x80]
     finally:
-        for c in clients:
+        for c in cleanup:
             c.close()
-        clients.clear()
+        cleanup.clear()
         cluster.close()
 
 
 def test_one_ingestor_can_own_all_64_partitions_at_the_default_window(
-        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+        cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     pw = cluster.store.add("ingestor-all", "service")
     cluster.reload()
     ing = Client(cluster, 0, "ingestor-all", pw, clean_session=False).connected()
-    clients.append(ing)
+    cleanup.append(ing)
     # 64 x 1000 = 64,000 <= 65,535: every SUBACK code is granted QoS 1.
     assert ing.subscribe([partition_frame_filter("cam", n) for n in range(64)]) == [1] * 64
 
 
 def test_known_gap_a_device_knowing_a_service_client_id_wipes_its_session(
-        tmp_path: Path, clients: list[Client]) -> None:
+        tmp_path: Path, cleanup: list[Client]) -> None:
     """Known gap, measured (nats-server 2.15.1): NATS has no ``use_username_as_clientid``.
 
     Every user of the account shares one client-id space, so a device that connects
@@ -405,7 +397,7 @@ def test_known_gap_a_device_knowing_a_service_client_id_wipes_its_session(
         assert again.session_present  # control: the persistent session is kept
         again.close()
         cam = Client(cluster, 0, "cam05", pw_cam).connected()
-        clients.append(cam)
+        cleanup.append(cam)
         for k in range(5):
             cam.publish("cam/cam05/frame", f"q{k}".encode())  # queued for the ingestor
         thief = Client(cluster, 0, "thief01", pw_thief, client_id="ingestor")
@@ -413,16 +405,16 @@ def test_known_gap_a_device_knowing_a_service_client_id_wipes_its_session(
         assert thief.connack == 0  # accepted under another user's client id
         thief.close()
         back = Client(cluster, 0, "ingestor", pw_ing, clean_session=False).connected()
-        clients.append(back)
+        cleanup.append(back)
         assert not back.session_present  # the session and its queue are gone
         assert back.subscribe(["p/+/cam/+/frame"]) == [1]
         cam.publish("cam/cam05/frame", b"sentinel")
         back.wait(lambda: b"sentinel" in back.payloads(), "the sentinel")
         assert back.payloads() == [b"sentinel"]  # q0..q4 were lost
     finally:
-        for c in clients:
+        for c in cleanup:
             c.close()
-        clients.clear()
+        cleanup.clear()
         cluster.close()
 
 
@@ -448,16 +440,16 @@ def test_accounts_log_in_over_mqtt_only(cluster: NatsClusterHandle) -> None:
 
 
 def test_retained_status_and_last_will_with_device_rights(
-        cluster: NatsClusterHandle, clients: list[Client]) -> None:
+        cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     pw = cluster.store.add("will01", "device")
     pw_op = cluster.store.add("operator-w", "service")
     cluster.reload()
     dev = Client(cluster, 0, "will01", pw, will=("cam/will01/status", b'{"state":"offline"}'))
-    clients.append(dev.connected())
+    cleanup.append(dev.connected())
     dev.publish("cam/will01/status", b'{"state":"online"}', retain=True)
     # A subscriber that comes later, on another node, gets the retained status.
     op = Client(cluster, 1, "operator-w", pw_op).connected()
-    clients.append(op)
+    cleanup.append(op)
     assert op.subscribe(["cam/+/status"]) == [1]
     op.wait(lambda: ("cam/will01/status", b'{"state":"online"}') in op.retained,
             "the retained status")
@@ -469,7 +461,7 @@ def test_retained_status_and_last_will_with_device_rights(
     op.wait(lambda: b'{"state":"offline"}' in op.payloads("cam/will01/status"), "the will")
     # ... and retained: a new subscriber sees offline.
     late = Client(cluster, 2, "operator-w2", cluster.add_service("operator-w2")).connected()
-    clients.append(late)
+    cleanup.append(late)
     assert late.subscribe(["cam/will01/status"]) == [1]
     late.wait(lambda: ("cam/will01/status", b'{"state":"offline"}') in late.retained,
               "the retained will")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from camstack.procs import ServiceProcess
-from camstack.servers import NatsClusterHandle
+from camstack.servers import NatsClusterHandle, start_nats_cluster
 from config.settings import MqttSettings, TlsSettings
 from contract.partition import device_partition
 from tests.integration.test_nats_cluster import _stream_leader
@@ -37,13 +37,7 @@ that reconnected at once (measured: see docs/scaling.md)."""
 
 def start_cluster(base: Path, **kwargs: Any) -> NatsClusterHandle:
     """A ready 3-node cluster whose MQTT ``ack_wait`` is :data:`ACK_WAIT_S`."""
-    h = NatsClusterHandle(base, 3, ack_wait_s=ACK_WAIT_S, **kwargs)
-    try:
-        h.start()
-    except BaseException:
-        h.close()
-        raise
-    return h
+    return start_nats_cluster(base, 3, ack_wait_s=ACK_WAIT_S, **kwargs)
 
 
 def devices_in(parts: list[int], n: int, tag: str) -> list[str]:

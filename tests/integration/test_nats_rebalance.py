@@ -12,7 +12,6 @@ import ssl
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,6 @@ from tests.support.faults import wait_until as wait_for
 from tests.support.fleet import Fleet, FrameKey
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in reversed(made):
-        c.close()
 
 
 def _msgs_stream(cluster: NatsClusterHandle) -> tuple[int, list[tuple[int, int]]]:
@@ -119,13 +110,13 @@ class Holder:
 
 
 def test_what_nats_does_with_a_sessions_subscriptions(tmp_path: Path,
-                                                      clients: list[Client]) -> None:
+                                                      cleanup: list[Client]) -> None:
     cluster = start_nats_cluster(tmp_path / "cluster", 1)
     try:
         pw_a = cluster.store.add("ingestor-a", "service")
         pw_b = cluster.store.add("ingestor-b", "service")
         dev = Client(cluster, 0, "mv01", cluster.add_device("mv01")).connected()
-        clients.append(dev)
+        cleanup.append(dev)
         part = partition_frame_filter("cam", device_partition("mv01"))
 
         # 1. A persistent session's subscriptions come back on reconnect, without a
@@ -160,7 +151,7 @@ def test_what_nats_does_with_a_sessions_subscriptions(tmp_path: Path,
         holder.unsubscribe(part)
         wait_until(lambda: _msgs_stream(cluster)[1] == [(0, 5)], "only B's consumer left")
         b = Client(cluster, 0, "ingestor-b", pw_b, clean_session=False).connected()
-        clients.append(b)
+        cleanup.append(b)
         b.wait(lambda: len(b.payloads()) >= 5, "B's copy")
         assert b.payloads() == [f"u{k}".encode() for k in range(5)]
         # ... and nothing comes back to A when it subscribes again: a new subscription
@@ -185,9 +176,9 @@ def test_what_nats_does_with_a_sessions_subscriptions(tmp_path: Path,
         b.wait(lambda: b"sentinel" in b.payloads(), "the sentinel")
         assert b"into-the-void" not in b.payloads()
     finally:
-        for c in clients:
+        for c in cleanup:
             c.close()
-        clients.clear()
+        cleanup.clear()
         cluster.close()
 
 
