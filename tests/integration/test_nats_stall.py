@@ -145,19 +145,18 @@ def _publish(cluster: NatsClusterHandle, devices: list[str], passwords: dict[str
 
 
 def test_a_session_on_two_partitions_gets_one_window_and_the_rest_after_ack_wait(
-        cluster: NatsClusterHandle) -> None:
+        cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     ack_wait = cluster.ack_wait_s
     assert ack_wait == NatsClusterSettings().ack_wait_s  # the production default
     devices = _two_partitions()
     passwords = {d: cluster.store.add(d, "device") for d in devices}
     ipw = cluster.store.add("ingestor", "service")
     cluster.reload()
-    closing: list[Client] = []
     session = Session(cluster, "ingestor", ipw)
     try:
         filters = [partition_frame_filter("cam", device_partition(d)) for d in devices]
         assert session.subscribe(filters) == [1, 1]
-        sent = _publish(cluster, devices, passwords, closing)
+        sent = _publish(cluster, devices, passwords, cleanup)
         published_at = time.monotonic()
         # The cause: the server counts every message as delivered (two consumers, a full
         # window each, nothing pending) ...
@@ -176,11 +175,10 @@ def test_a_session_on_two_partitions_gets_one_window_and_the_rest_after_ack_wait
         assert any(dup for _, _, dup in session.got)  # a redelivery, flagged DUP
     finally:
         session.close()
-        for c in closing:
-            c.close()
 
 
-def test_one_subscription_keeps_the_rest_queued(cluster: NatsClusterHandle) -> None:
+def test_one_subscription_keeps_the_rest_queued(cluster: NatsClusterHandle,
+                                                cleanup: list[Client]) -> None:
     # The same two partitions through one wildcard subscription: one consumer, its
     # window equal to the session's, so the rest stays queued (num_pending), is not
     # "delivered", and comes as soon as the window frees: no stall.
@@ -188,11 +186,10 @@ def test_one_subscription_keeps_the_rest_queued(cluster: NatsClusterHandle) -> N
     passwords = {d: cluster.store.add(d, "device") for d in devices}
     ipw = cluster.store.add("ingestor", "service")
     cluster.reload()
-    closing: list[Client] = []
     session = Session(cluster, "ingestor", ipw)
     try:
         assert session.subscribe(["p/+/cam/+/frame"]) == [1]
-        sent = _publish(cluster, devices, passwords, closing)
+        sent = _publish(cluster, devices, passwords, cleanup)
         wait_until(lambda: _consumers(cluster) == [(WINDOW, 2 * PER_DEVICE - WINDOW)],
                    "one window delivered, the rest queued", timeout=10)
         session.wait(lambda: len(session.got) >= WINDOW, "one window of messages")
@@ -203,8 +200,6 @@ def test_one_subscription_keeps_the_rest_queued(cluster: NatsClusterHandle) -> N
         assert time.monotonic() - started < cluster.ack_wait_s  # no redelivery needed
     finally:
         session.close()
-        for c in closing:
-            c.close()
 
 
 def _devices(n: int) -> list[str]:
@@ -255,7 +250,7 @@ def _store_all(svc: ServiceProcess, want: set[tuple[str, int]], timeout: float) 
 
 
 def test_the_ingestor_restarted_with_a_backlog_on_many_partitions_stores_it_in_rounds(
-        tmp_path: Path, cluster: NatsClusterHandle) -> None:
+        tmp_path: Path, cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     # The real ingestor owning all 64 partitions (as `make up` runs it) comes back to
     # a backlog queued on 5 partitions while it was stopped: every consumer pushes its
     # share at once, the session takes one window (WINDOW chunks) and the rest is
@@ -266,12 +261,11 @@ def test_the_ingestor_restarted_with_a_backlog_on_many_partitions_stores_it_in_r
     # ack_wait (30 s) with the default.
     devices = _devices(5)
     svc = start_ingestor(cluster, 0, "ingestor", tmp_path, list(range(64)))
-    closing: list[Client] = []
     try:
         svc.wait_event("ingestor_ready", 30)
         assert svc.stop() == 0  # its session and its 64 subscriptions stay
         frames = 2
-        queued = _queue_backlog(cluster, devices, frames, closing)
+        queued = _queue_backlog(cluster, devices, frames, cleanup)
         assert WINDOW < queued <= 2 * WINDOW, f"{queued} chunks queued: not about 2 windows"
         svc = again(svc, "again")
         took = _store_all(svc, {(d, q) for d in devices for q in range(frames)},
@@ -280,19 +274,16 @@ def test_the_ingestor_restarted_with_a_backlog_on_many_partitions_stores_it_in_r
         print(f"backlog of {queued} chunks stored {took:.1f} s after ingestor_ready")
     finally:
         svc.close()
-        for c in closing:
-            c.close()
 
 
 def test_one_filter_drains_a_backlog_of_many_windows_without_waiting_for_ack_wait(
-        tmp_path: Path, cluster: NatsClusterHandle) -> None:
+        tmp_path: Path, cluster: NatsClusterHandle, cleanup: list[Client]) -> None:
     # ingest.one_filter: the ingestor owning all 64 partitions subscribes p/+/cam/+/frame
     # once. Switched from per-partition filters, it drops them (only after the
     # wildcard's SUBACK); then a backlog of 5 windows, which per partition drains in
     # rounds of ack_wait, comes through the one consumer as fast as it is acknowledged.
     devices = _devices(5)
     svc = start_ingestor(cluster, 0, "ingestor", tmp_path, list(range(64)))
-    closing: list[Client] = []
     try:
         svc.wait_event("ingestor_ready", 30)
         wait_until(lambda: len(_consumers(cluster)) == 64, "64 consumers", timeout=10)
@@ -304,7 +295,7 @@ def test_one_filter_drains_a_backlog_of_many_windows_without_waiting_for_ack_wai
                    timeout=10)
         assert svc.stop() == 0
         frames = 5
-        queued = _queue_backlog(cluster, devices, frames, closing)
+        queued = _queue_backlog(cluster, devices, frames, cleanup)
         assert queued >= 4 * WINDOW, f"{queued} chunks queued: not a backlog of windows"
         svc = again(svc, "backlog")
         took = _store_all(svc, {(d, q) for d in devices for q in range(frames)},
@@ -314,5 +305,3 @@ def test_one_filter_drains_a_backlog_of_many_windows_without_waiting_for_ack_wai
         print(f"backlog of {queued} chunks stored {took:.1f} s after ingestor_ready")
     finally:
         svc.close()
-        for c in closing:
-            c.close()
