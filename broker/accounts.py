@@ -17,6 +17,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import signal
@@ -321,7 +322,8 @@ class AccountStore:
         if not isinstance(raw, dict):
             return {}
         return {str(k): float(v) for k, v in raw.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)}
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                and math.isfinite(v)}  # json reads Infinity: never a ban for good
 
     def set_bans(self, bans: Mapping[str, float]) -> None:
         """Replace the NATS guard's bans (name -> end), then re-render the accounts file.

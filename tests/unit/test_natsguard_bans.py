@@ -147,6 +147,16 @@ def test_an_unreadable_bans_file_bans_nobody(tmp_path: Path) -> None:
     assert store.bans() == {}
 
 
+def test_a_ban_without_a_finite_end_bans_nobody(tmp_path: Path) -> None:
+    store = AccountStore(tmp_path / "broker")
+    store.add("cam01", "device", password="pw-cam01")
+    store.nats_bans.write_text('{"cam01": Infinity, "cam02": NaN, "cam03": 1e999}',
+                               encoding="utf-8")
+    assert store.bans() == {}
+    store.add("cam04", "device", password="pw-cam04")  # the accounts file rendered again
+    assert '{user: "cam01"' in store.nats_accounts.read_text(encoding="utf-8")
+
+
 def test_a_restarted_guard_takes_back_its_bans_and_rewrites_them(tmp_path: Path) -> None:
     from config.settings import NatsGuardSettings  # noqa: PLC0415
     from natsguard.service import Guard  # noqa: PLC0415
