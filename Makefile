@@ -7,13 +7,13 @@ DATA ?= data
 # make demo-cloud: encode workers on a NATS JetStream queue (0: one encoder on MQTT).
 WORKERS ?= 2
 APT_PACKAGES := mosquitto mosquitto-clients libmosquitto-dev mosquitto-dev gcc ffmpeg g++ make \
-                openssl postgresql prometheus chromium chromium-driver
+                openssl postgresql prometheus chromium chromium-driver iproute2
 # Debian names of the binaries we check before calling apt-get.
 APT_BINARIES := /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/include/mosquitto.h \
                 /usr/include/mosquitto_broker.h /usr/include/mosquitto_plugin.h /usr/bin/gcc \
                 /usr/bin/ffprobe /usr/bin/g++ /usr/bin/openssl \
                 /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl \
-                /usr/bin/promtool /usr/bin/chromium /usr/bin/chromedriver
+                /usr/bin/promtool /usr/bin/chromium /usr/bin/chromedriver /usr/sbin/ip
 
 .PHONY: help deps venv lint typecheck firmware-test guard-plugin guard-test promtool pytest test \
         demo demo-cloud demo-cluster up broker clean
